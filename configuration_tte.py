@@ -1,0 +1,94 @@
+"""Configuration of a Think-Then-Embed (TTE) model.
+
+A TTE model wraps a generative backbone (a Qwen-VL model that `AutoModelForImageTextToText` loads, or a text-only
+causal LM). A reasoner writes an embedding-centric reasoning trace (ECR) for each input; the embedder encodes
+input + trace + one embedding token and returns the L2-normalised last-token state.
+
+Variants (arXiv 2510.05014):
+    - `"teacher"` (TTE_t): traces come from outside (the caller or an external reasoner); only the embedder lives here.
+    - `"student"` (TTE_s): a same-size reasoner is stored next to the embedder in the same checkpoint.
+    - `"unified"` (TTE_u): one frozen backbone reasons; a head, initialised as a copy of its last N decoder layers
+      and final norm, reads the layer L-N hidden states of input + trace and produces the embedding.
+"""
+
+from typing import Literal
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+VARIANTS = ("teacher", "student", "unified")
+THINK_POLICIES = ("always", "never", "queries")
+
+
+class TTEConfig(PretrainedConfig):
+    r"""Settings of a TTE model; every behaviour switch lives here and is validated once.
+
+    Args:
+        backbone_config: config of the embedder backbone (and of the reasoner for `"unified"`).
+        reasoner_config: config of the separate reasoner, only for `variant="student"`.
+        variant: one of `"teacher"`, `"student"`, `"unified"`.
+        head_num_layers: N, the number of backbone decoder layers copied into the unified head (paper: 8).
+        head_source_layer: index of the backbone layer whose output feeds the head; defaults to L-N.
+        prompt_set_version: version of the ECR prompt set in `processing_tte.PROMPT_SETS`.
+        max_new_tokens: bound on the generated trace length.
+        think: default thinking policy: `"always"`, `"never"` or `"queries"` (queries think, documents don't).
+        normalize: L2-normalise embeddings.
+        matryoshka_dims: dimensions accepted by `truncate_dim` (the full dimension is always accepted).
+        embedding_token_id: id of the token appended after the trace; its last-layer state is the embedding.
+        embedding_dim: size of the embedding; the backbone's hidden size.
+    """
+
+    model_type = "tte"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_vl"),
+        "reasoner_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_vl", optional=True),
+    }
+
+    backbone_config: dict | PretrainedConfig | None = None
+    reasoner_config: dict | PretrainedConfig | None = None
+    variant: Literal["teacher", "student", "unified"] = "unified"
+    head_num_layers: int = 8
+    head_source_layer: int | None = None
+    prompt_set_version: str = "ecr-v1"
+    max_new_tokens: int = 128
+    think: Literal["always", "never", "queries"] = "queries"
+    normalize: bool = True
+    matryoshka_dims: list[int] | None = None
+    embedding_token_id: int | None = None
+    embedding_dim: int | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r} is not one of {VARIANTS}")
+        if self.think not in THINK_POLICIES:
+            raise ValueError(f"think={self.think!r} is not one of {THINK_POLICIES}")
+        if self.variant == "student" and self.reasoner_config is None:
+            raise ValueError("variant='student' needs a reasoner_config (the reasoner's backbone config)")
+        if self.variant != "student" and self.reasoner_config is not None:
+            raise ValueError(f"reasoner_config is only used by variant='student', not {self.variant!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        text_config = self.backbone_config.get_text_config()
+        self.embedding_dim = text_config.hidden_size
+        if self.variant == "unified":
+            self._validate_head(text_config.num_hidden_layers)
+        self.matryoshka_dims = sorted(set(self.matryoshka_dims or []) | {self.embedding_dim})
+        if self.matryoshka_dims[0] < 1 or self.matryoshka_dims[-1] > self.embedding_dim:
+            raise ValueError(f"matryoshka_dims must lie in [1, {self.embedding_dim}], got {self.matryoshka_dims}")
+
+    def _validate_head(self, num_backbone_layers: int) -> None:
+        if not 1 <= self.head_num_layers <= num_backbone_layers:
+            raise ValueError(
+                f"head_num_layers={self.head_num_layers} must lie in [1, {num_backbone_layers}] "
+                "(the backbone's number of decoder layers)"
+            )
+        if self.head_source_layer is None:
+            self.head_source_layer = num_backbone_layers - self.head_num_layers
+        if not 0 <= self.head_source_layer < num_backbone_layers:
+            raise ValueError(f"head_source_layer={self.head_source_layer} must lie in [0, {num_backbone_layers})")
+
+
+__all__ = ["TTEConfig"]

@@ -1,0 +1,551 @@
+"""Think-Then-Embed (TTE) model: reason about an input, then embed input + trace.
+
+`TTEModel.forward` turns already-built embedding inputs into L2-normalised vectors (with gradients, for training).
+`TTEModel.embed` orchestrates inference: parse inputs -> build reasoning inputs -> generate traces -> build embedding
+inputs -> forward. In the unified variant the generation step also captures the hidden states that the head needs,
+so the trunk is not run a second time over prompt + trace.
+"""
+
+import copy
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+from transformers.utils import ModelOutput, logging
+
+from .configuration_tte import TTEConfig
+from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
+
+
+logger = logging.get_logger(__name__)
+SIDES = ("query", "document")
+
+
+@dataclass
+class TTEEmbeddingOutput(ModelOutput):
+    """Output of `TTEModel.forward`.
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`): pooled (and normalised) embeddings.
+    """
+
+    embeddings: torch.FloatTensor | None = None
+
+
+def pool_embeddings(hidden_states: torch.Tensor, attention_mask: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Return each row's post-norm state at its last real token, L2-normalised when `normalize`.
+
+    This is the only pooling in the project: the model, the sentence-transformers module, the endpoint handler and
+    the training losses all get vectors through `TTEModel.forward`, which calls this.
+
+    Args:
+        hidden_states: `(batch, seq_len, hidden)`, taken after the final norm.
+        attention_mask: `(batch, seq_len)`, 1 for real tokens; left or right padding.
+    """
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(dim=1)  # first 1 from the right
+    rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+    pooled = hidden_states[rows, last].float()  # normalise in fp32: bf16 norms drift
+    return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def is_vision_language(config) -> bool:
+    return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+
+def build_generator(config) -> PreTrainedModel:
+    """A generative backbone (with LM head) from its config."""
+    auto_class = AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
+    return auto_class.from_config(config)
+
+
+def base_model_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The backbone without its LM head (`Qwen2VLModel`, `LlamaModel`, ...)."""
+    return model.model if hasattr(model, "lm_head") else model
+
+
+def decoder_of(model: PreTrainedModel) -> nn.Module:
+    """The text decoder that holds `layers` and `norm` (the language model of a VLM)."""
+    base = base_model_of(model)
+    return getattr(base, "language_model", base)
+
+
+@contextmanager
+def capture_layer_output(layer: nn.Module, captured: list[torch.Tensor]):
+    """Append the output of `layer` to `captured` on every call (prefill and each decoding step)."""
+
+    def hook(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class TTEHead(nn.Module):
+    """The unified variant's embedding head: a trainable copy of the backbone's last N decoder layers + final norm.
+
+    It is an instance of the backbone's own text-model class with N layers, so rotary embeddings, masks and layers
+    run through transformers' code. It reads `inputs_embeds` = the backbone's layer L-N outputs; its token embedding
+    table is dropped because it never sees token ids.
+    """
+
+    def __init__(self, config: TTEConfig):
+        super().__init__()
+        head_config = copy.deepcopy(config.backbone_config.get_text_config())
+        head_config.num_hidden_layers = config.head_num_layers
+        if getattr(head_config, "layer_types", None) is not None:
+            head_config.layer_types = head_config.layer_types[-config.head_num_layers :]
+        self.decoder = AutoModel.from_config(head_config)
+        del self.decoder.embed_tokens
+
+    def forward(self, source_states, attention_mask, position_ids) -> torch.Tensor:
+        output = self.decoder(inputs_embeds=source_states, attention_mask=attention_mask, position_ids=position_ids)
+        return output.last_hidden_state
+
+
+class TTEPreTrainedModel(PreTrainedModel):
+    config_class = TTEConfig
+    base_model_prefix = "tte"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen3VLTextDecoderLayer", "LlamaDecoderLayer"]
+
+
+class TTEModel(TTEPreTrainedModel):
+    r"""A reasoning-conditioned embedding model.
+
+    Attributes by variant:
+        - `backbone`: the embedder. Generative (`*ForConditionalGeneration` / `*ForCausalLM`) for `"unified"`, where
+          it also reasons; the base model without LM head for `"teacher"` / `"student"`.
+        - `reasoner`: the student's own generative reasoner (`"student"` only).
+        - `head`: the unified embedding head (`"unified"` only).
+        - `external_reasoner`: for `"teacher"`, a callable `(list[TTEInput], TTEProcessor) -> list[str]`, e.g.
+          `OpenAIChatReasoner`; set it with `set_reasoner`. Not saved.
+    """
+
+    def __init__(self, config: TTEConfig):
+        super().__init__(config)
+        if config.variant == "unified":
+            self.backbone = build_generator(config.backbone_config)
+            self.head = TTEHead(config)
+        else:
+            self.backbone = AutoModel.from_config(config.backbone_config)
+        if config.variant == "student":
+            self.reasoner = build_generator(config.reasoner_config)
+        self.external_reasoner = None
+        self._processor = None
+        self.post_init()
+
+    # ----- construction -----
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: PreTrainedModel, processor: TTEProcessor, variant: str = "unified",
+        reasoner: PreTrainedModel | None = None, **config_kwargs,
+    ) -> "TTEModel":  # fmt: skip
+        """Build a TTE model from a (pretrained) generative backbone, copying its weights.
+
+        For `"unified"` the head is initialised from the backbone's last N decoder layers and final norm.
+
+        Args:
+            backbone: generative model (`AutoModelForImageTextToText` or `AutoModelForCausalLM`).
+            processor: a `TTEProcessor` whose tokenizer holds `EMBEDDING_TOKEN` (resize the backbone first).
+            variant: `"unified"`, `"student"` or `"teacher"`.
+            reasoner: the student's reasoner (a generative model); required for `"student"`.
+            **config_kwargs: further `TTEConfig` fields.
+        """
+        tokenizer = processor.tokenizer
+        config = TTEConfig(
+            backbone_config=backbone.config.to_dict(),
+            reasoner_config=reasoner.config.to_dict() if reasoner is not None else None,
+            variant=variant,
+            embedding_token_id=processor.embedding_token_id,
+            prompt_set_version=processor.prompt_set_version,
+            **config_kwargs,
+        )
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        model = cls(config)
+        if variant == "unified":
+            model.backbone.load_state_dict(backbone.state_dict())
+            model.init_head_from_backbone()
+        else:
+            model.backbone.load_state_dict(base_model_of(backbone).state_dict())
+        if reasoner is not None:
+            model.reasoner.load_state_dict(reasoner.state_dict())
+        model._processor = processor
+        return model.to(backbone.dtype).eval()
+
+    def init_head_from_backbone(self) -> None:
+        """Copy the backbone's last N decoder layers and final norm into the head (TTE_u initialisation)."""
+        trunk = decoder_of(self.backbone)
+        first_copied = len(trunk.layers) - self.config.head_num_layers
+        for head_layer, trunk_layer in zip(self.head.decoder.layers, trunk.layers[first_copied:]):
+            head_layer.load_state_dict(trunk_layer.state_dict())
+        self.head.decoder.norm.load_state_dict(trunk.norm.state_dict())
+
+    @property
+    def processor(self) -> TTEProcessor:
+        """The processor saved next to the weights, loaded on first use."""
+        if self._processor is None:
+            self._processor = TTEProcessor.from_pretrained(self.config.name_or_path)
+        return self._processor
+
+    @processor.setter
+    def processor(self, processor: TTEProcessor) -> None:
+        self._processor = processor
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights, config and code, plus the processor when one is attached, so the folder is self-contained."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.generator_generation_config().save_pretrained(save_directory)
+        if self._processor is not None:
+            self._processor.save_pretrained(save_directory)
+
+    def set_reasoner(self, reasoner: Callable[[list[TTEInput], TTEProcessor], list[str]] | None) -> None:
+        """Plug in an external reasoner for the teacher variant (or override the built-in one for any variant)."""
+        self.external_reasoner = reasoner
+
+    # ----- forward: built inputs -> embeddings -----
+
+    def position_ids_for(self, input_ids, attention_mask, mm_token_type_ids=None, image_grid_thw=None):
+        """Position ids of left-padded inputs: 3D M-RoPE ids for Qwen-VL, else counted from the first real token."""
+        base = base_model_of(self.backbone)
+        if hasattr(base, "get_rope_index"):
+            if mm_token_type_ids is None:
+                mm_token_type_ids = torch.zeros_like(input_ids)
+            position_ids, _ = base.get_rope_index(
+                input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                attention_mask=attention_mask,
+            )  # fmt: skip
+            return position_ids
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def source_states(self, input_ids, attention_mask, position_ids, **vision_inputs) -> torch.Tensor:
+        """Unified variant: the outputs of the backbone's layer `head_source_layer` over whole embedding inputs."""
+        source_layer = decoder_of(self.backbone).layers[self.config.head_source_layer - 1]
+        captured = []
+        with capture_layer_output(source_layer, captured):
+            base_model_of(self.backbone)(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                **vision_inputs,
+            )  # fmt: skip
+        return captured[0]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        source_states: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TTEEmbeddingOutput:
+        r"""Embed already-built embedding inputs (`TTEProcessor.build_embedding_inputs`); gradients flow.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): prompt + trace + embedding token, left-padded.
+            attention_mask (`torch.Tensor` of shape `(batch, seq_len)`).
+            pixel_values, image_grid_thw, mm_token_type_ids: the Qwen-VL vision inputs from the processor.
+            source_states (`torch.Tensor` of shape `(batch, seq_len, hidden)`, *optional*): unified variant only;
+                layer L-N states already computed (by generation), so the trunk is skipped.
+
+        Returns:
+            `TTEEmbeddingOutput` with `embeddings` of shape `(batch, embedding_dim)`, fp32.
+        """
+        vision_inputs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+        vision_inputs = {key: value for key, value in vision_inputs.items() if value is not None}
+        position_ids = self.position_ids_for(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        if self.config.variant == "unified":
+            if source_states is None:
+                source_states = self.source_states(input_ids, attention_mask, position_ids, **vision_inputs)
+            hidden_states = self.head(source_states, attention_mask, position_ids)
+        else:
+            hidden_states = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **vision_inputs
+            ).last_hidden_state  # post-norm
+        return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, attention_mask, self.config.normalize))
+
+    # ----- reasoning -----
+
+    def generator(self) -> PreTrainedModel:
+        return self.backbone if self.config.variant == "unified" else self.reasoner
+
+    def generator_generation_config(self, max_new_tokens: int | None = None) -> GenerationConfig:
+        """Greedy, bounded decoding; reserved tokens are suppressed so a trace is always plain text."""
+        processor_tokens = [EMBEDDING_TOKEN, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+        suppressed = {self.config.embedding_token_id}
+        if self.config.pad_token_id not in np.atleast_1d(self.config.eos_token_id):
+            suppressed.add(self.config.pad_token_id)  # a pad inside a trace would read as padding
+        if self._processor is not None:
+            ids = self._processor.tokenizer.convert_tokens_to_ids(processor_tokens)
+            suppressed |= {i for i in ids if i is not None and i != self._processor.tokenizer.unk_token_id}
+        return GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            eos_token_id=self.config.eos_token_id,
+            pad_token_id=self.config.pad_token_id,
+            suppress_tokens=sorted(suppressed),
+            return_dict_in_generate=True,
+        )
+
+    def _trace_lengths(self, generated: torch.Tensor) -> tuple[list[int], list[bool]]:
+        """Per row: number of trace tokens before the first stop token, and whether the trace hit the bound."""
+        stops = set(np.atleast_1d(self.config.eos_token_id).tolist())
+        lengths, cut = [], []
+        for row in generated.tolist():
+            stop_at = next((j for j, token in enumerate(row) if token in stops), None)
+            lengths.append(len(row) if stop_at is None else stop_at)
+            cut.append(stop_at is None)
+        return lengths, cut
+
+    @torch.no_grad()
+    def generate_traces(self, items: list[TTEInput], max_new_tokens: int | None = None, capture: bool = False):
+        """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy).
+
+        Returns:
+            `(traces, state)`: the trace strings, and (when `capture`) what the unified single pass needs.
+        """
+        processor = self.processor
+        inputs = processor.build_reasoning_inputs(items).to(self.device)
+        generator = self.generator()
+        source_layer = decoder_of(generator).layers[(self.config.head_source_layer or 1) - 1]
+        captured = []
+        with capture_layer_output(source_layer, captured) if capture else nullcontext():
+            output = generator.generate(
+                **inputs, generation_config=self.generator_generation_config(max_new_tokens)
+            )
+        prompt_length = inputs["input_ids"].shape[1]
+        generated = output.sequences[:, prompt_length:]
+        lengths, cut = self._trace_lengths(generated)
+        trace_ids = [row[:n] for row, n in zip(generated.tolist(), lengths)]
+        traces = [processor.decode_trace(ids) for ids in trace_ids]
+        if not capture:
+            return traces, None
+        state = {"inputs": inputs, "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}
+        return traces, state
+
+    def reason(self, items: list[TTEInput], max_new_tokens: int | None = None) -> list[str]:
+        """Traces from the external reasoner if one is set, else from the built-in one."""
+        if self.external_reasoner is not None:
+            traces = self.external_reasoner(items, self.processor)
+            if len(traces) != len(items):
+                raise ValueError(f"external reasoner returned {len(traces)} traces for {len(items)} inputs")
+            return traces
+        if self.config.variant == "teacher":
+            raise ValueError(
+                "this is a teacher-variant model: pass reasoning=[...] traces, or plug in a reasoner with "
+                "model.set_reasoner(OpenAIChatReasoner(base_url=..., model=...)), or use think=False"
+            )
+        return self.generate_traces(items, max_new_tokens)[0]
+
+    # ----- unified single pass -----
+
+    def _round_trips(self, state: dict, embedding_inputs) -> bool:
+        """Whether re-tokenising prompt + decoded trace gives exactly the generated ids (then states can be reused)."""
+        reasoning_ids, reasoning_mask = state["inputs"]["input_ids"], state["inputs"]["attention_mask"]
+        for i, trace_ids in enumerate(state["trace_ids"]):
+            expected = reasoning_ids[i][reasoning_mask[i].bool()].tolist() + trace_ids + [self.config.embedding_token_id]
+            actual = embedding_inputs["input_ids"][i][embedding_inputs["attention_mask"][i].bool()].tolist()
+            if expected != actual:
+                return False
+        return True
+
+    def _missing_source_states(self, state: dict, embedding_inputs, position_ids) -> torch.Tensor:
+        """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
+        one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
+        reasoning_mask = state["inputs"]["attention_mask"]
+        batch, prompt_length = reasoning_mask.shape
+        fed_length = state["captured_length"]
+        fed_mask = torch.zeros(batch, fed_length, dtype=reasoning_mask.dtype, device=self.device)
+        fed_mask[:, :prompt_length] = reasoning_mask
+        new_ids = torch.full((batch, 2), self.config.pad_token_id, dtype=torch.long, device=self.device)
+        new_mask = torch.zeros(batch, 2, dtype=reasoning_mask.dtype, device=self.device)
+        for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
+            fed_mask[i, prompt_length : prompt_length + len(trace_ids) - int(cut)] = 1  # eos and later pads stay masked
+            if cut:
+                new_ids[i, 0], new_mask[i, 0] = trace_ids[-1], 1
+            new_ids[i, 1], new_mask[i, 1] = self.config.embedding_token_id, 1
+        source_layer = decoder_of(self.backbone).layers[self.config.head_source_layer - 1]
+        captured = []
+        with capture_layer_output(source_layer, captured):
+            self.backbone(
+                input_ids=new_ids, attention_mask=torch.cat([fed_mask, new_mask], dim=1),
+                position_ids=position_ids[..., -2:], cache=state["cache"], use_cache=True,
+            )  # fmt: skip
+        return captured[0]
+
+    def _single_pass_source_states(self, state: dict, embedding_inputs, position_ids) -> torch.Tensor:
+        """Assemble layer L-N states of prompt + trace + embedding token from what generation captured."""
+        captured = torch.cat(state["captured"], dim=1)  # (batch, prompt + generated - 1, hidden)
+        state["captured_length"] = captured.shape[1]
+        missing = self._missing_source_states(state, embedding_inputs, position_ids)
+        reasoning_mask = state["inputs"]["attention_mask"]
+        prompt_length = reasoning_mask.shape[1]
+        mask = embedding_inputs["attention_mask"]
+        source = captured.new_zeros(mask.shape[0], mask.shape[1], captured.shape[-1])
+        for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
+            pads = int((reasoning_mask[i] == 0).sum())
+            fed = captured[i, pads : prompt_length + len(trace_ids) - int(cut)]
+            row = torch.cat([fed, missing[i, 1 - int(cut) :]], dim=0)
+            source[i, mask.shape[1] - row.shape[0] :] = row  # left padding, as the processor pads
+        return source
+
+    # ----- embed: the public API -----
+
+    def _needs_trace(self, item: TTEInput, think, side: str) -> bool:
+        if item.think is not None:
+            return item.think
+        policy = think if think is not None else self.config.think
+        if isinstance(policy, bool):
+            return policy
+        if policy not in ("always", "never", "queries"):
+            raise ValueError(f"think={policy!r} must be a bool or one of 'always', 'never', 'queries'")
+        return policy == "always" or (policy == "queries" and side == "query")
+
+    @torch.no_grad()
+    def _embed_batch(self, items, traces, generate_rows, max_new_tokens) -> tuple[torch.Tensor, list[str]]:
+        """Embed one batch; rows in `generate_rows` get a generated trace, the others use `traces[i]`."""
+        traces = list(traces)
+        state = None
+        if generate_rows:
+            chosen = [items[i] for i in generate_rows]
+            single_pass = self.config.variant == "unified" and self.external_reasoner is None
+            if single_pass:
+                new_traces, state = self.generate_traces(chosen, max_new_tokens, capture=True)
+            else:
+                new_traces = self.reason(chosen, max_new_tokens)
+            for i, trace in zip(generate_rows, new_traces):
+                traces[i] = trace
+        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
+        other_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
+        if state is not None:
+            embeddings[generate_rows] = self._embed_with_state([items[i] for i in generate_rows],
+                                                               [traces[i] for i in generate_rows], state)  # fmt: skip
+        else:
+            other_rows = list(range(len(items)))
+        if other_rows:
+            inputs = self.processor.build_embedding_inputs([items[i] for i in other_rows], [traces[i] for i in other_rows])
+            embeddings[other_rows] = self(**inputs.to(self.device)).embeddings
+        return embeddings, traces
+
+    def _embed_with_state(self, items, traces, state) -> torch.Tensor:
+        inputs = self.processor.build_embedding_inputs(items, traces).to(self.device)
+        if not self._round_trips(state, inputs):
+            # The decoded trace re-tokenises differently (rare for trained models): recompute from the text so the
+            # embedding is always a function of (input, trace text).
+            logger.warning_once("a generated trace did not round-trip through the tokenizer; recomputing its batch")
+            return self(**inputs).embeddings
+        position_ids = self.position_ids_for(
+            inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
+        )
+        source = self._single_pass_source_states(state, inputs, position_ids)
+        return self(**inputs, source_states=source).embeddings
+
+    def _check_truncate_dim(self, truncate_dim: int | None) -> None:
+        if truncate_dim is not None and truncate_dim not in self.config.matryoshka_dims:
+            raise ValueError(f"truncate_dim={truncate_dim} is not one of matryoshka_dims={self.config.matryoshka_dims}")
+
+    def _check_reasoning(self, reasoning, count: int) -> list:
+        if reasoning is None:
+            return [None] * count
+        if isinstance(reasoning, str):
+            reasoning = [reasoning]
+        if not isinstance(reasoning, (list, tuple)) or len(reasoning) != count:
+            raise ValueError(f"reasoning must be a list with one trace (or None) per input: {count} inputs")
+        return [None if trace is None else self.processor.check_trace(trace, i) for i, trace in enumerate(reasoning)]
+
+    def embed(
+        self,
+        inputs,
+        instruction: str | None = None,
+        task: str | None = None,
+        side: str = "query",
+        think: bool | str | None = None,
+        reasoning: list[str | None] | str | None = None,
+        return_reasoning: bool = False,
+        max_new_tokens: int | None = None,
+        batch_size: int = 8,
+        truncate_dim: int | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool = False,
+    ):
+        r"""Embed texts, images and text+image pairs, thinking first where the policy says so.
+
+        Args:
+            inputs: one input or a list: `str` (text, or an image path / URL / `data:` URI), PIL image, `bytes`, or a
+                dict with keys `text`, `image`, `instruction`, `task`, `think`.
+            instruction: instruction for every input without its own.
+            task: ECR prompt family (`processing_tte.TASK_FAMILIES`); default `"retrieval"`.
+            side: `"query"` or `"document"`; decides thinking under the `"queries"` policy.
+            think: `True`/`False` or `"always"`/`"never"`/`"queries"`; default `config.think`.
+            reasoning: precomputed traces, one per input (`None` entries are generated if they think).
+            return_reasoning: also return the traces used (`""` where none).
+            max_new_tokens: trace length bound; a trace cut there still gets the embedding token.
+            batch_size: inputs per forward / generate call.
+            truncate_dim: Matryoshka dimension (one of `config.matryoshka_dims`); re-normalised after truncation.
+            convert_to_numpy / convert_to_tensor: output type (numpy by default; tensor wins if both).
+            show_progress_bar: show a tqdm bar over batches.
+
+        Returns:
+            `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning=True`.
+
+        Raises:
+            ValueError / TypeError: bad inputs, naming the offending item.
+        """
+        if side not in SIDES:
+            raise ValueError(f"side={side!r} must be one of {SIDES}")
+        self._check_truncate_dim(truncate_dim)
+        items = self.processor.parse_inputs(inputs, instruction, task)
+        given = self._check_reasoning(reasoning, len(items))
+        traces = [trace if trace is not None else "" for trace in given]
+        generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
+        chunks = []
+        starts = range(0, len(items), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="Embedding")
+        for start in starts:
+            stop = start + batch_size
+            rows = [i for i in range(start, min(stop, len(items))) if generate[i]]
+            embeddings, traces[start:stop] = self._embed_batch(
+                items[start:stop], traces[start:stop], [i - start for i in rows], max_new_tokens
+            )
+            chunks.append(embeddings)
+        embeddings = torch.cat(chunks)
+        if truncate_dim is not None:
+            embeddings = F.normalize(embeddings[:, :truncate_dim], dim=-1)
+        if convert_to_tensor or not convert_to_numpy:
+            result = embeddings
+        else:
+            result = embeddings.cpu().numpy()
+        return (result, traces) if return_reasoning else result
+
+    def encode_query(self, inputs, **kwargs):
+        """`embed` for queries: thinks under the default `"queries"` policy."""
+        return self.embed(inputs, side="query", **kwargs)
+
+    def encode_document(self, inputs, **kwargs):
+        """`embed` for documents: does not think under the default `"queries"` policy."""
+        return self.embed(inputs, side="document", **kwargs)
+
+
+TTEConfig.register_for_auto_class()
+TTEModel.register_for_auto_class("AutoModel")
+TTEProcessor.register_for_auto_class("AutoProcessor")
+
+
+__all__ = ["TTEModel", "TTEPreTrainedModel", "TTEHead", "TTEEmbeddingOutput", "pool_embeddings"]

@@ -1,0 +1,320 @@
+"""Processor of a Think-Then-Embed (TTE) model: inputs, prompts and the embedding template.
+
+Every prompt the project uses is defined in this file and nowhere else:
+
+- `PROMPT_SETS`: the versioned embedding-centric reasoning (ECR) prompts, one per task family. Each asks for the trace
+  format `<think> ... </think>` followed by a one-paragraph final reasoning.
+- The reasoning prompt: the backbone's chat template over a system turn (the ECR prompt), a user turn (the image, if
+  any, then the instruction and the text) and the opening of the assistant turn.
+- The embedding input (one template for training and inference, for every variant):
+
+      reasoning prompt + trace + EMBEDDING_TOKEN
+
+  A document that does not think uses the empty trace. The embedding is the final state of `EMBEDDING_TOKEN`.
+"""
+
+import base64
+import binascii
+import io
+import os
+import urllib.request
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+from transformers import BatchFeature, ProcessorMixin
+
+
+EMBEDDING_TOKEN = "<|emb|>"
+THINK_START, THINK_END = "<think>", "</think>"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 28 * 28 * 1280  # Qwen-VL's default resize budget, as VLM2Vec-V2 trains with
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # refuse to decode anything larger: a decompression bomb guard
+
+_TRACE_FORMAT = (
+    "First think step by step inside <think> and </think>, then write one short paragraph of final reasoning that "
+    "states the facts a retrieval system needs. Do not answer with anything else."
+)
+PROMPT_SETS = {
+    "ecr-v1": {
+        "classification": "You describe an input so that it can be matched to its class label. Name the main "
+        "object, scene or topic and the visual or textual evidence for it. " + _TRACE_FORMAT,
+        "vqa": "You answer a question about an input so that the answer can be retrieved. Reason step by step "
+        "towards the answer, then state the answer and the evidence for it. " + _TRACE_FORMAT,
+        "retrieval": "You describe an input so that matching images or texts can be retrieved. List its key "
+        "entities, attributes, actions and relations, and what a match must contain. " + _TRACE_FORMAT,
+        "grounding": "You locate the object that an expression refers to. Describe the referred object in detail "
+        "and its surrounding visual context: colour, shape, position and nearby objects. " + _TRACE_FORMAT,
+        "visual_document": "You read a document image or a query about documents. Describe the visible content in "
+        "detail: title, headings, tables, figures and key numbers, then summarise it. " + _TRACE_FORMAT,
+    }
+}
+TASK_FAMILIES = tuple(PROMPT_SETS["ecr-v1"])
+DEFAULT_TASK_FAMILY = "retrieval"
+_INPUT_KEYS = {"text", "image", "instruction", "task", "think"}
+
+
+@dataclass
+class TTEInput:
+    """One parsed input: text and/or image, with its instruction and task family."""
+
+    text: str | None
+    image: Image.Image | None
+    instruction: str | None
+    task: str
+    think: bool | None = None  # per-input override of the thinking policy
+
+
+def _load_image_bytes(data: bytes, where: str, max_image_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{where}: not a readable image ({error})") from None
+    width, height = image.size  # read from the header, before any decoding
+    if width * height > max_image_pixels:
+        raise ValueError(
+            f"{where}: image is {width}x{height} = {width * height} pixels, over max_image_pixels={max_image_pixels}; "
+            "downscale it or raise max_image_pixels"
+        )
+    try:
+        return image.convert("RGB")
+    except OSError as error:
+        raise ValueError(f"{where}: image data is corrupt or truncated ({error})") from None
+
+
+def _read_data_uri(uri: str, where: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    if not header.endswith(";base64") or not payload:
+        raise ValueError(f"{where}: data URI must be 'data:image/...;base64,<payload>', got {uri[:40]!r}...")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"{where}: data URI payload is not valid base64 ({error})") from None
+
+
+def _fetch_url(url: str, where: str, allow_urls: bool, timeout_s: float = 20.0) -> bytes:
+    if not allow_urls:
+        raise ValueError(f"{where}: URL {url!r} given but URL fetching is off; pass allow_urls=True to fetch it")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.read()
+    except OSError as error:
+        raise ValueError(f"{where}: could not fetch {url!r} ({error})") from None
+
+
+def looks_like_image_reference(value: str) -> bool:
+    """Whether a bare string names an image (URL, data URI or file path) rather than being text."""
+    if value.startswith("data:image/"):
+        return True
+    if any(char.isspace() for char in value):
+        return False
+    return value.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_image(value, where: str, allow_urls: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    """Load a PIL image, a local path, a `data:` URI, base64 string, raw bytes or (opted-in) http(s) URL as RGB.
+
+    Raises:
+        ValueError: missing file, unreadable or corrupt data, too many pixels, or a URL without `allow_urls`.
+        TypeError: any other type.
+    """
+    if isinstance(value, Image.Image):
+        width, height = value.size
+        if width * height > max_image_pixels:
+            raise ValueError(f"{where}: image is {width}x{height} pixels, over max_image_pixels={max_image_pixels}")
+        return value.convert("RGB")
+    if isinstance(value, (bytes, bytearray)):
+        return _load_image_bytes(bytes(value), where, max_image_pixels)
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: image must be a PIL image, path, data URI, URL or bytes, got {type(value).__name__}")
+    if value.startswith("data:"):
+        return _load_image_bytes(_read_data_uri(value, where), where, max_image_pixels)
+    if value.startswith(("http://", "https://")):
+        return _load_image_bytes(_fetch_url(value, where, allow_urls), where, max_image_pixels)
+    if not os.path.isfile(value):
+        raise ValueError(f"{where}: image file {value!r} does not exist")
+    with open(value, "rb") as handle:
+        return _load_image_bytes(handle.read(), where, max_image_pixels)
+
+
+class TTEProcessor(ProcessorMixin):
+    r"""Builds reasoning prompts and embedding inputs for a TTE model.
+
+    Wraps the backbone's tokenizer, image processor and chat template. transformers requires every sub-processor
+    named in `__init__`, so a text-only backbone carries a Qwen-VL image processor too and sets `text_only=True`.
+
+    Args:
+        image_processor: the backbone's image processor (Qwen-VL family).
+        tokenizer: the backbone's tokenizer, holding `EMBEDDING_TOKEN` as a special token.
+        video_processor: kept for the Qwen-VL processor layout; video input is not supported yet.
+        chat_template: Jinja chat template of the backbone.
+        max_pixels: resize budget per image (pixels); larger images are downscaled by the image processor.
+        max_image_pixels: images with more pixels than this are refused before decoding.
+        prompt_set_version: key of `PROMPT_SETS`.
+        allow_urls: fetch `http(s)` image URLs; off by default.
+        text_only: the backbone has no vision tower; image inputs are refused.
+    """
+
+    return_mm_token_type_ids = True
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        video_processor=None,
+        chat_template: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        prompt_set_version: str = "ecr-v1",
+        allow_urls: bool = False,
+        text_only: bool = False,
+        **kwargs,
+    ):
+        if prompt_set_version not in PROMPT_SETS:
+            raise ValueError(f"prompt_set_version={prompt_set_version!r} is not one of {sorted(PROMPT_SETS)}")
+        if EMBEDDING_TOKEN not in tokenizer.get_vocab():
+            raise ValueError(f"tokenizer lacks the embedding token {EMBEDDING_TOKEN!r}; add it as a special token")
+        self.max_pixels = max_pixels
+        self.max_image_pixels = max_image_pixels
+        self.prompt_set_version = prompt_set_version
+        self.allow_urls = allow_urls
+        self.text_only = text_only
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.image_token_id = None if text_only else tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.video_token_id = None if text_only else tokenizer.convert_tokens_to_ids(self.video_token)
+        super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
+
+    @property
+    def embedding_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(EMBEDDING_TOKEN)
+
+    @property
+    def forbidden_text_tokens(self) -> list[str]:
+        """Special strings a user text or trace may not contain: they would corrupt the template."""
+        return [EMBEDDING_TOKEN, self.image_token, self.video_token, "<|vision_start|>", "<|vision_end|>"]
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        # Qwen-VL: one placeholder per merged patch group.
+        merge_length = self.image_processor.merge_size**2
+        num_image_tokens = image_inputs["image_grid_thw"][image_idx].prod() // merge_length
+        return self.image_token * int(num_image_tokens)
+
+    # ----- inputs -----
+
+    def _check_text(self, value, where: str) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where}: text must be a str, got {type(value).__name__}")
+        if not value.strip():
+            raise ValueError(f"{where}: text is empty")
+        for token in self.forbidden_text_tokens:
+            if token in value:
+                raise ValueError(f"{where}: text contains the reserved token {token!r}")
+        return value
+
+    def _parse_dict(self, item: dict, where: str, instruction: str | None, task: str) -> TTEInput:
+        unknown = set(item) - _INPUT_KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed keys are {sorted(_INPUT_KEYS)}")
+        if item.get("text") is None and item.get("image") is None:
+            raise ValueError(f"{where}: a dict input needs 'text' and/or 'image'")
+        text = self._check_text(item["text"], f"{where}['text']") if item.get("text") is not None else None
+        image = None
+        if item.get("image") is not None:
+            if self.text_only:
+                raise ValueError(f"{where}: this model is text-only and cannot embed images")
+            image = load_image(item["image"], f"{where}['image']", self.allow_urls, self.max_image_pixels)
+        item_instruction = item.get("instruction", instruction)
+        if item_instruction is not None:
+            self._check_text(item_instruction, f"{where}['instruction']")
+        think = item.get("think")
+        if think is not None and not isinstance(think, bool):
+            raise TypeError(f"{where}['think']: must be a bool, got {type(think).__name__}")
+        return TTEInput(text, image, item_instruction, self._check_task(item.get("task", task), where), think)
+
+    def _check_task(self, task: str, where: str) -> str:
+        if task not in PROMPT_SETS[self.prompt_set_version]:
+            raise ValueError(f"{where}: task={task!r} is not one of {TASK_FAMILIES}")
+        return task
+
+    def parse_input(self, item, index: int, instruction: str | None = None, task: str | None = None) -> TTEInput:
+        """Parse one input: a str (text, or an image path / URL / data URI), a PIL image, bytes or a dict with keys
+        `text`, `image`, `instruction`, `task`, `think`."""
+        where = f"inputs[{index}]"
+        task = self._check_task(task or DEFAULT_TASK_FAMILY, where)
+        if item is None:
+            raise ValueError(f"{where}: input is None")
+        if isinstance(item, dict):
+            return self._parse_dict(item, where, instruction, task)
+        if isinstance(item, str) and not looks_like_image_reference(item):
+            return self._parse_dict({"text": item}, where, instruction, task)
+        if isinstance(item, (str, bytes, bytearray, Image.Image)):
+            return self._parse_dict({"image": item}, where, instruction, task)
+        raise TypeError(
+            f"{where}: expected str, PIL image, bytes or dict with 'text'/'image', got {type(item).__name__}"
+        )
+
+    def parse_inputs(self, inputs, instruction: str | None = None, task: str | None = None) -> list[TTEInput]:
+        """Parse a batch (or one input) into `TTEInput`s, naming the offending item on bad input."""
+        if isinstance(inputs, (str, dict, bytes, Image.Image)):
+            inputs = [inputs]
+        if not isinstance(inputs, (list, tuple)):
+            raise TypeError(f"inputs must be a list of inputs or one input, got {type(inputs).__name__}")
+        if len(inputs) == 0:
+            raise ValueError("inputs is empty; pass at least one input")
+        return [self.parse_input(item, i, instruction, task) for i, item in enumerate(inputs)]
+
+    # ----- prompts -----
+
+    def build_messages(self, item: TTEInput) -> list[dict]:
+        """The reasoning conversation of one input (OpenAI-style content parts)."""
+        user_text = "\n".join(part for part in (item.instruction, item.text) if part)
+        content = ([{"type": "image"}] if item.image is not None else []) + (
+            [{"type": "text", "text": user_text}] if user_text else []
+        )
+        system = PROMPT_SETS[self.prompt_set_version][item.task]
+        return [{"role": "system", "content": system}, {"role": "user", "content": content}]
+
+    def build_prompt(self, item: TTEInput) -> str:
+        """The reasoning prompt of one input; it is also the prefix of its embedding input."""
+        messages = self.build_messages(item)
+        if self.text_only:  # text-only chat templates take plain string content
+            messages[1]["content"] = "\n".join(part["text"] for part in messages[1]["content"])
+        return self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def check_trace(self, trace, index: int) -> str:
+        if not isinstance(trace, str):
+            raise TypeError(f"reasoning[{index}]: trace must be a str, got {type(trace).__name__}")
+        for token in self.forbidden_text_tokens:
+            if token in trace:
+                raise ValueError(f"reasoning[{index}]: trace contains the reserved token {token!r}")
+        return trace
+
+    def _encode(self, texts: list[str], items: list[TTEInput]) -> BatchFeature:
+        images = [item.image for item in items if item.image is not None]
+        kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt", "add_special_tokens": False,
+                  "return_mm_token_type_ids": not self.text_only}  # fmt: skip
+        if images:
+            kwargs["images"] = images
+            kwargs["size"] = {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}
+        return self(text=texts, **kwargs)
+
+    def build_reasoning_inputs(self, items: list[TTEInput]) -> BatchFeature:
+        """Left-padded model inputs of the reasoning prompts."""
+        return self._encode([self.build_prompt(item) for item in items], items)
+
+    def build_embedding_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
+        """Left-padded model inputs of `prompt + trace + EMBEDDING_TOKEN`; use `""` for no trace."""
+        if len(traces) != len(items):
+            raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
+        texts = [
+            self.build_prompt(item) + self.check_trace(trace, i) + EMBEDDING_TOKEN
+            for i, (item, trace) in enumerate(zip(items, traces))
+        ]
+        return self._encode(texts, items)
+
+    def decode_trace(self, token_ids: list[int]) -> str:
+        """Text of generated trace tokens (special tokens such as `<think>` are kept)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+
+
+__all__ = ["TTEProcessor", "TTEInput", "PROMPT_SETS", "EMBEDDING_TOKEN", "load_image"]
