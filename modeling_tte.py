@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_tte import TTEConfig
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
+from .reasoning_tte import OpenAIChatReasoner
 
 
 logger = logging.get_logger(__name__)
@@ -198,7 +199,8 @@ class TTEModel(TTEPreTrainedModel):
     def processor(self) -> TTEProcessor:
         """The processor saved next to the weights, loaded on first use."""
         if self._processor is None:
-            self._processor = TTEProcessor.from_pretrained(self.config.name_or_path)
+            # Our own processor class, from the folder whose code the caller already trusted to load this model.
+            self._processor = TTEProcessor.from_pretrained(self.config.name_or_path, trust_remote_code=True)
         return self._processor
 
     @processor.setter
@@ -212,8 +214,19 @@ class TTEModel(TTEPreTrainedModel):
         if self._processor is not None:
             self._processor.save_pretrained(save_directory)
 
-    def set_reasoner(self, reasoner: Callable[[list[TTEInput], TTEProcessor], list[str]] | None) -> None:
-        """Plug in an external reasoner for the teacher variant (or override the built-in one for any variant)."""
+    def set_reasoner(
+        self, reasoner: Callable[[list[TTEInput], TTEProcessor], list[str]] | None = None, *,
+        base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+    ) -> None:  # fmt: skip
+        """Plug in an external reasoner (teacher variant, or to override the built-in one).
+
+        Pass a callable `(items, processor) -> traces`, or `base_url` + `model` of an OpenAI-compatible chat endpoint
+        (vLLM, SGLang, TGI). `set_reasoner(None)` goes back to the built-in reasoner.
+        """
+        if base_url is not None:
+            if reasoner is not None or model is None:
+                raise ValueError("pass either a reasoner callable, or base_url together with model")
+            reasoner = OpenAIChatReasoner(base_url, model, api_key=api_key, max_tokens=self.config.max_new_tokens)
         self.external_reasoner = reasoner
 
     # ----- forward: built inputs -> embeddings -----
@@ -416,31 +429,27 @@ class TTEModel(TTEPreTrainedModel):
 
     @torch.no_grad()
     def _embed_batch(self, items, traces, generate_rows, max_new_tokens) -> tuple[torch.Tensor, list[str]]:
-        """Embed one batch; rows in `generate_rows` get a generated trace, the others use `traces[i]`."""
+        """Embed one batch; rows in `generate_rows` get a new trace, the others use `traces[i]` as given."""
         traces = list(traces)
-        state = None
+        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
+        plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
         if generate_rows:
             chosen = [items[i] for i in generate_rows]
-            single_pass = self.config.variant == "unified" and self.external_reasoner is None
-            if single_pass:
+            if self.config.variant == "unified" and self.external_reasoner is None:
                 new_traces, state = self.generate_traces(chosen, max_new_tokens, capture=True)
+                embeddings[generate_rows] = self._embed_with_state(chosen, new_traces, state)
             else:
                 new_traces = self.reason(chosen, max_new_tokens)
+                plain_rows = list(range(len(items)))
             for i, trace in zip(generate_rows, new_traces):
                 traces[i] = trace
-        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
-        other_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
-        if state is not None:
-            embeddings[generate_rows] = self._embed_with_state([items[i] for i in generate_rows],
-                                                               [traces[i] for i in generate_rows], state)  # fmt: skip
-        else:
-            other_rows = list(range(len(items)))
-        if other_rows:
-            inputs = self.processor.build_embedding_inputs([items[i] for i in other_rows], [traces[i] for i in other_rows])
-            embeddings[other_rows] = self(**inputs.to(self.device)).embeddings
+        if plain_rows:
+            inputs = self.processor.build_embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows])
+            embeddings[plain_rows] = self(**inputs.to(self.device)).embeddings
         return embeddings, traces
 
     def _embed_with_state(self, items, traces, state) -> torch.Tensor:
+        """Unified single pass: reuse the layer L-N states captured while generating."""
         inputs = self.processor.build_embedding_inputs(items, traces).to(self.device)
         if not self._round_trips(state, inputs):
             # The decoded trace re-tokenises differently (rare for trained models): recompute from the text so the
