@@ -29,7 +29,8 @@ class TTEConfig(PretrainedConfig):
         reasoner_config: config of the separate reasoner, only for `variant="student"`.
         variant: one of `"teacher"`, `"student"`, `"unified"`.
         head_num_layers: N, the number of backbone decoder layers copied into the unified head (paper: 8).
-        head_source_layer: index of the backbone layer whose output feeds the head; defaults to L-N.
+        head_source_layer: the head reads the output of the backbone's first `head_source_layer` decoder layers;
+            defaults to L-N (the paper's design: the head replaces the top N layers).
         prompt_set_version: version of the ECR prompt set in `processing_tte.PROMPT_SETS`.
         max_new_tokens: bound on the generated trace length.
         think: default thinking policy: `"always"`, `"never"` or `"queries"` (queries think, documents don't).
@@ -87,8 +88,8 @@ class TTEConfig(PretrainedConfig):
             )
         if self.head_source_layer is None:
             self.head_source_layer = num_backbone_layers - self.head_num_layers
-        if not 0 <= self.head_source_layer < num_backbone_layers:
-            raise ValueError(f"head_source_layer={self.head_source_layer} must lie in [0, {num_backbone_layers})")
+        if not 1 <= self.head_source_layer <= num_backbone_layers:
+            raise ValueError(f"head_source_layer={self.head_source_layer} must lie in [1, {num_backbone_layers}]")
 
 
 __all__ = ["TTEConfig"]

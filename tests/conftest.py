@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random-weight TTE models (see tests/tiny_models.py) and small images."""
+
+import functools
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from tests.tiny_models import build_tte  # noqa: E402
+
+
+@functools.cache
+def _cached_tte(name: str, variant: str, max_new_tokens: int):
+    return build_tte(name, variant, max_new_tokens=max_new_tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_tte():
+    """Factory `tiny_tte(name, variant, max_new_tokens=6)`; models are shared, so tests must not modify them."""
+    return lambda name="qwen2_vl", variant="unified", max_new_tokens=6: _cached_tte(name, variant, max_new_tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_tte_folder(tmp_path_factory, tiny_tte):
+    """A saved tiny random-weight unified Qwen2-VL TTE model folder (text + image)."""
+    folder = tmp_path_factory.mktemp("tiny_tte") / "model"
+    tiny_tte("qwen2_vl", "unified").save_pretrained(folder)
+    return str(folder)
+
+
+def make_image(seed: int = 0, size: tuple[int, int] = (50, 40)) -> Image.Image:
+    pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def image():
+    return make_image()

@@ -1,0 +1,39 @@
+import pytest
+
+from tests.tiny_models import build_backbone_config, build_tokenizer
+from tte.configuration_tte import TTEConfig
+
+
+@pytest.fixture(scope="module")
+def backbone_config():
+    return build_backbone_config("qwen2_vl", build_tokenizer(), num_layers=4).to_dict()
+
+
+def test_config_defaults_head_source_layer_to_l_minus_n(backbone_config):
+    config = TTEConfig(backbone_config=backbone_config, head_num_layers=3)
+    assert config.head_source_layer == 4 - 3
+    assert config.embedding_dim == 32
+    assert config.matryoshka_dims == [32]
+
+
+def test_config_round_trips_through_dict(backbone_config):
+    config = TTEConfig(backbone_config=backbone_config, head_num_layers=2, matryoshka_dims=[8, 16], think="always")
+    again = TTEConfig.from_dict(config.to_dict())
+    assert again.backbone_config.model_type == "qwen2_vl"
+    assert (again.head_num_layers, again.matryoshka_dims, again.think) == (2, [8, 16, 32], "always")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"variant": "bogus"}, "variant='bogus'"),
+        ({"think": "sometimes"}, "think='sometimes'"),
+        ({"head_num_layers": 5}, "head_num_layers=5"),
+        ({"variant": "student"}, "needs a reasoner_config"),
+        ({"matryoshka_dims": [64]}, "matryoshka_dims"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_config_rejects_bad_values(backbone_config, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TTEConfig(backbone_config=backbone_config, **{"head_num_layers": 2, **kwargs})

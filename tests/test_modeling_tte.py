@@ -1,0 +1,244 @@
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_image
+from tests.tiny_models import build_tte
+from tte.modeling_tte import decoder_of, pool_embeddings
+
+
+VL_BACKBONES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+VARIANTS = ["unified", "student", "teacher"]
+TRACE = "<think> red square </think> a shape"
+
+
+def mixed_inputs(name: str) -> list:
+    texts = ["a red square", {"text": "what is on the table ?", "instruction": "find the image", "task": "vqa"}]
+    if name == "llama":
+        return texts
+    return texts + [make_image(1), {"text": "a cat", "image": make_image(2)}]
+
+
+def embed_kwargs(variant: str, count: int) -> dict:
+    # The teacher has no reasoner of its own: it gets traces from the caller.
+    return {"reasoning": [TRACE] * count} if variant == "teacher" else {}
+
+
+@pytest.mark.parametrize("name", VL_BACKBONES + ["llama"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_embed_text_image_and_mixed_batch_is_batch_invariant(tiny_tte, name, variant):
+    model = tiny_tte(name, variant)
+    inputs = mixed_inputs(name)
+    batch = model.embed(inputs, **embed_kwargs(variant, len(inputs)))
+    assert batch.shape == (len(inputs), 32) and batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    alone = np.concatenate([model.embed([x], **embed_kwargs(variant, 1)) for x in inputs])
+    assert np.abs(alone - batch).max() <= 1e-4
+    assert np.array_equal(model.embed(inputs, **embed_kwargs(variant, len(inputs))), batch)  # deterministic
+
+
+@pytest.mark.parametrize("name", VL_BACKBONES + ["llama"])
+def test_unified_single_pass_equals_recomputation(tiny_tte, name):
+    model = tiny_tte(name, "unified")
+    inputs = mixed_inputs(name)
+    seq_lengths = []
+    handle = decoder_of(model.backbone).layers[0].register_forward_hook(lambda m, a, o: seq_lengths.append(o.shape[1]))
+    try:
+        single_pass, traces = model.embed(inputs, return_reasoning=True)
+    finally:
+        handle.remove()
+    assert all(traces) and seq_lengths[-1] == 2  # the single pass ran: its last trunk step is 2 tokens
+    recomputed = model.embed(inputs, reasoning=traces)  # precomputed traces: the trunk runs over prompt + trace
+    assert np.abs(single_pass - recomputed).max() <= 1e-4
+
+
+def test_unified_single_pass_does_not_rerun_trunk(tiny_tte):
+    model = tiny_tte("qwen2_vl", "unified")
+    inputs = mixed_inputs("qwen2_vl")
+    seq_lengths = []
+    handle = decoder_of(model.backbone).layers[0].register_forward_hook(lambda m, a, o: seq_lengths.append(o.shape[1]))
+    try:
+        _, traces = model.embed(inputs, return_reasoning=True)
+    finally:
+        handle.remove()
+    prompt_length = model.processor.build_reasoning_inputs(model.processor.parse_inputs(inputs))["input_ids"].shape[1]
+    # prefill over the prompts, one step per generated token, one step for (cut token +) embedding token
+    assert seq_lengths[0] == prompt_length
+    assert seq_lengths[-1] == 2 and set(seq_lengths[1:-1]) == {1}
+    assert len(seq_lengths) <= model.config.max_new_tokens + 1
+
+
+def test_unified_trace_cut_at_bound_gets_embedding_token(tiny_tte):
+    model = tiny_tte("qwen2_vl", "unified", max_new_tokens=2)
+    embeddings, traces = model.embed(["a red square", make_image(3)], return_reasoning=True)
+    tokenizer = model.processor.tokenizer
+    assert all(len(tokenizer(trace, add_special_tokens=False)["input_ids"]) <= 2 for trace in traces)
+    items = model.processor.parse_inputs(["a red square", make_image(3)])
+    inputs = model.processor.build_embedding_inputs(items, traces)
+    assert (inputs["input_ids"][:, -1] == model.config.embedding_token_id).all()
+    assert np.abs(model(**inputs).embeddings.detach().numpy() - embeddings).max() <= 1e-4
+
+
+@pytest.mark.parametrize("variant", ["unified", "student"])
+def test_precomputed_traces_equal_generated(tiny_tte, variant):
+    model = tiny_tte("qwen2_vl", variant)
+    inputs = mixed_inputs("qwen2_vl")
+    generated, traces = model.embed(inputs, return_reasoning=True)
+    assert np.abs(model.embed(inputs, reasoning=traces) - generated).max() <= 1e-4
+
+
+def test_think_policy_queries_think_and_documents_do_not(tiny_tte):
+    model = tiny_tte("qwen2_vl", "student")
+    _, query_traces = model.encode_query(["a red square"], return_reasoning=True)
+    document, document_traces = model.encode_document(["a red square"], return_reasoning=True)
+    assert query_traces[0] and document_traces == [""]
+    assert np.array_equal(document, model.embed(["a red square"], think=False))
+    _, traces = model.embed(["a", {"text": "b", "think": False}], think="always", return_reasoning=True)
+    assert traces[0] and traces[1] == ""
+    _, traces = model.encode_document(["a"], think=True, return_reasoning=True)
+    assert traces[0]
+
+
+def test_truncate_dim_renormalises_and_validates():
+    model = build_tte("qwen2_vl", "student", matryoshka_dims=[8, 16])
+    full = model.embed(["a red square"], think=False)
+    short = model.embed(["a red square"], think=False, truncate_dim=8)
+    assert short.shape == (1, 8)
+    np.testing.assert_allclose(short, full[:, :8] / np.linalg.norm(full[:, :8]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"truncate_dim=12 is not one of matryoshka_dims=\[8, 16, 32\]"):
+        model.embed(["a"], truncate_dim=12)
+
+
+def test_output_types(tiny_tte):
+    model = tiny_tte("llama", "student")
+    assert isinstance(model.embed("a", think=False, convert_to_tensor=True), torch.Tensor)
+    assert isinstance(model.embed("a", think=False, convert_to_numpy=False), torch.Tensor)
+    assert isinstance(model.embed("a", think=False), np.ndarray)
+
+
+def test_embed_rejects_bad_arguments(tiny_tte):
+    model = tiny_tte("qwen2_vl", "student")
+    with pytest.raises(ValueError, match="side='corpus'"):
+        model.embed("a", side="corpus")
+    with pytest.raises(ValueError, match="one trace \\(or None\\) per input: 2 inputs"):
+        model.embed(["a", "b"], reasoning=["x"])
+    with pytest.raises(ValueError, match="think='maybe'"):
+        model.embed("a", think="maybe")
+    with pytest.raises(ValueError, match="inputs is empty"):
+        model.embed([])
+
+
+def test_teacher_without_traces_explains_how_to_get_them(tiny_tte):
+    with pytest.raises(ValueError, match="teacher-variant model: pass reasoning="):
+        tiny_tte("qwen2_vl", "teacher").embed(["a red square"])
+
+
+def test_student_reasoner_is_separate_from_embedder(tiny_tte):
+    model = tiny_tte("qwen2_vl", "student")
+    assert model.reasoner is not model.backbone
+    assert not torch.equal(decoder_of(model.reasoner).layers[0].mlp.up_proj.weight,
+                           decoder_of(model.backbone).layers[0].mlp.up_proj.weight)  # fmt: skip
+
+
+class ChatEndpoint(BaseHTTPRequestHandler):
+    """A loopback OpenAI-compatible chat server: replies with a trace naming the parts it received."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        parts = body["messages"][1]["content"]
+        kinds = " ".join(part["type"] for part in parts)
+        reply = {"choices": [{"message": {"role": "assistant", "content": f"<think> {kinds} </think> seen"}}]}
+        self.server.requests.append(body)
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_teacher_with_openai_compatible_endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatEndpoint)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        model = build_tte("qwen2_vl", "teacher")
+        model.set_reasoner(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="teacher-72b")
+        embeddings, traces = model.embed(["a red square", {"text": "a cat", "image": make_image()}], return_reasoning=True)
+    finally:
+        server.shutdown()
+    assert traces == ["<think> text </think> seen", "<think> image_url text </think> seen"]
+    assert server.requests[0]["model"] == "teacher-72b" and server.requests[0]["temperature"] == 0.0
+    assert server.requests[1]["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    expected = model.embed(["a red square", {"text": "a cat", "image": make_image()}], reasoning=traces)
+    assert np.abs(embeddings - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["unified", "student"])
+def test_forward_lets_gradients_flow(variant):
+    model = build_tte("qwen2_vl", variant).train()
+    items = model.processor.parse_inputs(["a red square", make_image()])
+    inputs = model.processor.build_embedding_inputs(items, [TRACE, ""])
+    model(**inputs).embeddings.sum().backward()
+    trained = model.head if variant == "unified" else model.backbone
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
+
+
+def test_pool_embeddings_reads_last_real_token_for_either_padding():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert torch.equal(pool_embeddings(hidden, left, normalize=False), hidden[:, 3])
+    assert torch.equal(pool_embeddings(hidden, right, normalize=False), torch.stack([hidden[0, 2], hidden[1, 1]]))
+
+
+FRESH_PROCESS_SCRIPT = """
+import sys, json
+import numpy as np
+assert not any("{repo}" in p for p in sys.path), sys.path
+try:
+    import tte  # noqa: F401
+    raise SystemExit("repository is importable")
+except ImportError:
+    pass
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+folder, inputs_path, out_path = sys.argv[1:4]
+model, info = AutoModel.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor).__name__ == "TTEProcessor"
+inputs = json.load(open(inputs_path))
+inputs = [dict(x, image=Image.open(x["image"])) if isinstance(x, dict) and "image" in x else x for x in inputs]
+embeddings = model.embed(inputs)
+np.save(out_path, embeddings)
+print(json.dumps({{"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"])}}))
+"""
+
+
+@pytest.mark.parametrize("name, variant", [("qwen2_vl", "unified"), ("qwen3_vl", "student"), ("llama", "unified")])
+def test_saved_model_loads_in_fresh_process_without_repo(tiny_tte, tmp_path, name, variant):
+    model = tiny_tte(name, variant)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    make_image(5).save(tmp_path / "img.png")
+    inputs = ["a red square"] + ([{"text": "a cat", "image": str(tmp_path / "img.png")}] if name != "llama" else [])
+    (tmp_path / "inputs.json").write_text(json.dumps(inputs))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = FRESH_PROCESS_SCRIPT.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "inputs.json"),
+                             str(tmp_path / "out.npy")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"missing": [], "unexpected": []}
+    loaded_inputs = [dict(x, image=make_image(5)) if isinstance(x, dict) else x for x in inputs]
+    assert np.abs(np.load(tmp_path / "out.npy") - model.embed(loaded_inputs)).max() <= 1e-5

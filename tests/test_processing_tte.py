@@ -1,0 +1,125 @@
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_image
+from tests.tiny_models import build_processor
+from tte.processing_tte import EMBEDDING_TOKEN, PROMPT_SETS, TASK_FAMILIES, load_image
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor("qwen2_vl")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_prompt_set_covers_every_task_family_with_trace_format():
+    assert set(TASK_FAMILIES) == {"classification", "vqa", "retrieval", "grounding", "visual_document"}
+    for prompt in PROMPT_SETS["ecr-v1"].values():
+        assert "<think>" in prompt and "</think>" in prompt
+
+
+def test_parse_inputs_accepts_every_image_form(processor, tmp_path):
+    image = make_image()
+    path = tmp_path / "x.png"
+    image.save(path)
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    items = processor.parse_inputs([image, str(path), data_uri, png_bytes(image), {"text": "a cat", "image": image}])
+    for item in items:
+        assert item.image.size == (50, 40) and item.image.mode == "RGB"
+    assert items[-1].text == "a cat"
+
+
+def test_parse_inputs_text_and_instructions(processor):
+    items = processor.parse_inputs(["a red square", {"text": "b", "instruction": "own"}], instruction="shared", task="vqa")
+    assert (items[0].text, items[0].instruction, items[0].task) == ("a red square", "shared", "vqa")
+    assert items[1].instruction == "own"
+
+
+def test_reasoning_prompt_is_prefix_of_embedding_input(processor):
+    items = processor.parse_inputs([{"text": "a red square", "image": make_image()}], instruction="find it")
+    prompt = processor.build_prompt(items[0])
+    assert "<|vision_start|><|image_pad|><|vision_end|>find it\na red square" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    inputs = processor.build_embedding_inputs(items, ["<think> red </think> a shape"])
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert text.endswith(EMBEDDING_TOKEN) and "</think>" in text
+    assert inputs["input_ids"][0, -1].item() == processor.embedding_token_id
+
+
+def test_embedding_inputs_are_left_padded(processor):
+    items = processor.parse_inputs(["a", "a red square on the table"])
+    inputs = processor.build_embedding_inputs(items, ["", ""])
+    mask = inputs["attention_mask"]
+    assert mask[0, 0] == 0 and mask[:, -1].tolist() == [1, 1]
+
+
+def test_pixel_budget_downscales_large_images(processor):
+    items = processor.parse_inputs([make_image(size=(400, 300))])
+    inputs = processor.build_reasoning_inputs(items)
+    patches = int(inputs["image_grid_thw"][0].prod())
+    assert patches * 14 * 14 <= processor.max_pixels
+
+
+def test_load_image_refuses_decompression_bomb_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (12000, 12000)).save(path)  # tiny file, 144M pixels once decoded
+    with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: image is 12000x12000"):
+        load_image(str(path), "inputs[0]['image']")
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (None, ValueError, r"inputs\[1\]: input is None"),
+        ("", ValueError, r"inputs\[1\]\['text'\]: text is empty"),
+        ("   ", ValueError, r"inputs\[1\]\['text'\]: text is empty"),
+        (42, TypeError, r"inputs\[1\]: expected str, PIL image, bytes or dict"),
+        ({"text": 3}, TypeError, r"inputs\[1\]\['text'\]: text must be a str"),
+        ({"txt": "a"}, ValueError, r"inputs\[1\]: unknown keys \['txt'\]"),
+        ({}, ValueError, r"inputs\[1\]: a dict input needs"),
+        ("missing.png", ValueError, r"inputs\[1\]\['image'\]: image file 'missing.png' does not exist"),
+        (b"not an image at all", ValueError, r"inputs\[1\]\['image'\]: not a readable image"),
+        ("https://example.com/cat.png", ValueError, r"inputs\[1\]\['image'\]: URL .* allow_urls=True"),
+        ("data:image/png;base64,@@@", ValueError, r"inputs\[1\]\['image'\]: data URI payload is not valid base64"),
+        ({"image": 1.5}, TypeError, r"inputs\[1\]\['image'\]: image must be"),
+        ("a <|emb|> b", ValueError, r"reserved token '<\|emb\|>'"),
+        ({"text": "a", "task": "chat"}, ValueError, r"inputs\[1\]: task='chat'"),
+        ({"text": "a", "think": "yes"}, TypeError, r"inputs\[1\]\['think'\]: must be a bool"),
+    ],
+)
+def test_parse_inputs_rejects_bad_item_naming_it(processor, bad, error, message):
+    with pytest.raises(error, match=message):
+        processor.parse_inputs(["fine", bad])
+
+
+def test_parse_inputs_rejects_truncated_image(processor):
+    data = png_bytes(make_image(size=(64, 64)))
+    with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: (image data is corrupt|not a readable)"):
+        processor.parse_inputs([data[: len(data) // 2]])
+
+
+def test_parse_inputs_rejects_empty_batch_and_wrong_container(processor):
+    with pytest.raises(ValueError, match="inputs is empty"):
+        processor.parse_inputs([])
+    with pytest.raises(TypeError, match="inputs must be a list"):
+        processor.parse_inputs(7)
+
+
+def test_text_only_processor_refuses_images():
+    processor = build_processor("llama")
+    with pytest.raises(ValueError, match=r"inputs\[0\]: this model is text-only"):
+        processor.parse_inputs([make_image()])
+
+
+def test_trace_with_reserved_token_is_rejected(processor):
+    items = processor.parse_inputs(["a"])
+    with pytest.raises(ValueError, match=r"reasoning\[0\]: trace contains the reserved token"):
+        processor.build_embedding_inputs(items, ["bad <|image_pad|>"])
