@@ -1,0 +1,34 @@
+"""Install the TTE package for development: `pip install -e ".[test]"`.
+
+The Hub files live flat at the repository root (as Hub custom code must); `tte/__init__.py` points the package
+`tte` at them, which is why the install is editable.
+"""
+
+from setuptools import setup
+
+
+setup(
+    name="think-then-embed",
+    version="0.1.0",
+    description="Think-Then-Embed: reasoning-conditioned multimodal embeddings (Hugging Face Hub custom code)",
+    python_requires=">=3.10",
+    packages=["tte", "training", "tte_eval"],
+    py_modules=["tte_cli"],
+    install_requires=[
+        "torch>=2.6",
+        "torchvision",
+        "transformers>=5.20,<6",
+        "sentence-transformers>=6.2,<7",
+        "huggingface-hub>=1.3",
+        "safetensors",
+        "pillow",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["accelerate>=1.10", "peft>=0.17", "datasets>=4"],
+        "test": ["pytest>=8", "accelerate>=1.10", "peft>=0.17", "datasets>=4"],
+    },
+    entry_points={"console_scripts": ["tte=tte_cli:main", "tte-eval=tte_eval.cli:main"]},
+)

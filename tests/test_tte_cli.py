@@ -1,0 +1,29 @@
+import json
+
+import pytest
+
+import tte_cli
+from tests.conftest import make_image
+
+
+def test_cli_embed_prints_vectors_and_reasoning(tiny_tte_folder, tmp_path, capsys):
+    make_image().save(tmp_path / "img.png")
+    tte_cli.main(["embed", tiny_tte_folder, "a red square", "--image", str(tmp_path / "img.png"), "--show-reasoning"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row["input"] for row in rows] == ["a red square", {"image": str(tmp_path / "img.png")}]
+    assert all(len(row["embedding"]) == 8 and row["reasoning"] for row in rows)
+
+
+def test_cli_rank_orders_candidates_by_score(tiny_tte_folder, capsys):
+    tte_cli.main(["rank", tiny_tte_folder, "circle", "square", "triangle", "--query", "what shape ?"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(row["candidate"] for row in rows) == ["circle", "square", "triangle"]
+    scores = [row["score"] for row in rows]
+    assert scores == sorted(scores, reverse=True) and [row["rank"] for row in rows] == [1, 2, 3]
+
+
+def test_cli_reports_bad_input_without_traceback(tiny_tte_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tte_cli.main(["embed", tiny_tte_folder, "--image", "no-such-file.png"])
+    assert exit_info.value.code == 2
+    assert "inputs[0]['image']: image file 'no-such-file.png' does not exist" in capsys.readouterr().err
