@@ -17,7 +17,7 @@ setup(
     install_requires=[
         "torch>=2.6",
         "torchvision",
-        "transformers>=5.20,<6",
+        "transformers>=5.24,<6",
         "sentence-transformers>=6.2,<7",
         "huggingface-hub>=1.3",
         "safetensors",
