@@ -90,6 +90,14 @@ class TTEConfig(PretrainedConfig):
             self.head_source_layer = num_backbone_layers - self.head_num_layers
         if not 1 <= self.head_source_layer <= num_backbone_layers:
             raise ValueError(f"head_source_layer={self.head_source_layer} must lie in [1, {num_backbone_layers}]")
+        # Qwen3-VL adds deepstack visual features after its first layers, outside the layer modules the head reads.
+        vision_config = getattr(self.backbone_config, "vision_config", None)
+        deepstack_layers = len(getattr(vision_config, "deepstack_visual_indexes", None) or [])
+        if self.head_source_layer <= deepstack_layers:
+            raise ValueError(
+                f"head_source_layer={self.head_source_layer} reads a layer before the backbone's {deepstack_layers} "
+                "deepstack layers have added their visual features; use a later source layer (fewer head layers)"
+            )
 
 
 __all__ = ["TTEConfig"]

@@ -209,6 +209,9 @@ class TTEModel(TTEPreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights, config and code, plus the processor when one is attached, so the folder is self-contained."""
+        # config.json maps AutoProcessor too, so AutoProcessor finds our class from the model config alone.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                "AutoProcessor": "processing_tte.TTEProcessor"}  # fmt: skip
         super().save_pretrained(save_directory, *args, **kwargs)
         self.generator_generation_config().save_pretrained(save_directory)
         if self._processor is not None:

@@ -37,3 +37,10 @@ def test_config_round_trips_through_dict(backbone_config):
 def test_config_rejects_bad_values(backbone_config, kwargs, message):
     with pytest.raises(ValueError, match=message):
         TTEConfig(backbone_config=backbone_config, **{"head_num_layers": 2, **kwargs})
+
+
+def test_config_rejects_source_layer_inside_qwen3_vl_deepstack():
+    backbone_config = build_backbone_config("qwen3_vl", build_tokenizer(), num_layers=4).to_dict()
+    backbone_config["vision_config"]["deepstack_visual_indexes"] = [0, 1]
+    with pytest.raises(ValueError, match="head_source_layer=2 reads a layer before the backbone's 2 deepstack"):
+        TTEConfig(backbone_config=backbone_config, head_num_layers=2)

@@ -242,3 +242,18 @@ def test_saved_model_loads_in_fresh_process_without_repo(tiny_tte, tmp_path, nam
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"missing": [], "unexpected": []}
     loaded_inputs = [dict(x, image=make_image(5)) if isinstance(x, dict) else x for x in inputs]
     assert np.abs(np.load(tmp_path / "out.npy") - model.embed(loaded_inputs)).max() <= 1e-5
+
+
+def test_save_and_load_restores_weights_bit_for_bit(tiny_tte, tmp_path):
+    from tte.modeling_tte import TTEModel
+
+    model = tiny_tte("qwen2_vl", "unified")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_tte.TTEConfig", "AutoModel": "modeling_tte.TTEModel",
+                                  "AutoProcessor": "processing_tte.TTEProcessor"}  # fmt: skip
+    assert {"configuration_tte.py", "modeling_tte.py", "processing_tte.py", "reasoning_tte.py"} <= set(os.listdir(tmp_path))
+    loaded = TTEModel.from_pretrained(tmp_path)
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in loaded.state_dict().items())

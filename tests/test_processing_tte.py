@@ -1,5 +1,7 @@
 import base64
 import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -123,3 +125,29 @@ def test_trace_with_reserved_token_is_rejected(processor):
     items = processor.parse_inputs(["a"])
     with pytest.raises(ValueError, match=r"reasoning\[0\]: trace contains the reserved token"):
         processor.build_embedding_inputs(items, ["bad <|image_pad|>"])
+
+
+class ImageServer(BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = png_bytes(make_image(size=(30, 20)))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_url_images_are_fetched_only_after_opting_in():
+    processor = build_processor("qwen2_vl")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/cat.png"
+    try:
+        with pytest.raises(ValueError, match="allow_urls=True"):
+            processor.parse_inputs([url])
+        processor.allow_urls = True
+        assert processor.parse_inputs([url])[0].image.size == (30, 20)
+    finally:
+        server.shutdown()
