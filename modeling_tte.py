@@ -362,7 +362,7 @@ class TTEModel(TTEPreTrainedModel):
         if self.config.variant == "teacher":
             raise ValueError(
                 "this is a teacher-variant model: pass reasoning=[...] traces, or plug in a reasoner with "
-                "model.set_reasoner(OpenAIChatReasoner(base_url=..., model=...)), or use think=False"
+                "model.set_reasoner(base_url=..., model=...) (an OpenAI-compatible endpoint), or use think=False"
             )
         return self.generate_traces(items, max_new_tokens)[0]
 
@@ -378,12 +378,11 @@ class TTEModel(TTEPreTrainedModel):
                 return False
         return True
 
-    def _missing_source_states(self, state: dict, embedding_inputs, position_ids) -> torch.Tensor:
+    def _missing_source_states(self, state: dict, fed_length: int, position_ids) -> torch.Tensor:
         """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
         one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
         reasoning_mask = state["inputs"]["attention_mask"]
         batch, prompt_length = reasoning_mask.shape
-        fed_length = state["captured_length"]
         fed_mask = torch.zeros(batch, fed_length, dtype=reasoning_mask.dtype, device=self.device)
         fed_mask[:, :prompt_length] = reasoning_mask
         new_ids = torch.full((batch, 2), self.config.pad_token_id, dtype=torch.long, device=self.device)
@@ -405,8 +404,7 @@ class TTEModel(TTEPreTrainedModel):
     def _single_pass_source_states(self, state: dict, embedding_inputs, position_ids) -> torch.Tensor:
         """Assemble layer L-N states of prompt + trace + embedding token from what generation captured."""
         captured = torch.cat(state["captured"], dim=1)  # (batch, prompt + generated - 1, hidden)
-        state["captured_length"] = captured.shape[1]
-        missing = self._missing_source_states(state, embedding_inputs, position_ids)
+        missing = self._missing_source_states(state, captured.shape[1], position_ids)
         reasoning_mask = state["inputs"]["attention_mask"]
         prompt_length = reasoning_mask.shape[1]
         mask = embedding_inputs["attention_mask"]
@@ -519,6 +517,8 @@ class TTEModel(TTEPreTrainedModel):
         """
         if side not in SIDES:
             raise ValueError(f"side={side!r} must be one of {SIDES}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self._check_truncate_dim(truncate_dim)
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._check_reasoning(reasoning, len(items))

@@ -133,6 +133,8 @@ def test_embed_rejects_bad_arguments(tiny_tte):
         model.embed("a", think="maybe")
     with pytest.raises(ValueError, match="inputs is empty"):
         model.embed([])
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
+        model.embed("a", max_new_tokens=0)
 
 
 def test_teacher_without_traces_explains_how_to_get_them(tiny_tte):
