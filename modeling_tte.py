@@ -195,12 +195,22 @@ class TTEModel(TTEPreTrainedModel):
             head_layer.load_state_dict(trunk_layer.state_dict())
         self.head.decoder.norm.load_state_dict(trunk.norm.state_dict())
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, remembering where from so the processor loads from the same revision."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub_keys = ("revision", "subfolder", "token", "cache_dir", "local_files_only")
+        loaded = model[0] if isinstance(model, tuple) else model  # output_loading_info=True returns a tuple
+        loaded._processor_source = (pretrained_model_name_or_path, {k: kwargs[k] for k in hub_keys if k in kwargs})
+        return model
+
     @property
     def processor(self) -> TTEProcessor:
         """The processor saved next to the weights, loaded on first use."""
         if self._processor is None:
+            path, hub_kwargs = getattr(self, "_processor_source", (self.config.name_or_path, {}))
             # Our own processor class, from the folder whose code the caller already trusted to load this model.
-            self._processor = TTEProcessor.from_pretrained(self.config.name_or_path, trust_remote_code=True)
+            self._processor = TTEProcessor.from_pretrained(path, trust_remote_code=True, **hub_kwargs)
         return self._processor
 
     @processor.setter
@@ -467,14 +477,21 @@ class TTEModel(TTEPreTrainedModel):
         if truncate_dim is not None and truncate_dim not in self.config.matryoshka_dims:
             raise ValueError(f"truncate_dim={truncate_dim} is not one of matryoshka_dims={self.config.matryoshka_dims}")
 
-    def _check_reasoning(self, reasoning, count: int) -> list:
+    def _given_traces(self, reasoning, items: list[TTEInput]) -> list[str | None]:
+        """Precomputed traces: from `reasoning=` (one per input) or from each input's own `reasoning` key."""
         if reasoning is None:
-            return [None] * count
+            return [item.reasoning for item in items]
         if isinstance(reasoning, str):
             reasoning = [reasoning]
-        if not isinstance(reasoning, (list, tuple)) or len(reasoning) != count:
-            raise ValueError(f"reasoning must be a list with one trace (or None) per input: {count} inputs")
-        return [None if trace is None else self.processor.check_trace(trace, i) for i, trace in enumerate(reasoning)]
+        if not isinstance(reasoning, (list, tuple)) or len(reasoning) != len(items):
+            raise ValueError(f"reasoning must be a list with one trace (or None) per input: {len(items)} inputs")
+        for i, (trace, item) in enumerate(zip(reasoning, items)):
+            if trace is not None and item.reasoning is not None:
+                raise ValueError(f"inputs[{i}]: a trace is given both in reasoning= and in the input's 'reasoning'")
+        return [
+            self.processor.check_trace(trace, f"reasoning[{i}]") if trace is not None else item.reasoning
+            for i, (trace, item) in enumerate(zip(reasoning, items))
+        ]
 
     def embed(
         self,
@@ -501,7 +518,8 @@ class TTEModel(TTEPreTrainedModel):
             task: ECR prompt family (`processing_tte.TASK_FAMILIES`); default `"retrieval"`.
             side: `"query"` or `"document"`; decides thinking under the `"queries"` policy.
             think: `True`/`False` or `"always"`/`"never"`/`"queries"`; default `config.think`.
-            reasoning: precomputed traces, one per input (`None` entries are generated if they think).
+            reasoning: precomputed traces, one per input (`None` entries are generated if they think); a dict input
+                may carry its own as `"reasoning"`.
             return_reasoning: also return the traces used (`""` where none).
             max_new_tokens: trace length bound; a trace cut there still gets the embedding token.
             batch_size: inputs per forward / generate call.
@@ -521,7 +539,7 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self._check_truncate_dim(truncate_dim)
         items = self.processor.parse_inputs(inputs, instruction, task)
-        given = self._check_reasoning(reasoning, len(items))
+        given = self._given_traces(reasoning, items)
         traces = [trace if trace is not None else "" for trace in given]
         generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
         chunks = []

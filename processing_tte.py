@@ -50,7 +50,7 @@ PROMPT_SETS = {
 }
 TASK_FAMILIES = tuple(PROMPT_SETS["ecr-v1"])
 DEFAULT_TASK_FAMILY = "retrieval"
-_INPUT_KEYS = {"text", "image", "instruction", "task", "think"}
+_INPUT_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TTEInput:
     instruction: str | None
     task: str
     think: bool | None = None  # per-input override of the thinking policy
+    reasoning: str | None = None  # a precomputed trace for this input
 
 
 def _load_image_bytes(data: bytes, where: str, max_image_pixels: int) -> Image.Image:
@@ -229,7 +230,11 @@ class TTEProcessor(ProcessorMixin):
         think = item.get("think")
         if think is not None and not isinstance(think, bool):
             raise TypeError(f"{where}['think']: must be a bool, got {type(think).__name__}")
-        return TTEInput(text, image, item_instruction, self._check_task(item.get("task", task), where), think)
+        reasoning = item.get("reasoning")
+        if reasoning is not None:
+            self.check_trace(reasoning, f"{where}['reasoning']")
+        task = self._check_task(item.get("task", task), where)
+        return TTEInput(text, image, item_instruction, task, think, reasoning)
 
     def _check_task(self, task: str, where: str) -> str:
         if task not in PROMPT_SETS[self.prompt_set_version]:
@@ -238,7 +243,7 @@ class TTEProcessor(ProcessorMixin):
 
     def parse_input(self, item, index: int, instruction: str | None = None, task: str | None = None) -> TTEInput:
         """Parse one input: a str (text, or an image path / URL / data URI), a PIL image, bytes or a dict with keys
-        `text`, `image`, `instruction`, `task`, `think`."""
+        `text`, `image`, `instruction`, `task`, `think`, `reasoning` (a precomputed trace)."""
         where = f"inputs[{index}]"
         task = self._check_task(task or DEFAULT_TASK_FAMILY, where)
         if item is None:
@@ -281,12 +286,13 @@ class TTEProcessor(ProcessorMixin):
             messages[1]["content"] = "\n".join(part["text"] for part in messages[1]["content"])
         return self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def check_trace(self, trace, index: int) -> str:
+    def check_trace(self, trace, where: str) -> str:
+        """Validate a trace (`where` names it in errors, e.g. `"reasoning[2]"`)."""
         if not isinstance(trace, str):
-            raise TypeError(f"reasoning[{index}]: trace must be a str, got {type(trace).__name__}")
+            raise TypeError(f"{where}: trace must be a str, got {type(trace).__name__}")
         for token in self.forbidden_text_tokens:
             if token in trace:
-                raise ValueError(f"reasoning[{index}]: trace contains the reserved token {token!r}")
+                raise ValueError(f"{where}: trace contains the reserved token {token!r}")
         return trace
 
     def _encode(self, texts: list[str], items: list[TTEInput]) -> BatchFeature:
@@ -307,7 +313,7 @@ class TTEProcessor(ProcessorMixin):
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
         texts = [
-            self.build_prompt(item) + self.check_trace(trace, i) + EMBEDDING_TOKEN
+            self.build_prompt(item) + self.check_trace(trace, f"reasoning[{i}]") + EMBEDDING_TOKEN
             for i, (item, trace) in enumerate(zip(items, traces))
         ]
         return self._encode(texts, items)

@@ -16,6 +16,9 @@ if REPO_ROOT not in sys.path:
 from tests.tiny_models import build_tte  # noqa: E402
 
 
+MATRYOSHKA_DIMS = [8, 16]
+
+
 @functools.cache
 def _cached_tte(name: str, variant: str, max_new_tokens: int):
     return build_tte(name, variant, max_new_tokens=max_new_tokens)
@@ -43,3 +46,21 @@ def make_image(seed: int = 0, size: tuple[int, int] = (50, 40)) -> Image.Image:
 @pytest.fixture
 def image():
     return make_image()
+
+
+@functools.cache
+def tiny_export_model():
+    """The tiny random-weight unified model the Hub-surface tests share (with Matryoshka dims, for truncate_dim)."""
+    return build_tte("qwen2_vl", "unified", matryoshka_dims=MATRYOSHKA_DIMS)
+
+
+@pytest.fixture(scope="session")
+def export_folder(tmp_path_factory) -> str:
+    """`tiny_export_model()` saved as a training run would, then exported as random weights by training/export.py."""
+    from training.export import main as export_main
+
+    root = tmp_path_factory.mktemp("export")
+    tiny_export_model().save_pretrained(root / "checkpoint")
+    export_main(["--checkpoint", str(root / "checkpoint"), "--output_dir", str(root / "tte_export"), "--repo_id",
+                 "tte-org/tiny-random", "--weights", "random"])  # fmt: skip
+    return str(root / "tte_export")

@@ -92,6 +92,14 @@ def test_precomputed_traces_equal_generated(tiny_tte, variant):
     inputs = mixed_inputs("qwen2_vl")
     generated, traces = model.embed(inputs, return_reasoning=True)
     assert np.abs(model.embed(inputs, reasoning=traces) - generated).max() <= 1e-4
+    per_item = [dict(x, reasoning=t) if isinstance(x, dict) else {"text": x, "reasoning": t} for x, t in
+                zip(inputs[:2], traces[:2])]  # fmt: skip
+    assert np.abs(model.embed(per_item) - generated[:2]).max() <= 1e-4
+
+
+def test_trace_given_twice_is_rejected(tiny_tte):
+    with pytest.raises(ValueError, match=r"inputs\[0\]: a trace is given both"):
+        tiny_tte("qwen2_vl", "student").embed([{"text": "a", "reasoning": "x"}], reasoning=["y"])
 
 
 def test_think_policy_queries_think_and_documents_do_not(tiny_tte):

@@ -1,0 +1,141 @@
+"""Hugging Face Inference Endpoints handler for a TTE model: parse the request, call `TTEModel.embed`, format the reply.
+
+Inference Endpoints load this file on its own (not as part of a package), so it imports only public libraries and
+loads the model code from the repository with `trust_remote_code=True`.
+
+Request (the feature-extraction schema, extended with images and TTE parameters):
+
+    {
+      "inputs": "a text" | [item, ...],   item: a text, an image as a "data:image/...;base64,..." URI, or
+                                          {"text": ..., "image": ..., "instruction": ..., "task": ..., "think": ...}
+      "prompt_name": "query" | "document",   the side; queries think under the default policy (default "query")
+      "normalize": true,                     embeddings are L2-normalised; false is refused for such a model
+      "truncate": false,                     inputs are never cut; true is refused
+      "parameters": {"think": true | false | "always" | "never" | "queries", "instruction": "...",
+                     "task": "retrieval", "reasoning": [precomputed trace or null, one per item],
+                     "truncate_dim": 256, "return_reasoning": false}
+    }
+
+A bare string is text unless it is a `data:` URI. An image given as an http(s) URL is fetched only when the endpoint
+sets `TTE_ALLOW_IMAGE_URLS=1`; local file paths are never read.
+
+Reply: a list of vectors, or `{"embeddings": [...], "reasoning": [...]}` with `return_reasoning`; a bad request gets
+`{"error": "<what is wrong, naming the item>"}`.
+"""
+
+import os
+from typing import Any
+
+from transformers import AutoModel, AutoProcessor
+
+
+ALLOW_URLS_ENV = "TTE_ALLOW_IMAGE_URLS"
+REQUEST_KEYS = {"inputs", "prompt_name", "normalize", "truncate", "parameters"}
+PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", "return_reasoning"}
+ITEM_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
+PROMPT_NAMES = ("query", "document")
+
+
+def check_image_reference(value, where: str, allow_urls: bool) -> None:
+    """Accept a `data:` URI, or an http(s) URL when URLs are allowed; anything else (a server path) is refused."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: an image must be a string (a data URI or URL), got {type(value).__name__}")
+    if value.startswith("data:"):
+        return
+    if value.startswith(("http://", "https://")):
+        if not allow_urls:
+            raise ValueError(f"{where}: image URLs are off on this endpoint; send a base64 data URI or set "
+                             f"{ALLOW_URLS_ENV}=1")  # fmt: skip
+        return
+    raise ValueError(f"{where}: an image must be a 'data:image/...;base64,...' URI or an http(s) URL, got "
+                     f"{value[:40]!r}")  # fmt: skip
+
+
+def parse_item(item, index: int, allow_urls: bool) -> dict:
+    """One request item as an explicit `{"text"/"image", ...}` dict, so no string is ever read as a file path."""
+    where = f"inputs[{index}]"
+    if isinstance(item, str):
+        if item.startswith("data:"):
+            return {"image": item}
+        return {"text": item}
+    if not isinstance(item, dict):
+        raise TypeError(f"{where}: expected a string or an object with 'text' and/or 'image', "
+                        f"got {type(item).__name__}")  # fmt: skip
+    unknown = set(item) - ITEM_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed keys are {sorted(ITEM_KEYS)}")
+    if item.get("image") is not None:
+        check_image_reference(item["image"], f"{where}['image']", allow_urls)
+    return item
+
+
+def parse_request(data, allow_urls: bool, model_normalizes: bool) -> tuple[list[dict], dict, bool]:
+    """Validate a request.
+
+    Returns:
+        The items, the keyword arguments of `TTEModel.embed`, and whether to return the traces.
+
+    Raises:
+        ValueError / TypeError: naming the offending key or item.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"the request must be a JSON object with 'inputs', got {type(data).__name__}")
+    unknown = set(data) - REQUEST_KEYS
+    if unknown:
+        raise ValueError(f"unknown request keys {sorted(unknown)}; allowed keys are {sorted(REQUEST_KEYS)}")
+    if "inputs" not in data:
+        raise ValueError("the request has no 'inputs'")
+    inputs = [data["inputs"]] if isinstance(data["inputs"], str) else data["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise ValueError("'inputs' must be a string or a non-empty list of items")
+    if data.get("normalize", model_normalizes) is not model_normalizes:
+        raise ValueError(f"normalize={data['normalize']!r} is not available: this model's embeddings are "
+                         f"{'always' if model_normalizes else 'never'} L2-normalised")  # fmt: skip
+    if data.get("truncate", False) is not False:
+        raise ValueError(f"truncate={data['truncate']!r} is not supported: TTE never cuts its inputs")
+    side = data.get("prompt_name") or "query"
+    if side not in PROMPT_NAMES:
+        raise ValueError(f"prompt_name={side!r} must be one of {list(PROMPT_NAMES)}")
+    parameters, return_reasoning = parse_parameters(data.get("parameters") or {})
+    items = [parse_item(item, i, allow_urls) for i, item in enumerate(inputs)]
+    return items, {"side": side, **parameters}, return_reasoning
+
+
+def parse_parameters(parameters) -> tuple[dict, bool]:
+    """The `embed` keyword arguments in `parameters` (checked further by `embed`), and `return_reasoning`."""
+    if not isinstance(parameters, dict):
+        raise TypeError(f"'parameters' must be an object, got {type(parameters).__name__}")
+    unknown = set(parameters) - PARAMETER_KEYS
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)}; allowed parameters are {sorted(PARAMETER_KEYS)}")
+    parameters = dict(parameters)
+    return_reasoning = parameters.pop("return_reasoning", False)
+    if not isinstance(return_reasoning, bool):
+        raise TypeError(f"parameters.return_reasoning must be true or false, got {return_reasoning!r}")
+    return parameters, return_reasoning
+
+
+class EndpointHandler:
+    """Loads the model once; each call embeds one request.
+
+    Args:
+        path: the model repository folder (Inference Endpoints pass it).
+    """
+
+    def __init__(self, path: str = ""):
+        self.allow_urls = os.environ.get(ALLOW_URLS_ENV) == "1"
+        self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+        self.model.processor = AutoProcessor.from_pretrained(path, trust_remote_code=True, allow_urls=self.allow_urls)
+
+    def __call__(self, data: dict[str, Any]) -> list | dict:
+        try:
+            items, kwargs, return_reasoning = parse_request(data, self.allow_urls, self.model.config.normalize)
+            embeddings, traces = self.model.embed(items, return_reasoning=True, **kwargs)
+        except (ValueError, TypeError) as error:  # bad requests only; anything else is a server error
+            return {"error": str(error)}
+        if return_reasoning:
+            return {"embeddings": embeddings.tolist(), "reasoning": traces}
+        return embeddings.tolist()
+
+
+__all__ = ["EndpointHandler", "ALLOW_URLS_ENV"]

@@ -1,0 +1,119 @@
+"""training/export.py: the Hub folder's files, clean reloading, and model cards filled only from files."""
+
+import json
+import os
+
+import pytest
+import yaml
+from transformers import AutoModel
+
+from tests.tiny_models import build_backbone_config, build_tokenizer
+from training.export import ALLOWED_FILES, ExportArgs, check_export_folder, main, render_card
+from tte.configuration_tte import TTEConfig
+
+
+TAGS = {"sentence-transformers", "feature-extraction", "sentence-similarity", "multimodal-embedding", "custom_code"}
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n"), card[:80]
+    return yaml.safe_load(card.split("---\n", 2)[1])
+
+
+def write_results(path) -> dict:
+    """A results file in the tte_eval layout, with numbers no template could contain."""
+    results = {
+        "metadata": {"model_name": "tiny", "benchmark": "mmeb-v2", "created": "2026-01-02T03:04:05+00:00",
+                     "model_hash": "ab12", "model_settings": {"think": "queries"},
+                     "headline_metric": {"image": "hit@1", "visdoc": "ndcg_linear@5"}},
+        "metrics": {"image": {"ImageNet-1K": {"hit@1": 0.61237, "hit@5": 0.9}},
+                    "visdoc": {"ViDoRe_arxivqa": {"ndcg_linear@5": 0.43219}}},
+        "aggregate": {"scores": {"I-CLS": 61.237, "Image": 61.237, "VisDoc": None}, "missing": {"Image": ["N24News"]}},
+        "aggregate_error": None,
+    }  # fmt: skip
+    path.write_text(json.dumps(results))
+    return results
+
+
+def test_export_writes_only_allowed_files_and_reloads_cleanly(export_folder):
+    names = set(check_export_folder(export_folder))
+    assert names == ALLOWED_FILES - {"model.safetensors.index.json"}
+    model, info = AutoModel.from_pretrained(export_folder, trust_remote_code=True, output_loading_info=True)
+    assert (info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"]) == (set(), set(), set())
+    config = json.load(open(os.path.join(export_folder, "config.json")))
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel"}
+    assert json.load(open(os.path.join(export_folder, "generation_config.json")))["do_sample"] is False
+
+
+def test_export_writes_sentence_transformers_files(export_folder):
+    modules = json.load(open(os.path.join(export_folder, "modules.json")))
+    assert modules == [{"idx": 0, "name": "0", "path": "", "type": "custom_st.TTESentenceTransformer"}]
+    st_config = json.load(open(os.path.join(export_folder, "config_sentence_transformers.json")))
+    assert st_config["similarity_fn_name"] == "cosine"
+    assert st_config["prompts"] == {"query": "", "document": ""}
+    assert set(st_config["requirements"]) == {"transformers", "sentence-transformers", "torch"}
+    assert json.load(open(os.path.join(export_folder, "tte_sentence_transformers.json"))) == {"default_side": "query"}
+
+
+def test_random_export_card_says_so_plainly(export_folder):
+    card = open(os.path.join(export_folder, "README.md")).read()
+    meta = front_matter(card)
+    assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"
+    assert TAGS | {"random-weights"} <= set(meta["tags"])
+    assert meta["inference"] is False and meta["license"] == "apache-2.0" and "base_model" not in meta
+    assert meta["widget"][0]["source_sentence"] and len(meta["widget"][0]["sentences"]) == 3
+    assert "The weights of this model are random: it was never trained." in card
+    assert "Not trained: the weights are random." in card
+    assert "Not evaluated: no evaluation results were supplied with this export." in card
+
+
+def test_trained_card_numbers_come_from_results_and_settings_files(export_folder, tmp_path):
+    write_results(tmp_path / "results.json")
+    (tmp_path / "settings.json").write_text(json.dumps({"learning_rate": 5e-05, "temperature": 0.02}))
+    out = tmp_path / "export"
+    main(["--checkpoint", export_folder, "--output_dir", str(out), "--repo_id", "tte-org/tiny", "--weights", "trained",
+          "--training_settings", str(tmp_path / "settings.json"), "--results", str(tmp_path / "results.json"),
+          "--base_model", "Qwen/Qwen2-VL-2B-Instruct", "--no_verify"])  # fmt: skip
+    card = (out / "README.md").read_text()
+    assert front_matter(card)["base_model"] == "Qwen/Qwen2-VL-2B-Instruct"
+    assert "random" not in card.lower() and "Not evaluated" not in card
+    assert "| I-CLS | Image | VisDoc |" in card and "| 61.24 | 61.24* | — |" in card
+    assert "| ImageNet-1K | image | hit@1 | 61.24 |" in card
+    assert "| ViDoRe_arxivqa | visdoc | ndcg_linear@5 | 43.22 |" in card
+    assert "| `learning_rate` | `5e-05` |" in card and "| `temperature` | `0.02` |" in card
+
+
+@pytest.mark.parametrize("variant", ["unified", "student", "teacher"])
+def test_each_variant_card_renders_valid_yaml(tmp_path, variant):
+    backbone = build_backbone_config("qwen2_vl", build_tokenizer()).to_dict()
+    config = TTEConfig(backbone_config=backbone, reasoner_config=backbone if variant == "student" else None,
+                       variant=variant, head_num_layers=2)  # fmt: skip
+    args = ExportArgs(checkpoint="unused", output_dir="unused", repo_id="tte-org/x", weights="random")
+    card = render_card(args, config, text_only=False)
+    assert TAGS <= set(front_matter(card)["tags"])
+    assert f"Variant TTE_{variant[0]} ({variant})" in card
+
+
+def test_export_refuses_inconsistent_arguments_and_unfinished_folders(export_folder, tmp_path):
+    with pytest.raises(ValueError, match="--weights trained needs --training_settings"):
+        ExportArgs(checkpoint=export_folder, output_dir=str(tmp_path / "a"), repo_id="o/x", weights="trained")
+    with pytest.raises(ValueError, match="--weights random contradicts --training_settings"):
+        ExportArgs(checkpoint=export_folder, output_dir="a", repo_id="o/x", weights="random", training_settings=["s"])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.txt").write_text("x")
+    with pytest.raises(ValueError, match="is not empty"):
+        main(["--checkpoint", export_folder, "--output_dir", str(tmp_path / "full"), "--repo_id", "o/x",
+              "--weights", "random"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"files outside the export's allowed set: \['old.txt'\]"):
+        check_export_folder(str(tmp_path / "full"))
+    (tmp_path / "full" / "old.txt").unlink()
+    with pytest.raises(ValueError, match=r"missing files \[.*'config.json'.*'model.safetensors'\]"):
+        check_export_folder(str(tmp_path / "full"))
+
+
+def test_export_help_lists_its_settings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert all(flag in usage for flag in ("--checkpoint", "--weights", "--results", "--repo_id"))

@@ -1,0 +1,125 @@
+"""handler.py (loaded from the exported folder, as Inference Endpoints load it): requests in, vectors or errors out."""
+
+import base64
+import importlib.util
+import io
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_image
+from tests.conftest import tiny_export_model
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def load_handler(folder: str):
+    """`EndpointHandler` from the folder's own `handler.py`, imported as a plain file."""
+    spec = importlib.util.spec_from_file_location("handler", os.path.join(folder, "handler.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(folder)
+
+
+@pytest.fixture(scope="module")
+def handler(export_folder):
+    return load_handler(export_folder)
+
+
+def assert_close(vectors: list, expected: np.ndarray) -> None:
+    assert np.asarray(vectors).shape == expected.shape
+    assert np.abs(np.asarray(vectors) - expected).max() <= 1e-5
+
+
+def test_text_request(handler):
+    assert_close(handler({"inputs": "a red square"}), tiny_export_model().embed(["a red square"]))
+
+
+def test_image_request(handler):
+    image = make_image(6)
+    reply = handler({"inputs": [data_uri(image)], "prompt_name": "document", "normalize": True, "truncate": False})
+    assert_close(reply, tiny_export_model().embed([image], side="document"))
+
+
+def test_mixed_request_with_parameters_and_traces(handler):
+    image = make_image(7)
+    parameters = {"return_reasoning": True, "instruction": "find the image", "truncate_dim": 8}
+    reply = handler({"inputs": ["what is it ?", data_uri(image), {"text": "a cat", "image": data_uri(image)}],
+                     "parameters": parameters})  # fmt: skip
+    expected, traces = tiny_export_model().embed(["what is it ?", image, {"text": "a cat", "image": image}],
+                                          instruction="find the image", truncate_dim=8, return_reasoning=True)
+    assert_close(reply["embeddings"], expected)
+    assert reply["reasoning"] == traces and all(traces)
+
+
+def test_precomputed_traces_and_think_switch(handler):
+    traces = ["<think> red </think> a red shape", None]
+    reply = handler({"inputs": ["a red square", "a blue circle"], "parameters": {"reasoning": traces}})
+    assert_close(reply, tiny_export_model().embed(["a red square", "a blue circle"], reasoning=traces))
+    reply = handler({"inputs": ["a red square"], "parameters": {"think": False, "return_reasoning": True}})
+    assert reply["reasoning"] == [""]
+
+
+@pytest.mark.parametrize("request_body, message", [
+    ("a red square", r"the request must be a JSON object with 'inputs', got str"),
+    ({"text": "a red square"}, r"unknown request keys \['text'\]"),
+    ({"parameters": {}}, r"the request has no 'inputs'"),
+    ({"inputs": []}, r"'inputs' must be a string or a non-empty list"),
+    ({"inputs": ["ok", 3]}, r"inputs\[1\]: expected a string or an object with 'text' and/or 'image', got int"),
+    ({"inputs": [{"txt": "a"}]}, r"inputs\[0\]: unknown keys \['txt'\]"),
+    ({"inputs": [{"image": "/etc/hosts.png"}]}, r"inputs\[0\]\['image'\]: an image must be a 'data:image/"),
+    ({"inputs": [{"image": "https://example.com/a.png"}]}, r"image URLs are off on this endpoint; .*_URLS=1"),
+    ({"inputs": [{"image": 5}]}, r"inputs\[0\]\['image'\]: an image must be a string"),
+    ({"inputs": ["data:image/png;base64,%%%"]}, r"inputs\[0\]\['image'\]: data URI payload is not valid base64"),
+    ({"inputs": ["data:image/png;base64,AAAA"]}, r"inputs\[0\]\['image'\]: not a readable image"),
+    ({"inputs": [""]}, r"inputs\[0\]\['text'\]: text is empty"),
+    ({"inputs": "a", "normalize": False}, r"normalize=False is not available: this model's embeddings are always"),
+    ({"inputs": "a", "truncate": True}, r"truncate=True is not supported"),
+    ({"inputs": "a", "prompt_name": "passage"}, r"prompt_name='passage' must be one of \['query', 'document'\]"),
+    ({"inputs": "a", "parameters": [1]}, r"'parameters' must be an object, got list"),
+    ({"inputs": "a", "parameters": {"batch_size": 2}}, r"unknown parameters \['batch_size'\]"),
+    ({"inputs": "a", "parameters": {"return_reasoning": "yes"}}, r"return_reasoning must be true or false"),
+    ({"inputs": "a", "parameters": {"think": "sometimes"}}, r"think='sometimes' must be a bool or one of"),
+    ({"inputs": "a", "parameters": {"truncate_dim": 5}}, r"truncate_dim=5 is not one of matryoshka_dims"),
+    ({"inputs": "a", "parameters": {"task": "poetry"}}, r"task='poetry' is not one of"),
+])  # fmt: skip
+def test_malformed_request_gets_error_message(handler, request_body, message):
+    reply = handler(request_body)
+    assert set(reply) == {"error"}
+    assert re.search(message, reply["error"]), reply["error"]
+
+
+def test_image_urls_are_fetched_only_when_enabled(export_folder, monkeypatch):
+    image = make_image(8)
+    body = png_bytes(image)
+
+    class ImageServer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("TTE_ALLOW_IMAGE_URLS", "1")
+        reply = load_handler(export_folder)({"inputs": [{"image": f"http://127.0.0.1:{server.server_port}/a.png"}]})
+    finally:
+        server.shutdown()
+    assert_close(reply, tiny_export_model().embed([image]))
