@@ -3,6 +3,9 @@
 import functools
 import os
 import sys
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -64,3 +67,34 @@ def export_folder(tmp_path_factory) -> str:
     export_main(["--checkpoint", str(root / "checkpoint"), "--output_dir", str(root / "tte_export"), "--repo_id",
                  "tte-org/tiny-random", "--weights", "random"])  # fmt: skip
     return str(root / "tte_export")
+
+
+class _LoopbackHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self._reply(None)
+
+    def do_POST(self):
+        self._reply(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def _reply(self, body: bytes | None):
+        data = self.server.respond(self.path, body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def loopback_http(respond):
+    """Serve `respond(path, body_or_None) -> bytes` on 127.0.0.1 for the duration; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LoopbackHandler)
+    server.respond = respond
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

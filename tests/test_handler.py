@@ -5,14 +5,11 @@ import importlib.util
 import io
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from tests.conftest import make_image
-from tests.conftest import tiny_export_model
+from tests.conftest import loopback_http, make_image, tiny_export_model
 
 
 def png_bytes(image) -> bytes:
@@ -103,23 +100,7 @@ def test_malformed_request_gets_error_message(handler, request_body, message):
 
 def test_image_urls_are_fetched_only_when_enabled(export_folder, monkeypatch):
     image = make_image(8)
-    body = png_bytes(image)
-
-    class ImageServer(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with loopback_http(lambda path, body: png_bytes(image)) as base_url:
         monkeypatch.setenv("TTE_ALLOW_IMAGE_URLS", "1")
-        reply = load_handler(export_folder)({"inputs": [{"image": f"http://127.0.0.1:{server.server_port}/a.png"}]})
-    finally:
-        server.shutdown()
+        reply = load_handler(export_folder)({"inputs": [{"image": base_url + "/a.png"}]})
     assert_close(reply, tiny_export_model().embed([image]))

@@ -2,14 +2,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_image
+from tests.conftest import loopback_http, make_image
 from tests.tiny_models import build_tte
 from tte.modeling_tte import decoder_of, pool_embeddings
 
@@ -17,6 +15,16 @@ from tte.modeling_tte import decoder_of, pool_embeddings
 VL_BACKBONES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 VARIANTS = ["unified", "student", "teacher"]
 TRACE = "<think> red square </think> a shape"
+
+
+def trunk_steps(model, call) -> tuple[list[int], object]:
+    """Sequence lengths the trunk's first layer saw during `call()`, and its result."""
+    seq_lengths = []
+    handle = decoder_of(model.backbone).layers[0].register_forward_hook(lambda m, a, o: seq_lengths.append(o.shape[1]))
+    try:
+        return seq_lengths, call()
+    finally:
+        handle.remove()
 
 
 def mixed_inputs(name: str) -> list:
@@ -48,12 +56,7 @@ def test_embed_text_image_and_mixed_batch_is_batch_invariant(tiny_tte, name, var
 def test_unified_single_pass_equals_recomputation(tiny_tte, name):
     model = tiny_tte(name, "unified")
     inputs = mixed_inputs(name)
-    seq_lengths = []
-    handle = decoder_of(model.backbone).layers[0].register_forward_hook(lambda m, a, o: seq_lengths.append(o.shape[1]))
-    try:
-        single_pass, traces = model.embed(inputs, return_reasoning=True)
-    finally:
-        handle.remove()
+    seq_lengths, (single_pass, traces) = trunk_steps(model, lambda: model.embed(inputs, return_reasoning=True))
     assert all(traces) and seq_lengths[-1] == 2  # the single pass ran: its last trunk step is 2 tokens
     recomputed = model.embed(inputs, reasoning=traces)  # precomputed traces: the trunk runs over prompt + trace
     assert np.abs(single_pass - recomputed).max() <= 1e-4
@@ -62,12 +65,7 @@ def test_unified_single_pass_equals_recomputation(tiny_tte, name):
 def test_unified_single_pass_does_not_rerun_trunk(tiny_tte):
     model = tiny_tte("qwen2_vl", "unified")
     inputs = mixed_inputs("qwen2_vl")
-    seq_lengths = []
-    handle = decoder_of(model.backbone).layers[0].register_forward_hook(lambda m, a, o: seq_lengths.append(o.shape[1]))
-    try:
-        _, traces = model.embed(inputs, return_reasoning=True)
-    finally:
-        handle.remove()
+    seq_lengths, _ = trunk_steps(model, lambda: model.embed(inputs))
     prompt_length = model.processor.build_reasoning_inputs(model.processor.parse_inputs(inputs))["input_ids"].shape[1]
     # prefill over the prompts, one step per generated token, one step for (cut token +) embedding token
     assert seq_lengths[0] == prompt_length
@@ -157,41 +155,26 @@ def test_student_reasoner_is_separate_from_embedder(tiny_tte):
                            decoder_of(model.backbone).layers[0].mlp.up_proj.weight)  # fmt: skip
 
 
-class ChatEndpoint(BaseHTTPRequestHandler):
-    """A loopback OpenAI-compatible chat server: replies with a trace naming the parts it received."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        parts = body["messages"][1]["content"]
-        kinds = " ".join(part["type"] for part in parts)
-        reply = {"choices": [{"message": {"role": "assistant", "content": f"<think> {kinds} </think> seen"}}]}
-        self.server.requests.append(body)
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_teacher_with_openai_compatible_endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatEndpoint)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        model = build_tte("qwen2_vl", "teacher")
-        model.set_reasoner(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="teacher-72b")
-        embeddings, traces = model.embed(["a red square", {"text": "a cat", "image": make_image()}], return_reasoning=True)
-    finally:
-        server.shutdown()
+    requests = []
+
+    def chat(path, body):  # an OpenAI-compatible server whose trace names the content parts it received
+        request = json.loads(body)
+        requests.append((path, request))
+        kinds = " ".join(part["type"] for part in request["messages"][1]["content"])
+        return json.dumps({"choices": [{"message": {"content": f"<think> {kinds} </think> seen"}}]}).encode()
+
+    inputs = ["a red square", {"text": "a cat", "image": make_image()}]
+    model = build_tte("qwen2_vl", "teacher")
+    with loopback_http(chat) as base_url:
+        model.set_reasoner(base_url=base_url + "/v1", model="teacher-72b")
+        embeddings, traces = model.embed(inputs, return_reasoning=True)
     assert traces == ["<think> text </think> seen", "<think> image_url text </think> seen"]
-    assert server.requests[0]["model"] == "teacher-72b" and server.requests[0]["temperature"] == 0.0
-    assert server.requests[1]["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
-    expected = model.embed(["a red square", {"text": "a cat", "image": make_image()}], reasoning=traces)
-    assert np.abs(embeddings - expected).max() <= 1e-5
+    path, request = requests[0]
+    assert path == "/v1/chat/completions" and request["model"] == "teacher-72b" and request["temperature"] == 0.0
+    image_part = requests[1][1]["messages"][1]["content"][0]
+    assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
+    assert np.abs(embeddings - model.embed(inputs, reasoning=traces)).max() <= 1e-5
 
 
 @pytest.mark.parametrize("variant", ["unified", "student"])

@@ -1,12 +1,10 @@
 import base64
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
-from tests.conftest import make_image
+from tests.conftest import loopback_http, make_image
 from tests.tiny_models import build_processor
 from tte.processing_tte import EMBEDDING_TOKEN, PROMPT_SETS, TASK_FAMILIES, load_image
 
@@ -127,27 +125,10 @@ def test_trace_with_reserved_token_is_rejected(processor):
         processor.build_embedding_inputs(items, ["bad <|image_pad|>"])
 
 
-class ImageServer(BaseHTTPRequestHandler):
-    def do_GET(self):
-        data = png_bytes(make_image(size=(30, 20)))
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_url_images_are_fetched_only_after_opting_in():
     processor = build_processor("qwen2_vl")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/cat.png"
-    try:
+    with loopback_http(lambda path, body: png_bytes(make_image(size=(30, 20)))) as base_url:
         with pytest.raises(ValueError, match="allow_urls=True"):
-            processor.parse_inputs([url])
+            processor.parse_inputs([base_url + "/cat.png"])
         processor.allow_urls = True
-        assert processor.parse_inputs([url])[0].image.size == (30, 20)
-    finally:
-        server.shutdown()
+        assert processor.parse_inputs([base_url + "/cat.png"])[0].image.size == (30, 20)
