@@ -175,7 +175,10 @@ class TTEModel(TTEPreTrainedModel):
             **config_kwargs,
         )
         config.pad_token_id = tokenizer.pad_token_id
-        config.eos_token_id = tokenizer.eos_token_id
+        # Stop where the backbone's own generation config stops (chat models end turns with e.g. <|im_end|>) and at
+        # the tokenizer's EOS, which reasoner SFT appends after each trace.
+        backbone_stops = getattr(backbone.generation_config, "eos_token_id", None)
+        config.eos_token_id = sorted({tokenizer.eos_token_id, *np.atleast_1d(backbone_stops or []).tolist()})
         model = cls(config)
         if variant == "unified":
             model.backbone.load_state_dict(backbone.state_dict())
@@ -223,9 +226,11 @@ class TTEModel(TTEPreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                 "AutoProcessor": "processing_tte.TTEProcessor"}  # fmt: skip
         super().save_pretrained(save_directory, *args, **kwargs)
+        # A model loaded from a folder has a processor there even if it was never used: keep it with the weights.
+        processor = self._processor if self._processor is not None or not self.config.name_or_path else self.processor
         self.generator_generation_config().save_pretrained(save_directory)
-        if self._processor is not None:
-            self._processor.save_pretrained(save_directory)
+        if processor is not None:
+            processor.save_pretrained(save_directory)
 
     def set_reasoner(
         self, reasoner: Callable[[list[TTEInput], TTEProcessor], list[str]] | None = None, *,

@@ -11,6 +11,8 @@ Every prompt the project uses is defined in this file and nowhere else:
       reasoning prompt + trace + EMBEDDING_TOKEN
 
   A document that does not think uses the empty trace. The embedding is the final state of `EMBEDDING_TOKEN`.
+- The reasoner-SFT input: reasoning prompt + trace + the tokenizer's EOS (where generation stops), with labels on
+  the trace and EOS only.
 """
 
 import base64
@@ -20,6 +22,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 
+import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature, ProcessorMixin
 
@@ -317,6 +320,37 @@ class TTEProcessor(ProcessorMixin):
             for i, (item, trace) in enumerate(zip(items, traces))
         ]
         return self._encode(texts, items)
+
+    def build_sft_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
+        """Reasoner-SFT inputs: the reasoning prompt, then the trace and EOS as the only labels (-100 elsewhere).
+
+        The trace is tokenised on its own, as generation produces it after the prompt ids.
+
+        Returns:
+            The reasoning-prompt features with `input_ids`, `attention_mask`, `labels` (and `mm_token_type_ids`) of
+            shape `(batch, max(prompt + trace + 1))`, left-padded; the vision inputs are unchanged.
+        """
+        prompts = self.build_reasoning_inputs(items)
+        checked = [self.check_trace(trace, f"reasoning[{i}]") for i, trace in enumerate(traces)]
+        targets = [ids + [self.tokenizer.eos_token_id] for ids in self.tokenizer(checked, add_special_tokens=False)["input_ids"]]
+        mask = prompts["attention_mask"].bool()
+        prompt_rows = [prompts["input_ids"][i][mask[i]].tolist() for i in range(len(targets))]
+        width = max(len(prompt) + len(target) for prompt, target in zip(prompt_rows, targets))
+        features = {
+            "input_ids": torch.full((len(targets), width), self.tokenizer.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(targets), width), dtype=torch.long),
+            "labels": torch.full((len(targets), width), -100, dtype=torch.long),
+        }
+        if "mm_token_type_ids" in prompts:
+            features["mm_token_type_ids"] = torch.zeros((len(targets), width), dtype=torch.long)  # trace tokens: text
+        for i, (prompt, target) in enumerate(zip(prompt_rows, targets)):
+            start, target_start = width - len(prompt) - len(target), width - len(target)
+            features["input_ids"][i, start:] = torch.tensor(prompt + target)
+            features["attention_mask"][i, start:] = 1
+            features["labels"][i, target_start:] = torch.tensor(target)
+            if "mm_token_type_ids" in prompts:
+                features["mm_token_type_ids"][i, start:target_start] = prompts["mm_token_type_ids"][i][mask[i]]
+        return BatchFeature({**prompts, **features})
 
     def decode_trace(self, token_ids: list[int]) -> str:
         """Text of generated trace tokens (special tokens such as `<think>` are kept)."""

@@ -8,6 +8,7 @@ OpenAI-compatible `/v1/chat/completions` endpoint. `OpenAIChatReasoner` sends ea
 import base64
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -48,24 +49,35 @@ class OpenAIChatReasoner:
         max_tokens: trace length bound.
         timeout_s: per-request timeout.
         max_workers: concurrent requests (servers batch them).
+        retries: further attempts after a connection error or a 429 / 5xx reply, with exponential backoff.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_tokens: int = 128,
-                 timeout_s: float = 120.0, max_workers: int = 8):  # fmt: skip
+                 timeout_s: float = 120.0, max_workers: int = 8, retries: int = 3):  # fmt: skip
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
         self.max_workers = max_workers
+        self.retries = retries
 
     def _request(self, payload: dict) -> dict:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers)
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read())
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code != 429 and error.code < 500 or attempt == self.retries:
+                    raise
+            except urllib.error.URLError:  # refused or unreachable: the server may be starting or overloaded
+                if attempt == self.retries:
+                    raise
+            time.sleep(0.5 * 2**attempt)
 
     def reason_one(self, item: TTEInput, processor: TTEProcessor, index: int) -> str:
         payload = {

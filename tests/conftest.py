@@ -77,8 +77,9 @@ class _LoopbackHandler(BaseHTTPRequestHandler):
         self._reply(self.rfile.read(int(self.headers["Content-Length"])))
 
     def _reply(self, body: bytes | None):
-        data = self.server.respond(self.path, body)
-        self.send_response(200)
+        reply = self.server.respond(self.path, body)
+        status, data = reply if isinstance(reply, tuple) else (200, reply)
+        self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -89,7 +90,7 @@ class _LoopbackHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def loopback_http(respond):
-    """Serve `respond(path, body_or_None) -> bytes` on 127.0.0.1 for the duration; yields the base URL."""
+    """Serve `respond(path, body_or_None) -> bytes | (status, bytes)` on 127.0.0.1; yields the base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _LoopbackHandler)
     server.respond = respond
     threading.Thread(target=server.serve_forever, daemon=True).start()

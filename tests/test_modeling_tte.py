@@ -177,6 +177,19 @@ def test_teacher_with_openai_compatible_endpoint():
     assert np.abs(embeddings - model.embed(inputs, reasoning=traces)).max() <= 1e-5
 
 
+def test_endpoint_reasoner_retries_overload_and_names_item_on_failure(tiny_tte):
+    from tte.reasoning_tte import OpenAIChatReasoner
+
+    replies = [(503, b"busy"), json.dumps({"choices": [{"message": {"content": "ok"}}]}).encode(), (400, b"bad")]
+    processor = tiny_tte("qwen2_vl", "teacher").processor
+    items = processor.parse_inputs(["a red square"])
+    with loopback_http(lambda path, body: replies.pop(0)) as base_url:
+        reasoner = OpenAIChatReasoner(base_url, "m", retries=1)
+        assert reasoner(items, processor) == ["ok"]  # the 503 was retried
+        with pytest.raises(ValueError, match=r"inputs\[0\]: reasoner endpoint .* failed: .*400"):
+            reasoner(items, processor)  # a 400 is not retried
+
+
 @pytest.mark.parametrize("variant", ["unified", "student"])
 def test_forward_lets_gradients_flow(variant):
     model = build_tte("qwen2_vl", variant).train()
@@ -247,6 +260,8 @@ def test_save_and_load_restores_weights_bit_for_bit(tiny_tte, tmp_path):
                                   "AutoProcessor": "processing_tte.TTEProcessor"}  # fmt: skip
     assert {"configuration_tte.py", "modeling_tte.py", "processing_tte.py", "reasoning_tte.py"} <= set(os.listdir(tmp_path))
     loaded = TTEModel.from_pretrained(tmp_path)
+    loaded.save_pretrained(tmp_path / "again")  # never used, yet its processor is saved with it
+    assert {"processor_config.json", "tokenizer.json", "chat_template.jinja"} <= set(os.listdir(tmp_path / "again"))
     expected = model.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
     assert all(torch.equal(tensor, expected[key]) for key, tensor in loaded.state_dict().items())

@@ -42,18 +42,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Train a word-level tokenizer on the prompt set and a few words."""
+def build_tokenizer(with_embedding_token: bool = True) -> PreTrainedTokenizerFast:
+    """Train a word-level tokenizer on the prompt set and a few words (without `<|emb|>`, as a stock backbone's)."""
+    special_tokens = SPECIAL_TOKENS if with_embedding_token else SPECIAL_TOKENS[:-1]
     corpus = [prompt for prompts in PROMPT_SETS.values() for prompt in prompts.values()] + [CORPUS_EXTRA]
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
+    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=special_tokens))
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="[UNK]",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[2:],
+        additional_special_tokens=special_tokens[2:],
         chat_template=CHAT_TEMPLATE,
     )
 

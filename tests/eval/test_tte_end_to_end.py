@@ -1,7 +1,4 @@
-"""End to end with a real tiny random-weight TTE model folder: `tte-eval evaluate` through the encoder protocol.
-
-Skips with "core model not available yet" when the core model or the `tiny_tte_folder` fixture is missing.
-"""
+"""End to end with a real tiny random-weight TTE model folder: `tte-eval evaluate` through the encoder protocol."""
 
 import json
 import os
@@ -14,15 +11,8 @@ from tte_eval.runner import EvalConfig, evaluate
 
 
 @pytest.fixture
-def tte_folder(request) -> str:
-    try:
-        import tte.modeling_tte  # noqa: F401
-    except ImportError:
-        pytest.skip("core model not available yet")
-    try:
-        return request.getfixturevalue("tiny_tte_folder")
-    except pytest.FixtureLookupError:
-        pytest.skip("core model not available yet")
+def tte_folder(tiny_tte_folder) -> str:
+    return tiny_tte_folder
 
 
 def test_cli_evaluate_tiny_tte_image_and_visdoc(tte_folder, data_dir, tmp_path, capsys):

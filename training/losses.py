@@ -1,0 +1,160 @@
+"""Training objectives: InfoNCE over in-batch targets gathered across processes, GradCache, and the reasoner's
+next-token loss.
+
+Both step functions compute the gradients of one optimizer step of the *global* batch: under DDP each process
+backpropagates its share scaled by the world size, because DDP averages the gradients it all-reduces. So n processes
+with batch B/n per process train like one process with batch B.
+"""
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from accelerate import Accelerator
+from transformers import BatchFeature
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from every process in rank order; the local slice keeps its gradient.
+
+    Every process must pass the same shape. Without a process group this returns `tensor`.
+    """
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.detach().contiguous())
+    gathered[dist.get_rank()] = tensor  # all_gather cuts the graph; put the local slice back with its gradient
+    return torch.cat(gathered)
+
+
+def positive_columns(num_queries: int, num_targets: int) -> torch.Tensor:
+    """Column of each query's positive when every query brings k = num_targets / num_queries targets.
+
+    Targets are laid out `[pos_0, neg_0_1..neg_0_m, pos_1, ...]`, so the positive of query i is column `i * k`
+    (VLM2Vec's `main` branch used `i * (num_queries // num_targets)`, which is 0 for every query once k > 1).
+
+    Raises:
+        ValueError: `num_targets` is not a positive multiple of `num_queries`.
+    """
+    if num_queries < 1 or num_targets < num_queries or num_targets % num_queries:
+        raise ValueError(f"{num_targets} targets are not a positive multiple of {num_queries} queries")
+    return torch.arange(num_queries) * (num_targets // num_queries)
+
+
+def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """Unidirectional query-to-target InfoNCE over all targets of all processes.
+
+    Args:
+        query: `(n, dim)` this process's L2-normalised query embeddings.
+        target: `(n * k, dim)` its targets, k per query, the positive first (see `positive_columns`).
+        temperature: the softmax temperature (TTE: 0.02).
+
+    Returns:
+        `{"contrastive_loss": scalar}`: the mean loss over the global batch, the same on every process.
+    """
+    queries, targets = gather_with_grad(query), gather_with_grad(target)
+    scores = queries @ targets.T / temperature  # (global n, global n * k)
+    labels = positive_columns(queries.shape[0], targets.shape[0]).to(scores.device)
+    return {"contrastive_loss": F.cross_entropy(scores, labels)}
+
+
+@dataclass
+class RngState:
+    """The random state a forward pass starts from: CPU, and the accelerator device's when it is CUDA."""
+
+    cpu: torch.Tensor
+    cuda: torch.Tensor | None
+    device: torch.device
+
+
+def capture_rng(device: torch.device) -> RngState:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return RngState(torch.get_rng_state(), cuda, device)
+
+
+@contextmanager
+def replay_rng(state: RngState):
+    """Run the block from `state`, then put the random state back to where it was before the block."""
+    devices = [state.device] if state.cuda is not None else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state.cpu)
+        if state.cuda is not None:
+            torch.cuda.set_rng_state(state.cuda, state.device)
+        yield
+
+
+class GradCache:
+    """The contrastive step with a batch size independent of memory (Gao et al., 2021), on one process or many.
+
+    1. Embed every chunk without a graph, recording the random state each chunk starts from.
+    2. Compute the loss on the cached embeddings and backpropagate it to them only.
+    3. Re-embed each chunk with a graph from its recorded random state (so dropout masks match pass 1) and
+       backpropagate the cached embedding gradients into the model; gradients are synchronised on the last chunk.
+
+    Args:
+        model: the prepared model; `model(**chunk).embeddings` gives `(rows, dim)` embeddings.
+        accelerator: the run's accelerator.
+        temperature: InfoNCE temperature.
+    """
+
+    def __init__(self, model: torch.nn.Module, accelerator: Accelerator, temperature: float):
+        self.model, self.accelerator, self.temperature = model, accelerator, temperature
+
+    def embed(self, chunk: BatchFeature) -> torch.Tensor:
+        return self.model(**chunk.to(self.accelerator.device)).embeddings
+
+    def __call__(self, batch: dict[str, list[BatchFeature]]) -> dict[str, float]:
+        """Accumulate the gradients of one step into the model's `.grad`; returns the loss parts as floats."""
+        chunks = batch["query"] + batch["target"]
+        states, cached = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                states.append(capture_rng(self.accelerator.device))
+                cached.append(self.embed(chunk))
+        num_query_chunks = len(batch["query"])
+        query = torch.cat(cached[:num_query_chunks]).requires_grad_()
+        target = torch.cat(cached[num_query_chunks:]).requires_grad_()
+        losses = info_nce(query, target, self.temperature)
+        (losses["contrastive_loss"] * self.accelerator.num_processes).backward()
+        sizes = [embeddings.shape[0] for embeddings in cached]
+        grads = torch.cat([query.grad, target.grad]).split(sizes)
+        for index, (chunk, state, grad) in enumerate(zip(chunks, states, grads)):
+            is_last = index == len(chunks) - 1
+            with replay_rng(state), (nullcontext() if is_last else self.accelerator.no_sync(self.model)):
+                self.accelerator.backward((self.embed(chunk) * grad).sum())
+        return {name: value.item() for name, value in losses.items()}
+
+
+def count_label_tokens(chunk: BatchFeature) -> int:
+    """Tokens the next-token loss is computed on: labels after the shift, other than -100."""
+    return int((chunk["labels"][:, 1:] != -100).sum())
+
+
+def next_token_step(model: torch.nn.Module, accelerator: Accelerator, chunks: list[BatchFeature]) -> dict[str, float]:
+    """Accumulate the gradients of the mean next-token loss over every label token of the global batch.
+
+    Args:
+        model: the prepared generator; `model(**chunk).loss` is the mean loss over the chunk's label tokens.
+        accelerator: the run's accelerator.
+        chunks: this process's share of the batch, with `labels` (-100 on prompt and padding).
+
+    Returns:
+        `{"lm_loss": float}`, the global mean loss per label token.
+    """
+    device = accelerator.device
+    counts = [count_label_tokens(chunk) for chunk in chunks]
+    total = accelerator.reduce(torch.tensor(sum(counts), device=device), reduction="sum").item()
+    summed = torch.zeros((), device=device)
+    for index, (chunk, count) in enumerate(zip(chunks, counts)):
+        is_last = index == len(chunks) - 1
+        with (nullcontext() if is_last else accelerator.no_sync(model)):
+            loss = model(**chunk.to(device)).loss
+            # Weight each chunk by its share of the global label tokens: every token counts once, on any layout.
+            accelerator.backward(loss * count / total * accelerator.num_processes)
+        summed += loss.detach() * count
+    return {"lm_loss": (accelerator.reduce(summed, reduction="sum") / total).item()}
+
+
+__all__ = ["info_nce", "positive_columns", "gather_with_grad", "GradCache", "next_token_step", "count_label_tokens"]
