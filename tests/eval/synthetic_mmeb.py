@@ -1,6 +1,6 @@
 """Write a tiny synthetic MMEB data directory: a few rows per task family, generated images and frame folders.
 
-Run as a script to make the worked example of `tte_eval/README.md`:
+Run as a script to make the worked example in the README ("MMEB evaluation"):
 
     python tests/eval/synthetic_mmeb.py /tmp/mmeb-synthetic
 
