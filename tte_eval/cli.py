@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("evaluate", help="Evaluate a model folder on local MMEB data.")
     run.add_argument("--model", required=True, help="TTE model folder (loaded with trust_remote_code=True).")
-    run.add_argument("--data", required=True, help="Data directory with one folder per task (see the README, "MMEB evaluation").")
+    run.add_argument("--data", required=True, help="Data directory with one folder per task (see the README, section MMEB evaluation).")
     run.add_argument("--tasks", nargs="+", required=True, help="Task names or groups: all, image, video, I-CLS, ...")
     run.add_argument("--output", required=True, help="Folder for results.json and results.md.")
     run.add_argument("--cache-dir", help="Embedding cache folder (default: OUTPUT/cache).")
