@@ -2,6 +2,7 @@
 
 import functools
 import os
+import subprocess
 import sys
 import threading
 from contextlib import contextmanager
@@ -99,3 +100,24 @@ def loopback_http(respond):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Runs first in a subprocess: takes this repository off the import machinery, including the finder that an editable
+# install (`pip install -e .`) puts on sys.meta_path, then proves that none of its packages can be imported.
+WITHOUT_REPO_PRELUDE = """
+import importlib.util, sys
+sys.meta_path = [finder for finder in sys.meta_path if "__editable__" not in getattr(finder, "__module__", "")]
+sys.path = [path for path in sys.path if path not in ("", ".") and not path.startswith({repo!r})]
+for name in ("tte", "training", "tte_eval", "tests"):
+    if importlib.util.find_spec(name) is not None:
+        raise SystemExit(f"repository package {{name!r}} is importable")
+"""
+
+
+def run_without_repo(script: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python where this repository is not importable (only public libraries)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1")
+    prelude = WITHOUT_REPO_PRELUDE.format(repo=REPO_ROOT)
+    return subprocess.run([sys.executable, "-c", prelude + script, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip

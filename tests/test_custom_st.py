@@ -1,54 +1,40 @@
 """custom_st.py: SentenceTransformer on an exported folder returns exactly what TTEModel.embed returns."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import make_image
+from tests.conftest import make_image, run_without_repo
 from tests.conftest import tiny_export_model
 from tte.custom_st import TTESentenceTransformer
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRESH_PROCESS_SCRIPT = """
 import json, sys
 import numpy as np
 from PIL import Image
-assert not any({repo!r} in p for p in sys.path), sys.path
-try:
-    import tte  # noqa: F401
-    raise SystemExit("repository is importable")
-except ImportError:
-    pass
 from sentence_transformers import SentenceTransformer
 folder, image_dir, out_path = sys.argv[1:4]
 model = SentenceTransformer(folder, trust_remote_code=True)
 red, noise = Image.open(image_dir + "/red.png"), Image.open(image_dir + "/noise.png")
 texts = ["a red square", "what colour is the bus ?"]
-pairs = [{{"text": "what is on the table ?", "image": noise}}, {{"text": "a cat", "image": red}}]
+pairs = [{"text": "what is on the table ?", "image": noise}, {"text": "a cat", "image": red}]
 mixed = [texts[0], red, pairs[0], texts[1]]
 np.savez(out_path, text=model.encode(texts), image=model.encode([red, noise]), pair=model.encode(pairs),
          query=model.encode_query(mixed), document=model.encode_document(mixed),
          truncated=model.encode(mixed, truncate_dim=8, normalize_embeddings=True))
-print(json.dumps({{"modalities": [m if isinstance(m, str) else list(m) for m in model.modalities],
+print(json.dumps({"modalities": [m if isinstance(m, str) else list(m) for m in model.modalities],
                   "kwargs": sorted(model.get_model_kwargs()),
-                  "reasoning": model.encode_query(mixed, output_value="reasoning")}}))
+                  "reasoning": model.encode_query(mixed, output_value="reasoning")}))
 """
 
 
 def run_fresh_process(folder: str, tmp_path) -> tuple[dict, dict]:
     """Run the script with the repository off the path; returns its arrays and its JSON line."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS_SCRIPT.format(repo=REPO_ROOT), folder, str(tmp_path),
-                             str(tmp_path / "out.npz")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    result = run_without_repo(FRESH_PROCESS_SCRIPT, [folder, str(tmp_path), str(tmp_path / "out.npz")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(np.load(tmp_path / "out.npz")), json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -1,13 +1,11 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import loopback_http, make_image
+from tests.conftest import loopback_http, make_image, run_without_repo
 from tests.tiny_models import build_tte
 from tte.modeling_tte import decoder_of, pool_embeddings
 
@@ -211,12 +209,6 @@ def test_pool_embeddings_reads_last_real_token_for_either_padding():
 FRESH_PROCESS_SCRIPT = """
 import sys, json
 import numpy as np
-assert not any("{repo}" in p for p in sys.path), sys.path
-try:
-    import tte  # noqa: F401
-    raise SystemExit("repository is importable")
-except ImportError:
-    pass
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 folder, inputs_path, out_path = sys.argv[1:4]
@@ -227,7 +219,7 @@ inputs = json.load(open(inputs_path))
 inputs = [dict(x, image=Image.open(x["image"])) if isinstance(x, dict) and "image" in x else x for x in inputs]
 embeddings = model.embed(inputs)
 np.save(out_path, embeddings)
-print(json.dumps({{"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"])}}))
+print(json.dumps({"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"])}))
 """
 
 
@@ -239,11 +231,8 @@ def test_saved_model_loads_in_fresh_process_without_repo(tiny_tte, tmp_path, nam
     make_image(5).save(tmp_path / "img.png")
     inputs = ["a red square"] + ([{"text": "a cat", "image": str(tmp_path / "img.png")}] if name != "llama" else [])
     (tmp_path / "inputs.json").write_text(json.dumps(inputs))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    script = FRESH_PROCESS_SCRIPT.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    result = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "inputs.json"),
-                             str(tmp_path / "out.npy")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    result = run_without_repo(FRESH_PROCESS_SCRIPT, [str(folder), str(tmp_path / "inputs.json"),
+                                                     str(tmp_path / "out.npy")], tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"missing": [], "unexpected": []}
     loaded_inputs = [dict(x, image=make_image(5)) if isinstance(x, dict) else x for x in inputs]
