@@ -41,7 +41,7 @@ from tte.processing_tte import PROMPT_SETS
 ROOT = tte.__path__[0]
 CARD_TEMPLATES = os.path.join(ROOT, "model_cards")
 # Version floors, as in setup.py; the card also names the versions the export ran with.
-REQUIREMENTS = {"transformers": ">=5.20,<6", "sentence-transformers": ">=6.2,<7", "torch": ">=2.6"}
+REQUIREMENTS = {"transformers": ">=5.24,<6", "sentence-transformers": ">=6.2,<7", "torch": ">=2.6"}
 REQUIREMENT_REASON = "TTE's Hub code targets the transformers 5 / sentence-transformers 6 APIs"
 CODE_FILES = ["custom_st.py", "handler.py",
               *(os.path.basename(path) for path in get_relative_import_files(os.path.join(ROOT, "custom_st.py")))]
