@@ -254,3 +254,14 @@ def test_save_and_load_restores_weights_bit_for_bit(tiny_tte, tmp_path):
     expected = model.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
     assert all(torch.equal(tensor, expected[key]) for key, tensor in loaded.state_dict().items())
+
+
+def test_unified_recomputes_when_trace_does_not_round_trip(tiny_tte):
+    model = tiny_tte("qwen2_vl", "unified")
+    items = model.processor.parse_inputs(["a red square", make_image(4)])
+    traces, state = model.generate_traces(items, capture=True)
+    # As a BPE tokenizer can: the generated ids differ from the ids that re-tokenising the decoded text gives.
+    state["trace_ids"][0] = state["trace_ids"][0][:-1] + [model.processor.tokenizer.unk_token_id]
+    embeddings = model._embed_with_state(items, traces, state)
+    recomputed = model.embed(["a red square", make_image(4)], reasoning=traces, convert_to_tensor=True)
+    assert torch.abs(embeddings - recomputed).max() <= 1e-5
