@@ -34,8 +34,8 @@ DEFAULT_MAX_PIXELS = 28 * 28 * 1280  # Qwen-VL's default resize budget, as VLM2V
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # refuse to decode anything larger: a decompression bomb guard
 
 _TRACE_FORMAT = (
-    "First think step by step inside <think> and </think>, then write one short paragraph of final reasoning that "
-    "states the facts a retrieval system needs. Do not answer with anything else."
+    f"First think step by step inside {THINK_START} and {THINK_END}, then write one short paragraph of final "
+    "reasoning that states the facts a retrieval system needs. Do not answer with anything else."
 )
 PROMPT_SETS = {
     "ecr-v1": {
