@@ -198,6 +198,13 @@ class TTEModel(TTEPreTrainedModel):
             head_layer.load_state_dict(trunk_layer.state_dict())
         self.head.decoder.norm.load_state_dict(trunk.norm.state_dict())
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The embedder's token embeddings (accelerate's FSDP and `resize_token_embeddings` look for them)."""
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, remembering where from so the processor loads from the same revision."""

@@ -143,8 +143,17 @@ def start_run(settings: TrainSettings) -> Accelerator:
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError(
             "DeepSpeed is not supported: accelerate's DeepSpeed wrapper steps the optimizer on every backward, and "
-            "GradCache and SFT chunks backpropagate several times per step; use DDP (or FSDP, untested)"
+            "GradCache and SFT chunks backpropagate several times per step; use DDP or FSDP"
         )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
+            accelerator.distributed_type != DistributedType.FSDP:  # fmt: skip
+        raise ValueError(
+            f"an FSDP config was given but accelerate set up {accelerator.distributed_type}: accelerate runs FSDP "
+            "only on GPU-like devices (not with ACCELERATE_USE_CPU=1)"
+        )
+    if accelerator.distributed_type == DistributedType.FSDP and getattr(settings, "lora", False):
+        raise ValueError("--lora under FSDP is not supported (adapters cannot be merged into sharded weights); "
+                         "use DDP for LoRA runs")  # fmt: skip
     if not settings.resume and latest_checkpoint(settings.output_dir) is not None:
         raise ValueError(f"{settings.output_dir!r} holds a checkpoint; pass --resume or pick a new --output_dir")
     set_seed(settings.seed)
@@ -268,7 +277,30 @@ def fit(accelerator: Accelerator, model: TTEModel, module: torch.nn.Module, data
     loader = build_loader(dataset, collator, settings, accelerator, progress.step)
     run_steps(accelerator, module, make_step(module), loader, optimizer, scheduler, progress, settings)
     merge_adapters(accelerator.unwrap_model(module))
-    return export_model(accelerator, model.eval(), settings.output_dir)
+    return export_model(accelerator, exportable_model(accelerator, model, module).eval(), settings.output_dir)
+
+
+def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn.Module) -> TTEModel:
+    """The model to save: `model` itself, or under FSDP an unsharded copy holding the gathered weights.
+
+    FSDP2 shards in place and swaps the class of each sharded module for a torch-generated one, which
+    `save_pretrained` would record (and copy) as the model's code; hence a plain `TTEModel` copy. Every process must
+    call this (gathering is collective); the copy is built on the main process only.
+    """
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return model
+    trained = accelerator.get_state_dict(module)
+    if not accelerator.is_main_process:
+        return model
+    unwrapped = accelerator.unwrap_model(module)
+    prefix = "" if unwrapped is model else next(n for n, m in model.named_modules() if m is unwrapped) + "."
+    state = {key: value for key, value in model.state_dict().items() if prefix and not key.startswith(prefix)}
+    state.update({prefix + key: value for key, value in trained.items()})
+    unsharded = TTEModel(model.config)
+    unsharded.load_state_dict({key: value.full_tensor() if hasattr(value, "full_tensor") else value
+                          for key, value in state.items()})  # fmt: skip
+    unsharded.processor = model.processor
+    return unsharded
 
 
 __all__ = ["TrainSettings", "AdapterSettings", "parse_settings", "start_run", "load_model", "fit", "add_adapter",
