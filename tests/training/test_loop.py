@@ -52,3 +52,19 @@ def test_make_accelerator_refuses_to_run_alone_when_several_processes_were_launc
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="launched 2 processes but accelerate joined 1; .* ACCELERATE_USE_CPU=1"):
         make_accelerator()
+
+
+def test_start_run_refuses_an_fsdp_config_that_accelerate_dropped(tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState, PartialState
+
+    from training.loop import start_run
+
+    # What `accelerate launch --config_file fsdp.yaml` sets; on a machine without GPUs accelerate ignores it.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    settings = TrainSettings(**{**REQUIRED, "output_dir": str(tmp_path / "run")})
+    try:
+        with pytest.raises(ValueError, match="an FSDP config was given but accelerate set up"):
+            start_run(settings)
+    finally:
+        AcceleratorState._reset_state(True)  # the next test builds its own accelerator
+        PartialState._reset_state()
