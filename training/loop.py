@@ -1,7 +1,7 @@
 """Settings, accelerate setup and the training loop shared by the training scripts.
 
 A script parses its settings dataclass (`parse_settings`), starts the run (`start_run`), chooses what to train
-and hands it to `fit`, which prepares it with accelerate (DDP, or FSDP / DeepSpeed from an accelerate config file),
+and hands it to `fit`, which prepares it with accelerate (DDP, or FSDP from an accelerate config file),
 resumes from the newest checkpoint when asked, runs the steps with a progress bar, logs loss and throughput to
 `output_dir/metrics.jsonl`, saves atomic checkpoints and finally exports the model (LoRA merged) with
 `save_pretrained`.
