@@ -6,15 +6,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from tests.training.helpers import TWO_PROCESSES, read_metrics, run_module, run_until_paused_then_kill, saved_weights
+from tests.training.helpers import TWO_PROCESSES, read_metrics, run_module, run_until_paused_then_kill, saved_weights, train_arguments
 from training.checkpoint import latest_checkpoint
 from training.train_embedder import main
-
-
-def _arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
-    return ["--model_path", model, "--data_config", data, "--traces", traces, "--output_dir", output,
-            "--per_device_batch_size", "8", "--block_size", "4", "--chunk_size", "4", "--learning_rate", "1e-3",
-            "--logging_steps", "1", *extra]  # fmt: skip
 
 
 def _losses(output_dir: str) -> list[float]:
@@ -30,7 +24,7 @@ def test_main_help(capsys):
 
 def test_train_embedder_loss_decreases_and_export_reloads(tmp_path, model_folder, pair_data, trace_store):
     output = str(tmp_path / "run")
-    exported = main(_arguments(model_folder("teacher"), pair_data, trace_store, output, "--max_steps", "30",
+    exported = main(train_arguments(model_folder("teacher"), pair_data, trace_store, output, "--max_steps", "30",
                                "--num_hard_negatives", "1", "--save_steps", "100"))  # fmt: skip
     losses = _losses(output)
     assert len(losses) == 30
@@ -45,7 +39,7 @@ def test_train_embedder_loss_decreases_and_export_reloads(tmp_path, model_folder
 
 
 def test_train_embedder_merges_dora_adapters_on_export(tmp_path, model_folder, pair_data, trace_store):
-    exported = main(_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"),
+    exported = main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"),
                                "--max_steps", "2", "--lora", "--use_dora", "--lora_dropout", "0.0"))  # fmt: skip
     weights, initial = saved_weights(exported), saved_weights(model_folder("teacher"))
     assert weights.keys() == initial.keys()  # plain weights: no lora_A / lora_B / magnitude left
@@ -57,7 +51,7 @@ def test_train_embedder_merges_dora_adapters_on_export(tmp_path, model_folder, p
 
 
 def test_train_embedder_refuses_an_existing_run_without_resume(tmp_path, model_folder, pair_data, trace_store):
-    arguments = _arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1")
+    arguments = train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1")
     main(arguments)
     with pytest.raises(ValueError, match="holds a checkpoint; pass --resume"):
         main(arguments)
@@ -65,13 +59,13 @@ def test_train_embedder_refuses_an_existing_run_without_resume(tmp_path, model_f
 
 def test_train_embedder_rejects_a_unified_model(tmp_path, model_folder, pair_data, trace_store):
     with pytest.raises(ValueError, match="train it with training.train_head"):
-        main(_arguments(model_folder("unified"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))
+        main(train_arguments(model_folder("unified"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))
 
 
 def test_train_embedder_resumes_exactly_after_sigkill(tmp_path, model_folder, pair_data, trace_store):
     """LoRA dropout is on, so an exact match needs the restored RNG states as well as weights and optimizer."""
     def arguments(output):
-        return _arguments(model_folder("teacher"), pair_data, trace_store, output, "--max_steps", "8",
+        return train_arguments(model_folder("teacher"), pair_data, trace_store, output, "--max_steps", "8",
                           "--save_steps", "3", "--lora", "--lora_dropout", "0.2")
 
     reference, interrupted = str(tmp_path / "reference"), str(tmp_path / "interrupted")
@@ -90,8 +84,8 @@ def test_train_embedder_two_processes_match_one_process(tmp_path, model_folder, 
     """The same global batch of 8 (4 per process) gives the same loss curve: gathered targets, loss x world size."""
     single, double = str(tmp_path / "single"), str(tmp_path / "double")
     common = ["--max_steps", "6", "--num_hard_negatives", "1", "--save_steps", "100"]
-    main(_arguments(model_folder("teacher"), pair_data, trace_store, single, *common))
-    arguments = _arguments(model_folder("teacher"), pair_data, trace_store, double, *common)
+    main(train_arguments(model_folder("teacher"), pair_data, trace_store, single, *common))
+    arguments = train_arguments(model_folder("teacher"), pair_data, trace_store, double, *common)
     arguments[arguments.index("--per_device_batch_size") + 1] = "4"
     run_module("training.train_embedder", arguments, launcher=TWO_PROCESSES)
     assert _losses(double) == pytest.approx(_losses(single), abs=1e-4)

@@ -4,14 +4,12 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from tests.training.helpers import read_metrics, saved_weights
+from tests.training.helpers import read_metrics, saved_weights, train_arguments
 from training.train_head import main
 
 
 def _arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
-    return ["--model_path", model, "--data_config", data, "--traces", traces, "--output_dir", output,
-            "--per_device_batch_size", "8", "--block_size", "4", "--chunk_size", "4", "--learning_rate", "1e-3",
-            "--logging_steps", "1", "--save_steps", "100", *extra]  # fmt: skip
+    return train_arguments(model, data, traces, output, "--save_steps", "100", *extra)
 
 
 def test_main_help(capsys):

@@ -7,7 +7,7 @@ from accelerate import Accelerator
 from transformers import AutoModel
 
 from tests.tiny_models import build_tte
-from tests.training.helpers import read_metrics, saved_weights
+from tests.training.helpers import read_metrics, saved_weights, train_arguments
 from training.data import PairDataset, SFTCollator, load_sources
 from training.losses import next_token_step
 from training.train_reasoner import main
@@ -15,12 +15,6 @@ from training.train_reasoner import main
 
 TRACES = {("words/0", "query"): "<think> red </think> a red cat", ("pictures/2", "query"): "<think> blue </think>",
           ("words/5", "query"): ""}  # fmt: skip
-
-
-def _arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
-    return ["--model_path", model, "--data_config", data, "--traces", traces, "--output_dir", output,
-            "--per_device_batch_size", "8", "--block_size", "4", "--chunk_size", "4", "--learning_rate", "1e-3",
-            "--logging_steps", "1", "--save_steps", "100", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +28,10 @@ def sft_batch(student, pair_data):
     dataset = PairDataset(load_sources(pair_data))
     examples = [dataset[0], dataset[34], dataset[5]]
     return examples, SFTCollator(student.processor, TRACES, ("query",), chunk_size=8)(examples)[0]
+
+
+def _arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
+    return train_arguments(model, data, traces, output, "--save_steps", "100", *extra)
 
 
 def test_main_help(capsys):
