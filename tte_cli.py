@@ -90,5 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+__all__ = ["main", "build_parser"]
+
+
 if __name__ == "__main__":
     main()
