@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextT
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 from transformers.utils import ModelOutput, logging
 
-from .configuration_tte import TTEConfig
+from .configuration_tte import THINK_POLICIES, TTEConfig
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
 from .reasoning_tte import OpenAIChatReasoner
 
@@ -76,16 +76,27 @@ def decoder_of(model: PreTrainedModel) -> nn.Module:
     return getattr(base, "language_model", base)
 
 
+class _SourceLayerReached(Exception):
+    """Raised by `capture_layer_output(..., stop=True)` to skip the layers above the captured one."""
+
+
 @contextmanager
-def capture_layer_output(layer: nn.Module, captured: list[torch.Tensor]):
-    """Append the output of `layer` to `captured` on every call (prefill and each decoding step)."""
+def capture_layer_output(layer: nn.Module, captured: list[torch.Tensor], stop: bool = False):
+    """Append the output of `layer` to `captured` on every call (prefill and each decoding step).
+
+    With `stop=True` the forward pass ends right after `layer`: the layers above it are not run.
+    """
 
     def hook(module, args, output):
         captured.append(output[0] if isinstance(output, tuple) else output)
+        if stop:
+            raise _SourceLayerReached
 
     handle = layer.register_forward_hook(hook)
     try:
         yield captured
+    except _SourceLayerReached:
+        pass
     finally:
         handle.remove()
 
@@ -269,11 +280,14 @@ class TTEModel(TTEPreTrainedModel):
             return position_ids
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+    def source_layer(self) -> nn.Module:
+        """Unified variant: the backbone decoder layer whose outputs feed the head (layer L-N by default)."""
+        return decoder_of(self.backbone).layers[self.config.head_source_layer - 1]
+
     def source_states(self, input_ids, attention_mask, position_ids, **vision_inputs) -> torch.Tensor:
-        """Unified variant: the outputs of the backbone's layer `head_source_layer` over whole embedding inputs."""
-        source_layer = decoder_of(self.backbone).layers[self.config.head_source_layer - 1]
+        """Unified variant: the source layer's outputs over whole embedding inputs (the layers above are skipped)."""
         captured = []
-        with capture_layer_output(source_layer, captured):
+        with capture_layer_output(self.source_layer(), captured, stop=True):
             base_model_of(self.backbone)(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 **vision_inputs,
@@ -288,6 +302,7 @@ class TTEModel(TTEPreTrainedModel):
         image_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
         source_states: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> TTEEmbeddingOutput:
         r"""Embed already-built embedding inputs (`TTEProcessor.build_embedding_inputs`); gradients flow.
@@ -298,13 +313,15 @@ class TTEModel(TTEPreTrainedModel):
             pixel_values, image_grid_thw, mm_token_type_ids: the Qwen-VL vision inputs from the processor.
             source_states (`torch.Tensor` of shape `(batch, seq_len, hidden)`, *optional*): unified variant only;
                 layer L-N states already computed (by generation), so the trunk is skipped.
+            position_ids (`torch.LongTensor`, *optional*): from `position_ids_for`, when the caller has them already.
 
         Returns:
             `TTEEmbeddingOutput` with `embeddings` of shape `(batch, embedding_dim)`, fp32.
         """
         vision_inputs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
         vision_inputs = {key: value for key, value in vision_inputs.items() if value is not None}
-        position_ids = self.position_ids_for(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        if position_ids is None:
+            position_ids = self.position_ids_for(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
         if self.config.variant == "unified":
             if source_states is None:
                 source_states = self.source_states(input_ids, attention_mask, position_ids, **vision_inputs)
@@ -322,12 +339,11 @@ class TTEModel(TTEPreTrainedModel):
 
     def generator_generation_config(self, max_new_tokens: int | None = None) -> GenerationConfig:
         """Greedy, bounded decoding; reserved tokens are suppressed so a trace is always plain text."""
-        processor_tokens = [EMBEDDING_TOKEN, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
         suppressed = {self.config.embedding_token_id}
         if self.config.pad_token_id not in np.atleast_1d(self.config.eos_token_id):
             suppressed.add(self.config.pad_token_id)  # a pad inside a trace would read as padding
         if self._processor is not None:
-            ids = self._processor.tokenizer.convert_tokens_to_ids(processor_tokens)
+            ids = self._processor.tokenizer.convert_tokens_to_ids(self._processor.forbidden_text_tokens)
             suppressed |= {i for i in ids if i is not None and i != self._processor.tokenizer.unk_token_id}
         return GenerationConfig(
             do_sample=False,
@@ -358,9 +374,8 @@ class TTEModel(TTEPreTrainedModel):
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items).to(self.device)
         generator = self.generator()
-        source_layer = decoder_of(generator).layers[(self.config.head_source_layer or 1) - 1]
         captured = []
-        with capture_layer_output(source_layer, captured) if capture else nullcontext():
+        with capture_layer_output(self.source_layer(), captured) if capture else nullcontext():
             output = generator.generate(
                 **inputs, generation_config=self.generator_generation_config(max_new_tokens)
             )
@@ -414,9 +429,8 @@ class TTEModel(TTEPreTrainedModel):
             if cut:
                 new_ids[i, 0], new_mask[i, 0] = trace_ids[-1], 1
             new_ids[i, 1], new_mask[i, 1] = self.config.embedding_token_id, 1
-        source_layer = decoder_of(self.backbone).layers[self.config.head_source_layer - 1]
         captured = []
-        with capture_layer_output(source_layer, captured):
+        with capture_layer_output(self.source_layer(), captured):
             self.backbone(
                 input_ids=new_ids, attention_mask=torch.cat([fed_mask, new_mask], dim=1),
                 position_ids=position_ids[..., -2:], cache=state["cache"], use_cache=True,
@@ -446,13 +460,13 @@ class TTEModel(TTEPreTrainedModel):
         policy = think if think is not None else self.config.think
         if isinstance(policy, bool):
             return policy
-        if policy not in ("always", "never", "queries"):
-            raise ValueError(f"think={policy!r} must be a bool or one of 'always', 'never', 'queries'")
+        if policy not in THINK_POLICIES:
+            raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
         return policy == "always" or (policy == "queries" and side == "query")
 
     @torch.no_grad()
-    def _embed_batch(self, items, traces, generate_rows, max_new_tokens) -> tuple[torch.Tensor, list[str]]:
-        """Embed one batch; rows in `generate_rows` get a new trace, the others use `traces[i]` as given."""
+    def _embed_batch(self, items, traces, generate_rows, max_new_tokens, start: int) -> tuple[torch.Tensor, list[str]]:
+        """Embed one batch (inputs `start`...); rows in `generate_rows` get a new trace, the others use `traces[i]`."""
         traces = list(traces)
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
@@ -463,6 +477,8 @@ class TTEModel(TTEPreTrainedModel):
                 embeddings[generate_rows] = self._embed_with_state(chosen, new_traces, state)
             else:
                 new_traces = self.reason(chosen, max_new_tokens)
+                for i, trace in zip(generate_rows, new_traces):
+                    self.processor.check_trace(trace, f"the reasoner's trace for inputs[{start + i}]")
                 plain_rows = list(range(len(items)))
             for i, trace in zip(generate_rows, new_traces):
                 traces[i] = trace
@@ -483,7 +499,7 @@ class TTEModel(TTEPreTrainedModel):
             inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
         )
         source = self._single_pass_source_states(state, inputs, position_ids)
-        return self(**inputs, source_states=source).embeddings
+        return self(**inputs, source_states=source, position_ids=position_ids).embeddings
 
     def _check_truncate_dim(self, truncate_dim: int | None) -> None:
         if truncate_dim is not None and truncate_dim not in self.config.matryoshka_dims:
@@ -564,12 +580,14 @@ class TTEModel(TTEPreTrainedModel):
             stop = start + batch_size
             rows = [i for i in range(start, min(stop, len(items))) if generate[i]]
             embeddings, traces[start:stop] = self._embed_batch(
-                items[start:stop], traces[start:stop], [i - start for i in rows], max_new_tokens
+                items[start:stop], traces[start:stop], [i - start for i in rows], max_new_tokens, start
             )
             chunks.append(embeddings)
         embeddings = torch.cat(chunks)
         if truncate_dim is not None:
-            embeddings = F.normalize(embeddings[:, :truncate_dim], dim=-1)
+            embeddings = embeddings[:, :truncate_dim]
+            if self.config.normalize:
+                embeddings = F.normalize(embeddings, dim=-1)
         if convert_to_tensor or not convert_to_numpy:
             result = embeddings
         else:

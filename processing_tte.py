@@ -68,17 +68,21 @@ class TTEInput:
     reasoning: str | None = None  # a precomputed trace for this input
 
 
-def _load_image_bytes(data: bytes, where: str, max_image_pixels: int) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{where}: not a readable image ({error})") from None
-    width, height = image.size  # read from the header, before any decoding
+def _check_pixels(image: Image.Image, where: str, max_image_pixels: int) -> None:
+    width, height = image.size  # from the header: nothing is decoded yet for a freshly opened file
     if width * height > max_image_pixels:
         raise ValueError(
             f"{where}: image is {width}x{height} = {width * height} pixels, over max_image_pixels={max_image_pixels}; "
             "downscale it or raise max_image_pixels"
         )
+
+
+def _load_image_bytes(data: bytes, where: str, max_image_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{where}: not a readable image ({error})") from None
+    _check_pixels(image, where, max_image_pixels)
     try:
         return image.convert("RGB")
     except OSError as error:
@@ -122,9 +126,7 @@ def load_image(value, where: str, allow_urls: bool = False, max_image_pixels: in
         TypeError: any other type.
     """
     if isinstance(value, Image.Image):
-        width, height = value.size
-        if width * height > max_image_pixels:
-            raise ValueError(f"{where}: image is {width}x{height} pixels, over max_image_pixels={max_image_pixels}")
+        _check_pixels(value, where, max_image_pixels)
         return value.convert("RGB")
     if isinstance(value, (bytes, bytearray)):
         return _load_image_bytes(bytes(value), where, max_image_pixels)
@@ -205,15 +207,18 @@ class TTEProcessor(ProcessorMixin):
 
     # ----- inputs -----
 
+    def _check_reserved(self, value: str, where: str, kind: str) -> str:
+        for token in self.forbidden_text_tokens:
+            if token in value:
+                raise ValueError(f"{where}: {kind} contains the reserved token {token!r}")
+        return value
+
     def _check_text(self, value, where: str) -> str:
         if not isinstance(value, str):
             raise TypeError(f"{where}: text must be a str, got {type(value).__name__}")
         if not value.strip():
             raise ValueError(f"{where}: text is empty")
-        for token in self.forbidden_text_tokens:
-            if token in value:
-                raise ValueError(f"{where}: text contains the reserved token {token!r}")
-        return value
+        return self._check_reserved(value, where, "text")
 
     def _parse_dict(self, item: dict, where: str, instruction: str | None, task: str) -> TTEInput:
         unknown = set(item) - _INPUT_KEYS
@@ -227,16 +232,17 @@ class TTEProcessor(ProcessorMixin):
             if self.text_only:
                 raise ValueError(f"{where}: this model is text-only and cannot embed images")
             image = load_image(item["image"], f"{where}['image']", self.allow_urls, self.max_image_pixels)
-        item_instruction = item.get("instruction", instruction)
-        if item_instruction is not None:
-            self._check_text(item_instruction, f"{where}['instruction']")
+        item_instruction = instruction
+        if item.get("instruction") is not None:
+            item_instruction = self._check_text(item["instruction"], f"{where}['instruction']")
         think = item.get("think")
         if think is not None and not isinstance(think, bool):
             raise TypeError(f"{where}['think']: must be a bool, got {type(think).__name__}")
         reasoning = item.get("reasoning")
         if reasoning is not None:
             self.check_trace(reasoning, f"{where}['reasoning']")
-        task = self._check_task(item.get("task", task), where)
+        if "task" in item:
+            task = self._check_task(item["task"], where)
         return TTEInput(text, image, item_instruction, task, think, reasoning)
 
     def _check_task(self, task: str, where: str) -> str:
@@ -248,7 +254,7 @@ class TTEProcessor(ProcessorMixin):
         """Parse one input: a str (text, or an image path / URL / data URI), a PIL image, bytes or a dict with keys
         `text`, `image`, `instruction`, `task`, `think`, `reasoning` (a precomputed trace)."""
         where = f"inputs[{index}]"
-        task = self._check_task(task or DEFAULT_TASK_FAMILY, where)
+        task = task or DEFAULT_TASK_FAMILY
         if item is None:
             raise ValueError(f"{where}: input is None")
         if isinstance(item, dict):
@@ -263,12 +269,16 @@ class TTEProcessor(ProcessorMixin):
 
     def parse_inputs(self, inputs, instruction: str | None = None, task: str | None = None) -> list[TTEInput]:
         """Parse a batch (or one input) into `TTEInput`s, naming the offending item on bad input."""
-        if isinstance(inputs, (str, dict, bytes, Image.Image)):
+        if isinstance(inputs, (str, dict, bytes, bytearray, Image.Image)):
             inputs = [inputs]
         if not isinstance(inputs, (list, tuple)):
             raise TypeError(f"inputs must be a list of inputs or one input, got {type(inputs).__name__}")
         if len(inputs) == 0:
             raise ValueError("inputs is empty; pass at least one input")
+        if instruction is not None:
+            self._check_text(instruction, "instruction")
+        if task is not None:
+            self._check_task(task, "task")
         return [self.parse_input(item, i, instruction, task) for i, item in enumerate(inputs)]
 
     # ----- prompts -----
@@ -293,10 +303,7 @@ class TTEProcessor(ProcessorMixin):
         """Validate a trace (`where` names it in errors, e.g. `"reasoning[2]"`)."""
         if not isinstance(trace, str):
             raise TypeError(f"{where}: trace must be a str, got {type(trace).__name__}")
-        for token in self.forbidden_text_tokens:
-            if token in trace:
-                raise ValueError(f"{where}: trace contains the reserved token {token!r}")
-        return trace
+        return self._check_reserved(trace, where, "trace")
 
     def _encode(self, texts: list[str], items: list[TTEInput]) -> BatchFeature:
         images = [item.image for item in items if item.image is not None]
@@ -330,6 +337,8 @@ class TTEProcessor(ProcessorMixin):
             The reasoning-prompt features with `input_ids`, `attention_mask`, `labels` (and `mm_token_type_ids`) of
             shape `(batch, max(prompt + trace + 1))`, left-padded; the vision inputs are unchanged.
         """
+        if len(traces) != len(items):
+            raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
         prompts = self.build_reasoning_inputs(items)
         checked = [self.check_trace(trace, f"reasoning[{i}]") for i, trace in enumerate(traces)]
         targets = [ids + [self.tokenizer.eos_token_id] for ids in self.tokenizer(checked, add_special_tokens=False)["input_ids"]]

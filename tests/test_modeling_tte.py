@@ -265,3 +265,28 @@ def test_unified_recomputes_when_trace_does_not_round_trip(tiny_tte):
     embeddings = model._embed_with_state(items, traces, state)
     recomputed = model.embed(["a red square", make_image(4)], reasoning=traces, convert_to_tensor=True)
     assert torch.abs(embeddings - recomputed).max() <= 1e-5
+
+
+def test_recomputation_stops_at_the_source_layer(tiny_tte):
+    model = tiny_tte("qwen2_vl", "unified")
+    top_layer_calls = []
+    handle = decoder_of(model.backbone).layers[-1].register_forward_hook(lambda *args: top_layer_calls.append(1))
+    try:
+        model.embed(["a red square"], reasoning=[TRACE])  # a precomputed trace: the trunk runs over the whole input
+    finally:
+        handle.remove()
+    assert model.config.head_source_layer < model.config.backbone_config.text_config.num_hidden_layers
+    assert top_layer_calls == []  # layers above the source layer are skipped, their output is never used
+
+
+def test_reasoner_trace_errors_name_the_input(tiny_tte):
+    model = build_tte("qwen2_vl", "teacher")
+    model.set_reasoner(lambda items, processor: ["fine" if item.text == "a" else "bad <|emb|>" for item in items])
+    with pytest.raises(ValueError, match=r"the reasoner's trace for inputs\[1\]: trace contains the reserved token"):
+        model.embed(["a", "b"], batch_size=1)
+
+
+def test_truncate_dim_keeps_unnormalised_vectors_unnormalised():
+    model = build_tte("llama", "student", matryoshka_dims=[8], normalize=False)
+    full = model.embed(["a red square"], think=False)
+    np.testing.assert_array_equal(model.embed(["a red square"], think=False, truncate_dim=8), full[:, :8])

@@ -132,3 +132,21 @@ def test_url_images_are_fetched_only_after_opting_in():
             processor.parse_inputs([base_url + "/cat.png"])
         processor.allow_urls = True
         assert processor.parse_inputs([base_url + "/cat.png"])[0].image.size == (30, 20)
+
+
+def test_call_level_instruction_and_task_errors_name_the_argument(processor):
+    with pytest.raises(ValueError, match=r"^instruction: text is empty"):
+        processor.parse_inputs(["a", "b"], instruction="  ")
+    with pytest.raises(ValueError, match=r"^task: task='poetry' is not one of"):
+        processor.parse_inputs(["a"], task="poetry")
+
+
+def test_sft_inputs_label_only_trace_and_eos(processor):
+    items = processor.parse_inputs(["a red square", make_image()])
+    inputs = processor.build_sft_inputs(items, ["<think> red </think> square", "circle"])
+    tokenizer = processor.tokenizer
+    labels = [row[row != -100].tolist() for row in inputs["labels"]]
+    assert labels[1] == tokenizer("circle", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert inputs["input_ids"][1, -len(labels[1]) :].tolist() == labels[1]  # labels sit on the trace tokens
+    with pytest.raises(ValueError, match="got 1 traces for 2 inputs"):
+        processor.build_sft_inputs(items, ["only one"])
