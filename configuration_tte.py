@@ -37,7 +37,7 @@ class TTEConfig(PretrainedConfig):
         normalize: L2-normalise embeddings.
         matryoshka_dims: dimensions accepted by `truncate_dim` (the full dimension is always accepted).
         embedding_token_id: id of the token appended after the trace; its last-layer state is the embedding.
-        embedding_dim: size of the embedding; the backbone's hidden size.
+        embedding_dim: size of the embedding; always the backbone's hidden size (set from the backbone config).
     """
 
     model_type = "tte"
@@ -73,6 +73,11 @@ class TTEConfig(PretrainedConfig):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         text_config = self.backbone_config.get_text_config()
+        if self.embedding_dim is not None and self.embedding_dim != text_config.hidden_size:
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} differs from the backbone's hidden size {text_config.hidden_size}; "
+                "the embedding is a hidden state, so leave embedding_dim unset (use matryoshka_dims to shorten it)"
+            )
         self.embedding_dim = text_config.hidden_size
         if self.variant == "unified":
             self._validate_head(text_config.num_hidden_layers)

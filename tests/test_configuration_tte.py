@@ -32,6 +32,7 @@ def test_config_round_trips_through_dict(backbone_config):
         ({"variant": "student"}, "needs a reasoner_config"),
         ({"matryoshka_dims": [64]}, "matryoshka_dims"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"embedding_dim": 64}, "embedding_dim=64 differs from the backbone's hidden size 32"),
     ],
 )
 def test_config_rejects_bad_values(backbone_config, kwargs, message):

@@ -25,11 +25,15 @@ LATEST = "latest"
 def write_atomic(path: str, text: str) -> None:
     """Write `text` to `path` through a temporary file and `os.replace`, so readers see the old or the new file."""
     temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):  # the write failed: leave no stray temporary file
+            os.remove(temporary)
 
 
 class Progress:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tasks import CATEGORIES, EXCLUDED_TASKS, HEADLINE_METRIC, TASKS
+from .tasks import CATEGORIES, EXCLUDED_TASKS, HEADLINE_METRIC, TASKS, tasks_in
 
 
 MODALITY_COLUMNS = {"image": "Image", "video": "Video", "visdoc": "VisDoc"}
@@ -23,9 +23,9 @@ def _column_tasks() -> dict[str, list[str]]:
     columns = {}
     for modality, modality_column in MODALITY_COLUMNS.items():
         for category in [c for c, m in CATEGORIES.items() if m == modality]:
-            columns[category] = [name for name, spec in TASKS.items() if spec.category == category]
-        columns[modality_column] = [name for name, spec in TASKS.items() if spec.modality == modality]
-    columns["All-78"] = list(TASKS)
+            columns[category] = tasks_in(category)
+        columns[modality_column] = tasks_in(modality)
+    columns["All-78"] = tasks_in("all")
     for split in ("IND", "OOD"):
         columns[f"V1 {split}"] = [name for name, spec in TASKS.items() if spec.v1_split == split]
     return columns
