@@ -176,11 +176,13 @@ class PairDataset(Dataset):
         for table in self.tables:
             self.offsets.append(self.offsets[-1] + len(table))
         seen = {}
+        self.keys = []  # (example id, its sides) per index, kept so callers need not rebuild every example
         for index in range(len(self)):
             example = self[index]
             if example.id in seen:
                 raise ValueError(f"{example.where}: example id {example.id!r} also used by {seen[example.id]}")
             seen[example.id] = example.where
+            self.keys.append((example.id, tuple(example.inputs)))
 
     def __len__(self) -> int:
         return self.offsets[-1]

@@ -85,12 +85,8 @@ def open_store(settings: TraceSettings, processor: TTEProcessor, accelerator: Ac
 
 def pending(dataset: PairDataset, kinds: tuple[str, ...], done: dict) -> list[tuple[int, str]]:
     """`(example index, side)` of every wanted trace not in the store yet, in dataset order."""
-    todo = []
-    for index in range(len(dataset)):
-        example = dataset[index]
-        todo += [(index, side) for side in example.inputs
-                 if side.split("-")[0] in kinds and (example.id, side) not in done]  # fmt: skip
-    return todo
+    return [(index, side) for index, (example_id, sides) in enumerate(dataset.keys) for side in sides
+            if side.split("-")[0] in kinds and (example_id, side) not in done]  # fmt: skip
 
 
 def generate_batch(reason, processor: TTEProcessor, dataset: PairDataset, batch: list[tuple[int, str]]) -> list[tuple]:
