@@ -88,10 +88,11 @@ def write_trace_store(folder, data_config: str, prompt_set_version: str = "ecr-v
 
 
 def train_arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
-    """Flags of the tiny training runs the tests share: batches of 8 in same-source blocks of 4, chunks of 4."""
+    """Flags of the tiny training runs the tests share: batches of 8 in same-source blocks of 4, chunks of 4, a
+    checkpoint every 100 steps (a later flag in `extra` overrides any of these)."""
     return ["--model_path", model, "--data_config", data, "--traces", traces, "--output_dir", output,
             "--per_device_batch_size", "8", "--block_size", "4", "--chunk_size", "4", "--learning_rate", "1e-3",
-            "--logging_steps", "1", *extra]  # fmt: skip
+            "--logging_steps", "1", "--save_steps", "100", *extra]  # fmt: skip
 
 
 def subprocess_env(**extra: str) -> dict:

@@ -25,7 +25,7 @@ def test_main_help(capsys):
 def test_train_embedder_loss_decreases_and_export_reloads(tmp_path, model_folder, pair_data, trace_store):
     output = str(tmp_path / "run")
     exported = main(train_arguments(model_folder("teacher"), pair_data, trace_store, output, "--max_steps", "30",
-                               "--num_hard_negatives", "1", "--save_steps", "100"))  # fmt: skip
+                               "--num_hard_negatives", "1"))  # fmt: skip
     losses = _losses(output)
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5

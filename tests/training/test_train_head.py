@@ -8,10 +8,6 @@ from tests.training.helpers import read_metrics, saved_weights, train_arguments
 from training.train_head import main
 
 
-def _arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
-    return train_arguments(model, data, traces, output, "--save_steps", "100", *extra)
-
-
 def test_main_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -21,7 +17,7 @@ def test_main_help(capsys):
 
 def test_train_head_loss_decreases_and_only_the_head_changes(tmp_path, model_folder, pair_data, trace_store):
     output = str(tmp_path / "run")
-    exported = main(_arguments(model_folder("unified"), pair_data, trace_store, output, "--max_steps", "30"))
+    exported = main(train_arguments(model_folder("unified"), pair_data, trace_store, output, "--max_steps", "30"))
     losses = [record["contrastive_loss"] for record in read_metrics(output)]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     weights, initial = saved_weights(exported), saved_weights(model_folder("unified"))
@@ -41,7 +37,7 @@ def test_train_head_starts_from_the_backbone_top_layers(tmp_path, model_folder, 
             parameter.zero_()
     model.processor  # attach it, so save_pretrained writes it too
     model.save_pretrained(tmp_path / "stale_head")
-    exported = main(_arguments(str(tmp_path / "stale_head"), pair_data, trace_store, str(tmp_path / "run"),
+    exported = main(train_arguments(str(tmp_path / "stale_head"), pair_data, trace_store, str(tmp_path / "run"),
                                "--max_steps", "1", "--learning_rate", "1e-9"))  # fmt: skip
     weights = saved_weights(exported)
     # 4 backbone layers, head of 2: head layer 0 starts as backbone layer 2.
@@ -51,4 +47,4 @@ def test_train_head_starts_from_the_backbone_top_layers(tmp_path, model_folder, 
 
 def test_train_head_rejects_a_teacher_model(tmp_path, model_folder, pair_data, trace_store):
     with pytest.raises(ValueError, match="is a 'teacher' model; the head exists only in 'unified'"):
-        main(_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))
+        main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))

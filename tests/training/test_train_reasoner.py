@@ -30,10 +30,6 @@ def sft_batch(student, pair_data):
     return examples, SFTCollator(student.processor, TRACES, ("query",), chunk_size=8)(examples)[0]
 
 
-def _arguments(model: str, data: str, traces: str, output: str, *extra: str) -> list[str]:
-    return train_arguments(model, data, traces, output, "--save_steps", "100", *extra)
-
-
 def test_main_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -82,7 +78,7 @@ def test_next_token_step_weights_chunks_by_their_label_tokens(student, pair_data
 
 def test_train_reasoner_loss_decreases_and_only_the_reasoner_changes(tmp_path, model_folder, pair_data, trace_store):
     output = str(tmp_path / "run")
-    exported = main(_arguments(model_folder("student"), pair_data, trace_store, output, "--max_steps", "30",
+    exported = main(train_arguments(model_folder("student"), pair_data, trace_store, output, "--max_steps", "30",
                                "--learning_rate", "1e-2"))  # fmt: skip
     losses = [record["lm_loss"] for record in read_metrics(output)]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
@@ -96,7 +92,7 @@ def test_train_reasoner_loss_decreases_and_only_the_reasoner_changes(tmp_path, m
 
 
 def test_train_reasoner_lora_on_a_unified_backbone_is_merged(tmp_path, model_folder, pair_data, trace_store):
-    exported = main(_arguments(model_folder("unified"), pair_data, trace_store, str(tmp_path / "run"),
+    exported = main(train_arguments(model_folder("unified"), pair_data, trace_store, str(tmp_path / "run"),
                                "--max_steps", "2", "--lora"))  # fmt: skip
     weights, initial = saved_weights(exported), saved_weights(model_folder("unified"))
     assert weights.keys() == initial.keys()
@@ -107,4 +103,4 @@ def test_train_reasoner_lora_on_a_unified_backbone_is_merged(tmp_path, model_fol
 
 def test_train_reasoner_rejects_a_teacher_model(tmp_path, model_folder, pair_data, trace_store):
     with pytest.raises(ValueError, match="'teacher' model: it has no reasoner"):
-        main(_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))
+        main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))
