@@ -14,7 +14,17 @@ from .mmeb_strings import (
     V1_QUERY_INSTRUCTIONS,
     harness_prompt,
 )
-from .rows import Candidate, Item, QueryRow, RowContext, field, media_path, optional_text, string_list
+from .rows import (
+    Candidate,
+    Item,
+    QueryRow,
+    RowContext,
+    field,
+    media_path,
+    optional_text,
+    string_list,
+    text_candidates,
+)
 
 
 def _instruction(raw: str) -> str | None:
@@ -30,13 +40,8 @@ def _targets(record: dict, where: str) -> tuple[list[str], list[str]]:
     return texts, paths
 
 
-def _row(record_id: str, query: Item, candidates: list[Candidate]) -> QueryRow:
+def _row(record_id: str, query: Item, candidates: tuple[Candidate, ...] | list[Candidate]) -> QueryRow:
     return QueryRow(record_id, query, tuple(candidates), {candidates[0].cand_id: 1.0})
-
-
-def _text_candidates(texts: list[str]) -> list[Candidate]:
-    """Raw label / answer / caption candidates; the id is the text itself."""
-    return [Candidate(text, Item(text, text=text)) for text in texts]
 
 
 def _image_query(record: dict, inst: str, where: str, data_dir: str) -> Item:
@@ -52,7 +57,7 @@ def image_cls_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     where = ctx.where(row_id)
     inst = field(record, "qry_inst", str, where).replace(RAW_IMAGE_TOKEN, "")
     query = _image_query(record, inst, where, ctx.data_dir)
-    return _row(row_id, query, _text_candidates(string_list(record, "tgt_text", where)))
+    return _row(row_id, query, text_candidates(string_list(record, "tgt_text", where)))
 
 
 def image_qa_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
@@ -60,7 +65,7 @@ def image_qa_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     where = ctx.where(row_id)
     inst = "\n" + field(record, "qry_inst", str, where).replace(RAW_IMAGE_TOKEN, "").strip()
     query = _image_query(record, inst, where, ctx.data_dir)
-    return _row(row_id, query, _text_candidates(string_list(record, "tgt_text", where)))
+    return _row(row_id, query, text_candidates(string_list(record, "tgt_text", where)))
 
 
 def _image_candidate(inst: str, caption: str | None, path: str, where: str, data_dir: str, newline: str) -> Item:

@@ -106,6 +106,11 @@ class TaskData:
         return self.candidate_ids
 
 
+def text_candidates(texts: list[str]) -> tuple[Candidate, ...]:
+    """Raw label / answer / caption candidates; the id is the text itself."""
+    return tuple(Candidate(text, Item(text, text=text)) for text in texts)
+
+
 def build_task_data(spec: TaskSpec, rows: list[QueryRow], corpus: list[Candidate]) -> TaskData:
     """De-duplicate candidates by id (rows first, then corpus) and check that every label can be ranked.
 

@@ -33,15 +33,11 @@ from .mmeb_strings import (
     VIDEO_RET_INSTRUCTIONS,
     harness_prompt,
 )
-from .rows import Candidate, Item, QueryRow, RowContext, field, media_path, string_list, video_frames
+from .rows import Candidate, Item, QueryRow, RowContext, field, media_path, string_list, text_candidates, video_frames
 
 
 def _frames(record: dict, name: str, where: str, ctx: RowContext) -> tuple[str, ...]:
     return video_frames(ctx.data_dir, field(record, name, str, where), ctx.num_frames, where)
-
-
-def _text_candidates(texts: list[str]) -> tuple[Candidate, ...]:
-    return tuple(Candidate(text, Item(text, text=text)) for text in texts)
 
 
 def _video_candidate(cand_id: str, instruction: str, frames: tuple[str, ...]) -> Candidate:
@@ -58,20 +54,20 @@ def video_cls_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     """K700 / HMDB51 / UCF101 / Breakfast: `<video> {instruction}`; the row's only candidate is its label."""
     where = ctx.where(row_id)
     label = field(record, "label", str, where)
-    return QueryRow(row_id, _cls_query(record, where, ctx), _text_candidates([label]), {label: 1.0})
+    return QueryRow(row_id, _cls_query(record, where, ctx), text_candidates([label]), {label: 1.0})
 
 
 def video_cls_corpus_entry(record: dict, row_id: str, ctx: RowContext) -> Candidate:
     """One label of a global video-classification pool."""
-    label = field(record, "label", str, ctx.where(row_id))
-    return Candidate(label, Item(label, text=label))
+    (candidate,) = text_candidates([field(record, "label", str, ctx.where(row_id))])
+    return candidate
 
 
 def ssv2_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     """SmthSmthV2: like `video_cls`, but ranked locally over the row's own label list."""
     where = ctx.where(row_id)
     label = field(record, "label", str, where)
-    candidates = _text_candidates(string_list(record, "candidates", where))
+    candidates = text_candidates(string_list(record, "candidates", where))
     return QueryRow(row_id, _cls_query(record, where, ctx), candidates, {label: 1.0})
 
 
