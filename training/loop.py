@@ -30,7 +30,8 @@ from training.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from training.data import PairDataset, build_loader
+from training.data import PairCollator, PairDataset, build_loader, load_traces, parse_trace_kinds
+from training.losses import GradCache
 from tte.modeling_tte import TTEModel
 
 
@@ -79,6 +80,12 @@ class TrainSettings:
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"--dtype {self.dtype!r} is not a torch dtype name (float32, bfloat16, ...)")
+
+
+@dataclass
+class ContrastiveSettings(TrainSettings):
+    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature."})
+    num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (neg_text/neg_image_path)."})
 
 
 @dataclass
@@ -250,6 +257,16 @@ def run_steps(accelerator, module, step_fn, loader, optimizer, scheduler, progre
     bar.close()
 
 
+def fit_contrastive(accelerator: Accelerator, model: TTEModel, module: torch.nn.Module, dataset: PairDataset,
+                    settings: ContrastiveSettings) -> str:  # fmt: skip
+    """`fit` with InfoNCE through GradCache over embedding-input chunks (the embedder's and the head's training)."""
+    kinds = parse_trace_kinds(settings.trace_sides)
+    traces = load_traces(settings.traces, kinds, model.processor)
+    collator = PairCollator(model.processor, traces, kinds, settings.num_hard_negatives, settings.chunk_size)
+    return fit(accelerator, model, module, dataset, collator,
+               lambda prepared: GradCache(prepared, accelerator, settings.temperature), settings)  # fmt: skip
+
+
 def fit(accelerator: Accelerator, model: TTEModel, module: torch.nn.Module, dataset: PairDataset, collator,
         make_step, settings: TrainSettings) -> str:  # fmt: skip
     """Train `module` (the trainable part of `model`, possibly peft-wrapped) and export `model`.
@@ -303,5 +320,5 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
     return unsharded
 
 
-__all__ = ["TrainSettings", "AdapterSettings", "parse_settings", "start_run", "load_model", "fit", "add_adapter",
+__all__ = ["TrainSettings", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings", "start_run", "load_model", "fit", "add_adapter",
            "freeze_vision_tower", "merge_adapters", "make_accelerator", "pause_if_requested"]  # fmt: skip

@@ -8,20 +8,27 @@ reasoner stays frozen.
         --traces traces/ --output_dir runs/embedder --lora --max_steps 5000 --per_device_batch_size 128
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from training.data import PairCollator, PairDataset, load_sources, load_traces, parse_trace_kinds
-from training.loop import AdapterSettings, add_adapter, fit, freeze_vision_tower, load_model, parse_settings, start_run
-from training.losses import GradCache
+from training.data import PairDataset, load_sources
+from training.loop import (
+    AdapterSettings,
+    ContrastiveSettings,
+    add_adapter,
+    fit_contrastive,
+    freeze_vision_tower,
+    load_model,
+    parse_settings,
+    start_run,
+)
 from tte.modeling_tte import TTEModel
 
 
 @dataclass
-class EmbedderSettings(AdapterSettings):
-    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature."})
-    num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (neg_text/neg_image_path)."})
+class EmbedderSettings(ContrastiveSettings, AdapterSettings):
+    """InfoNCE settings plus full or LoRA / DoRA training of the backbone."""
 
 
 def trainable_part(model: TTEModel, settings: EmbedderSettings) -> torch.nn.Module:
@@ -42,12 +49,7 @@ def main(argv: list[str] | None = None) -> str:
     accelerator = start_run(settings)
     dataset = PairDataset(load_sources(settings.data_config))
     model = load_model(settings)
-    kinds = parse_trace_kinds(settings.trace_sides)
-    traces = load_traces(settings.traces, kinds, model.processor)
-    collator = PairCollator(model.processor, traces, kinds, settings.num_hard_negatives, settings.chunk_size)
-    module = trainable_part(model, settings)
-    return fit(accelerator, model, module, dataset, collator,
-               lambda prepared: GradCache(prepared, accelerator, settings.temperature), settings)  # fmt: skip
+    return fit_contrastive(accelerator, model, trainable_part(model, settings), dataset, settings)
 
 
 if __name__ == "__main__":

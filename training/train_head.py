@@ -7,36 +7,23 @@ decoder layers and final norm and is trained with InfoNCE (GradCache, in-batch t
         --traces traces/ --output_dir runs/head --max_steps 2000 --per_device_batch_size 128
 """
 
-from dataclasses import dataclass, field
-
-from training.data import PairCollator, PairDataset, load_sources, load_traces, parse_trace_kinds
-from training.loop import TrainSettings, fit, load_model, parse_settings, start_run
-from training.losses import GradCache
-
-
-@dataclass
-class HeadSettings(TrainSettings):
-    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature."})
-    num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (neg_text/neg_image_path)."})
+from training.data import PairDataset, load_sources
+from training.loop import ContrastiveSettings, fit_contrastive, load_model, parse_settings, start_run
 
 
 def main(argv: list[str] | None = None) -> str:
-    settings = parse_settings(HeadSettings, argv)
+    settings = parse_settings(ContrastiveSettings, argv)
     accelerator = start_run(settings)
     dataset = PairDataset(load_sources(settings.data_config))
     model = load_model(settings)
     if model.config.variant != "unified":
         variant = model.config.variant
         raise ValueError(f"{settings.model_path!r} is a {variant!r} model; the head exists only in 'unified'")
-    kinds = parse_trace_kinds(settings.trace_sides)
-    collator = PairCollator(model.processor, load_traces(settings.traces, kinds, model.processor), kinds,
-                            settings.num_hard_negatives, settings.chunk_size)  # fmt: skip
     model.requires_grad_(False)
     # Start from the stage-1 backbone's top layers; a resumed run then loads the trained head over this.
     model.init_head_from_backbone()
     model.head.requires_grad_(True)
-    return fit(accelerator, model, model, dataset, collator,
-               lambda prepared: GradCache(prepared, accelerator, settings.temperature), settings)  # fmt: skip
+    return fit_contrastive(accelerator, model, model, dataset, settings)
 
 
 if __name__ == "__main__":
