@@ -75,10 +75,10 @@ def _image_candidate(inst: str, caption: str | None, path: str, where: str, data
     return Item(harness, _instruction(inst), text, media_path(data_dir, path, where))
 
 
-def _image_candidates(record: dict, where: str, data_dir: str, image_only_newline: str) -> list[Item]:
+def _image_candidates(record: dict, captions: list[str], paths: list[str], where: str, data_dir: str,
+                      image_only_newline: str) -> list[Item]:  # fmt: skip
     """Image candidates, captioned when the first caption is non-blank (WebQA, EDIS, OVEN, RefCOCO-Matching)."""
     inst = field(record, "tgt_inst", str, where).replace(RAW_IMAGE_TOKEN, "")
-    captions, paths = _targets(record, where)
     if captions[0].strip():
         return [_image_candidate(inst, cap, path, where, data_dir, "\n") for cap, path in zip(captions, paths)]
     return [_image_candidate(inst, None, path, where, data_dir, image_only_newline) for path in paths]
@@ -92,8 +92,8 @@ def image_t2i_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     visdial_newline = "\n" if ctx.task == "VisDial" else ""
     harness = inst.replace(RAW_IMAGE_TOKEN, IMAGE_MARKER) + " " + text + "\n" + visdial_newline
     query = Item(harness, _instruction(inst), optional_text(text))
-    items = _image_candidates(record, where, ctx.data_dir, image_only_newline="\n")
-    _, paths = _targets(record, where)
+    captions, paths = _targets(record, where)
+    items = _image_candidates(record, captions, paths, where, ctx.data_dir, image_only_newline="\n")
     return _row(row_id, query, [Candidate(path, item) for path, item in zip(paths, items)])
 
 
@@ -102,8 +102,8 @@ def image_i2i_vg_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     where = ctx.where(row_id)
     inst = "\n" + field(record, "qry_inst", str, where).replace(RAW_IMAGE_TOKEN, "").strip()
     query = _image_query(record, inst, where, ctx.data_dir)
-    items = _image_candidates(record, where, ctx.data_dir, image_only_newline="")
     captions, paths = _targets(record, where)
+    items = _image_candidates(record, captions, paths, where, ctx.data_dir, image_only_newline="")
     ids = [path + ":" + caption.strip('"') for path, caption in zip(paths, captions)]
     return _row(row_id, query, [Candidate(cand_id, item) for cand_id, item in zip(ids, items)])
 
