@@ -120,4 +120,4 @@ def run_without_repo(script: str, args: list[str], cwd) -> subprocess.CompletedP
     env.update(HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1")
     prelude = WITHOUT_REPO_PRELUDE.format(repo=REPO_ROOT)
     return subprocess.run([sys.executable, "-c", prelude + script, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+                          text=True, stdin=subprocess.DEVNULL, timeout=900)  # fmt: skip  (a hang bound, not a speed check)

@@ -168,9 +168,13 @@ def test_teacher_with_openai_compatible_endpoint():
         model.set_reasoner(base_url=base_url + "/v1", model="teacher-72b")
         embeddings, traces = model.embed(inputs, return_reasoning=True)
     assert traces == ["<think> text </think> seen", "<think> image_url text </think> seen"]
-    path, request = requests[0]
-    assert path == "/v1/chat/completions" and request["model"] == "teacher-72b" and request["temperature"] == 0.0
-    image_part = requests[1][1]["messages"][1]["content"][0]
+    assert len(requests) == 2
+    for path, request in requests:
+        assert path == "/v1/chat/completions" and request["model"] == "teacher-72b" and request["temperature"] == 0.0
+    # The reasoner sends its requests from a thread pool, so they arrive in either order: find the image item's
+    # request by its content, not by its position in `requests`.
+    (image_request,) = [request for _, request in requests if len(request["messages"][1]["content"]) == 2]
+    image_part = image_request["messages"][1]["content"][0]
     assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
     assert np.abs(embeddings - model.embed(inputs, reasoning=traces)).max() <= 1e-5
 

@@ -20,7 +20,7 @@ from training.traces import TraceStore, make_manifest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLOURS = ("red", "blue", "green", "yellow")
 THINGS = ("cat", "dog", "bus", "car", "tree", "square", "circle", "triangle")
-SUBPROCESS_TIMEOUT_S = 180
+SUBPROCESS_TIMEOUT_S = 900  # a bound against hangs, not a speed check: a busy 2-core CI machine is slow
 
 
 def word_rows(negatives: int = 2) -> list[dict]:
@@ -95,13 +95,21 @@ def train_arguments(model: str, data: str, traces: str, output: str, *extra: str
             "--logging_steps", "1", "--save_steps", "100", *extra]  # fmt: skip
 
 
+# The subprocesses get a PATH with system directories only: the suite may run as `<venv>/bin/python -m pytest` without
+# the venv on PATH, so anything a test starts must come through `sys.executable`, never a console script found on
+# PATH. A test that starts one then fails here on every machine, not only on the machines that lack it.
+SYSTEM_PATH = "/usr/bin:/bin"
+
+
 def subprocess_env(**extra: str) -> dict:
-    return {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    return {**os.environ, "PATH": SYSTEM_PATH, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false", **extra}  # fmt: skip
 
 
 # Two processes on CPU: accelerate joins them (gloo) only with ACCELERATE_USE_CPU=1; `--cpu` would start one process.
-TWO_PROCESSES = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+# The launcher is accelerate's module under this interpreter, not the `accelerate` script on PATH (see SYSTEM_PATH).
+TWO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
 def run_module(module: str, args: list[str], launcher: list[str] | None = None) -> str:
