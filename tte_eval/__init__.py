@@ -1,4 +1,4 @@
-"""MMEB evaluation harness for Think-Then-Embed models: loaders, metrics, aggregation, cached runner and CLI."""
+"""The MMEB evaluation harness for TTE models: loaders, metrics, aggregation, cached runner, CLI and user tasks."""
 
 from .aggregate import Aggregate, aggregate, markdown_table, read_score_file
 from .cache import Manifest
@@ -6,6 +6,7 @@ from .loaders import load_task
 from .metrics import query_metrics, rank
 from .runner import EvalConfig, evaluate
 from .tasks import TASKS, get_task
+from .user_tasks import load_user_task, load_user_tasks, write_task
 
 
 __all__ = [
@@ -17,8 +18,11 @@ __all__ = [
     "evaluate",
     "get_task",
     "load_task",
+    "load_user_task",
+    "load_user_tasks",
     "markdown_table",
     "query_metrics",
     "rank",
     "read_score_file",
+    "write_task",
 ]

@@ -1,6 +1,8 @@
-"""`tte-eval` / `python -m tte_eval`: evaluate a TTE model folder on local MMEB data, or aggregate score files.
+"""`tte-eval` / `python -m tte_eval`: evaluate a TTE model folder on local MMEB data and user-defined tasks, or
+aggregate score files.
 
     python -m tte_eval evaluate --model MODEL_DIR --data DATA_DIR --tasks image visdoc --output OUT_DIR
+    python -m tte_eval evaluate --model MODEL_DIR --tasks-dir USER_TASKS_DIR --output OUT_DIR
     python -m tte_eval aggregate ../shared/data/mmeb-scores/VLM2Vec-V2.0-Qwen2VL-2B.json
 """
 
@@ -17,6 +19,12 @@ from .loaders import BENCHMARKS
 from .model_io import load_tte_model, model_hash, model_settings
 from .runner import EvalConfig, evaluate, results_markdown
 from .tasks import CATEGORIES, HEADLINE_METRIC, TASK_LIST_VERSIONS, get_task, tasks_in
+
+
+EVALUATE_EXAMPLES = """examples:
+  tte-eval evaluate --model MODEL_DIR --data DATA_DIR --tasks image visdoc --output OUT_DIR
+  tte-eval evaluate --model MODEL_DIR --tasks-dir USER_TASKS_DIR --output OUT_DIR
+"""
 
 
 def expand_tasks(names: list[str], benchmark: str) -> list[str]:
@@ -38,10 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with the `evaluate` and `aggregate` subcommands."""
     parser = argparse.ArgumentParser(prog="tte-eval", description="MMEB evaluation harness for TTE models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("evaluate", help="Evaluate a model folder on local MMEB data.")
+    run = commands.add_parser(
+        "evaluate", help="Evaluate a model folder on MMEB data (--data, --tasks) and/or user tasks (--tasks-dir).",
+        epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     run.add_argument("--model", required=True, help="TTE model folder (loaded with trust_remote_code=True).")
-    run.add_argument("--data", required=True, help="Data directory with one folder per task (see the README, section MMEB evaluation).")
-    run.add_argument("--tasks", nargs="+", required=True, help="Task names or groups: all, image, video, I-CLS, ...")
+    run.add_argument("--data", help="MMEB data directory, one folder per task (README, section MMEB evaluation).")
+    run.add_argument("--tasks", nargs="+", default=[], help="MMEB task names or groups: all, image, video, I-CLS, ...")
+    run.add_argument("--tasks-dir", help="Folder of user task folders, each with task.json + test.jsonl "
+                     "(tte_eval/user_tasks.py); reported apart from the MMEB aggregate.")  # fmt: skip
     run.add_argument("--output", required=True, help="Folder for results.json and results.md.")
     run.add_argument("--cache-dir", help="Embedding cache folder (default: OUTPUT/cache).")
     run.add_argument("--benchmark", choices=BENCHMARKS, default="mmeb-v2", help="Row format and task list.")
@@ -61,15 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run_evaluate(args: argparse.Namespace) -> str:
     """Evaluate and write results; return the markdown report."""
     tasks = expand_tasks(args.tasks, args.benchmark)
+    cache_dir = args.cache_dir or os.path.join(args.output, "cache")
+    config = EvalConfig(  # checks the task selection before the model is loaded
+        args.data, tuple(tasks), args.output, cache_dir, args.benchmark, args.batch_size, args.allow_partial,
+        args.tasks_dir,
+    )  # fmt: skip
     digest = model_hash(args.model)  # fails fast on a folder without config.json / weights
     model = load_tte_model(args.model)
     settings = model_settings(model)
     task_list = TASK_LIST_VERSIONS[args.benchmark]
     manifest = Manifest(digest, settings["prompt_set_version"], settings["max_pixels"], args.num_frames, task_list)
-    cache_dir = args.cache_dir or os.path.join(args.output, "cache")
-    config = EvalConfig(
-        args.data, tuple(tasks), args.output, cache_dir, args.benchmark, args.batch_size, args.allow_partial
-    )
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     return results_markdown(evaluate(model, manifest, config, name, settings))
 

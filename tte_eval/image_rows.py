@@ -32,7 +32,8 @@ def _instruction(raw: str) -> str | None:
     return optional_text(raw.replace(RAW_IMAGE_TOKEN, "").strip())
 
 
-def _targets(record: dict, where: str) -> tuple[list[str], list[str]]:
+def target_lists(record: dict, where: str) -> tuple[list[str], list[str]]:
+    """`(tgt_text, tgt_img_path)`: two lists of strings of the same length (`""` where a target has none)."""
     texts = string_list(record, "tgt_text", where)
     paths = string_list(record, "tgt_img_path", where)
     if len(texts) != len(paths):
@@ -92,7 +93,7 @@ def image_t2i_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     visdial_newline = "\n" if ctx.task == "VisDial" else ""
     harness = inst.replace(RAW_IMAGE_TOKEN, IMAGE_MARKER) + " " + text + "\n" + visdial_newline
     query = Item(harness, _instruction(inst), optional_text(text))
-    captions, paths = _targets(record, where)
+    captions, paths = target_lists(record, where)
     items = _image_candidates(record, captions, paths, where, ctx.data_dir, image_only_newline="\n")
     return _row(row_id, query, [Candidate(path, item) for path, item in zip(paths, items)])
 
@@ -102,7 +103,7 @@ def image_i2i_vg_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     where = ctx.where(row_id)
     inst = "\n" + field(record, "qry_inst", str, where).replace(RAW_IMAGE_TOKEN, "").strip()
     query = _image_query(record, inst, where, ctx.data_dir)
-    captions, paths = _targets(record, where)
+    captions, paths = target_lists(record, where)
     items = _image_candidates(record, captions, paths, where, ctx.data_dir, image_only_newline="")
     ids = [path + ":" + caption.strip('"') for path, caption in zip(paths, captions)]
     return _row(row_id, query, [Candidate(cand_id, item) for cand_id, item in zip(ids, items)])
@@ -145,5 +146,5 @@ def v1_row(record: dict, row_id: str, ctx: RowContext) -> QueryRow:
     image_path = field(record, "qry_img_path", str, where)
     image = media_path(ctx.data_dir, image_path, where) if image_path else None
     query = Item(raw.replace(RAW_IMAGE_TOKEN, IMAGE_MARKER), instruction, text, image)
-    texts, paths = _targets(record, where)
+    texts, paths = target_lists(record, where)
     return _row(row_id, query, [_v1_candidate(t, p, where, ctx) for t, p in zip(texts, paths)])

@@ -12,6 +12,7 @@ Duplicate ids in P (local pools keep duplicates) count once in hit / precision /
 intersection, and once per position in MAP / MRR / NDCG, which walk the list; both as in VLM2Vec.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -104,19 +105,24 @@ def ndcg_at_k(ranked: list[str], labels: dict[str, float], k: int, gain: str) ->
     return dcg / idcg if idcg > 0 else 0.0
 
 
+# Metric name -> `f(ranked, labels, k)`, in the key order of the published score files.
+METRIC_FUNCTIONS = {
+    "hit": hit_at_k,
+    "ndcg_linear": functools.partial(ndcg_at_k, gain="linear"),
+    "ndcg_exponential": functools.partial(ndcg_at_k, gain="exponential"),
+    "precision": precision_at_k,
+    "recall": recall_at_k,
+    "f1": f1_at_k,
+    "map": map_at_k,
+    "mrr": mrr_at_k,
+}
+# Every metric key a task score carries, e.g. `"hit@1"`, `"ndcg_linear@5"` (the names a headline metric may take).
+METRIC_NAMES = tuple(f"{name}@{k}" for k in K_VALUES for name in METRIC_FUNCTIONS)
+
+
 def query_metrics(ranked: list[str], labels: dict[str, float], ks: tuple[int, ...] = K_VALUES) -> dict[str, float]:
     """Every metric at every k for one query, keyed like the published score files (`"hit@1"`, ...)."""
-    scores = {}
-    for k in ks:
-        scores[f"hit@{k}"] = hit_at_k(ranked, labels, k)
-        scores[f"ndcg_linear@{k}"] = ndcg_at_k(ranked, labels, k, "linear")
-        scores[f"ndcg_exponential@{k}"] = ndcg_at_k(ranked, labels, k, "exponential")
-        scores[f"precision@{k}"] = precision_at_k(ranked, labels, k)
-        scores[f"recall@{k}"] = recall_at_k(ranked, labels, k)
-        scores[f"f1@{k}"] = f1_at_k(ranked, labels, k)
-        scores[f"map@{k}"] = map_at_k(ranked, labels, k)
-        scores[f"mrr@{k}"] = mrr_at_k(ranked, labels, k)
-    return scores
+    return {f"{name}@{k}": metric(ranked, labels, k) for k in ks for name, metric in METRIC_FUNCTIONS.items()}
 
 
 def mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:

@@ -131,26 +131,49 @@ def build_task_data(spec: TaskSpec, rows: list[QueryRow], corpus: list[Candidate
     return task
 
 
+def records_file(task_dir: str, stem: str) -> str:
+    """The one rows file `<task_dir>/<stem>.jsonl` or `<stem>.parquet`.
+
+    Raises:
+        ValueError: if neither or both files exist.
+    """
+    found = [path for path in (f"{task_dir}/{stem}.jsonl", f"{task_dir}/{stem}.parquet") if os.path.isfile(path)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one of {stem}.jsonl / {stem}.parquet in {task_dir}, found {len(found)}")
+    return found[0]
+
+
 def read_records(task_dir: str, stem: str) -> list[dict]:
     """Read `<task_dir>/<stem>.jsonl` or `<stem>.parquet` as a list of dicts.
 
     Raises:
         ValueError: if neither or both files exist, or a JSONL line is not a JSON object.
     """
-    found = [path for path in (f"{task_dir}/{stem}.jsonl", f"{task_dir}/{stem}.parquet") if os.path.isfile(path)]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one of {stem}.jsonl / {stem}.parquet in {task_dir}, found {len(found)}")
-    if found[0].endswith(".parquet"):
+    return read_records_file(records_file(task_dir, stem))
+
+
+def read_records_file(path: str) -> list[dict]:
+    """Read one `.jsonl` or `.parquet` rows file as a list of dicts.
+
+    Raises:
+        ValueError: if a JSONL line is not a JSON object, naming the file and line.
+    """
+    if path.endswith(".parquet"):
         import pyarrow.parquet as pq  # only parquet needs pyarrow; JSONL data works without it
 
-        return pq.read_table(found[0]).to_pylist()
-    with open(found[0], encoding="utf-8") as f:
-        return [_parse_line(line, f"{found[0]}:{number}") for number, line in enumerate(f, 1) if line.strip()]
+        return pq.read_table(path).to_pylist()
+    with open(path, encoding="utf-8") as f:
+        return [parse_json_object(line, f"{path}:{number}") for number, line in enumerate(f, 1) if line.strip()]
 
 
-def _parse_line(line: str, where: str) -> dict:
+def parse_json_object(text: str, where: str) -> dict:
+    """Parse `text` as one JSON object.
+
+    Raises:
+        ValueError: naming `where` when it is not valid JSON or not an object.
+    """
     try:
-        record = json.loads(line)
+        record = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}: not valid JSON ({error})") from None
     if not isinstance(record, dict):
@@ -171,6 +194,17 @@ def field(record: dict, name: str, kind: type | tuple, where: str):
         names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
         raise ValueError(f"{where}: field {name!r} must be {names}, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_keys(record: dict, allowed: set[str] | dict, where: str) -> None:
+    """Refuse keys outside `allowed`, so a misspelt optional field is an error rather than silently ignored.
+
+    Raises:
+        ValueError: naming the unknown keys and the allowed ones.
+    """
+    unknown = sorted(set(record) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed keys are {sorted(allowed)}")
 
 
 def string_list(record: dict, name: str, where: str, min_len: int = 1) -> list[str]:

@@ -1,4 +1,4 @@
-"""Evaluate an encoder on MMEB tasks: embed each unique input once (cached), rank, score, write results.
+"""Evaluate an encoder on MMEB tasks and user tasks: embed each unique input once (cached), rank, score, write results.
 
 The encoder is any object with
 
@@ -24,6 +24,7 @@ from .loaders import load_task
 from .metrics import K_VALUES, mean_metrics, query_metrics, rank
 from .rows import Item, TaskData
 from .tasks import HEADLINE_METRIC, TASKS
+from .user_tasks import UserTask, load_user_tasks
 
 
 logger = logging.getLogger(__name__)
@@ -134,35 +135,52 @@ class EvalConfig:
     """What to evaluate and where to write it.
 
     Args:
-        data_dir: the local MMEB data directory (see `loaders.py`).
-        tasks: task names to evaluate.
+        data_dir: the local MMEB data directory (see `loaders.py`); None when `tasks` is empty.
+        tasks: MMEB task names to evaluate.
         output_dir: where `results.json` and `results.md` go.
-        cache_dir: where per-task embedding caches go.
+        cache_dir: where per-task embedding caches go (user tasks under `<cache_dir>/user/`).
         benchmark: `"mmeb-v2"` or `"mmeb-v1"`.
         batch_size: inputs per encoder call.
         allow_partial: aggregate even when categories miss tasks (marked partial).
+        tasks_dir: a folder of user task folders (see `user_tasks.py`), or None (default).
+
+    Raises:
+        ValueError: if there is nothing to evaluate, or MMEB tasks come without `data_dir`.
     """
 
-    data_dir: str
+    data_dir: str | None
     tasks: tuple[str, ...]
     output_dir: str
     cache_dir: str
     benchmark: str = "mmeb-v2"
     batch_size: int = 8
     allow_partial: bool = False
+    tasks_dir: str | None = None
+
+    def __post_init__(self):
+        if not self.tasks and self.tasks_dir is None:
+            raise ValueError("nothing to evaluate: give MMEB tasks (CLI: --tasks), a tasks_dir (CLI: --tasks-dir) "
+                             "or both")
+        if self.tasks and not self.data_dir:
+            raise ValueError(f"MMEB tasks {list(self.tasks)} need a data_dir (CLI: --data)")
+
+
+def run_task(task: TaskData, encoder: Encoder, manifest: Manifest, cache_dir: str, batch_size: int) -> TaskResult:
+    """Embed (or reuse) and score one loaded task, MMEB or user-defined alike."""
+    embeddings, status = embed_task(task, encoder, manifest, cache_dir, batch_size)
+    return TaskResult(task.spec.name, score_task(task, embeddings), status)
 
 
 def evaluate_task(name: str, encoder: Encoder, manifest: Manifest, config: EvalConfig) -> TaskResult:
-    """Load, embed (or reuse) and score one task."""
+    """Load, embed (or reuse) and score one MMEB task."""
     task = load_task(config.data_dir, name, config.benchmark, manifest.num_frames)
-    embeddings, status = embed_task(task, encoder, manifest, config.cache_dir, config.batch_size)
-    return TaskResult(name, score_task(task, embeddings), status)
+    return run_task(task, encoder, manifest, config.cache_dir, config.batch_size)
 
 
 def evaluate(
     encoder: Encoder, manifest: Manifest, config: EvalConfig, model_name: str, model_settings: dict | None = None
 ) -> dict:
-    """Evaluate every task, then write `results.json` (scores + every comparability knob) and `results.md`.
+    """Evaluate every MMEB and user task, then write `results.json` (scores + every knob) and `results.md`.
 
     Args:
         encoder: the model (see `Encoder`).
@@ -173,9 +191,17 @@ def evaluate(
 
     Returns:
         The results dict written to `results.json`.
+
+    Raises:
+        ValueError: for a bad task, row or image, or malformed embeddings, naming the offending item.
     """
+    # Every user task is validated before anything is embedded, so a bad folder fails fast.
+    user_tasks = load_user_tasks(config.tasks_dir) if config.tasks_dir is not None else []
     results = [evaluate_task(name, encoder, manifest, config) for name in config.tasks]
-    report = build_report(results, manifest, config, model_name, model_settings or {})
+    user_cache = os.path.join(config.cache_dir, "user")  # apart from the MMEB caches, whatever the task names
+    user_results = [run_task(task.data, encoder, manifest, user_cache, config.batch_size) for task in user_tasks]
+    user_section = user_report(user_tasks, user_results)
+    report = build_report(results, manifest, config, model_name, model_settings or {}, user_section)
     os.makedirs(config.output_dir, exist_ok=True)
     json_text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     write_atomic(os.path.join(config.output_dir, "results.json"), lambda f: f.write(json_text.encode("utf-8")))
@@ -184,8 +210,11 @@ def evaluate(
     return report
 
 
-def build_report(results: list[TaskResult], manifest: Manifest, config: EvalConfig, model_name: str, settings: dict):
-    """The results file: metadata (all knobs), per-task metrics in the published layout, and the aggregate row."""
+def build_report(
+    results: list[TaskResult], manifest: Manifest, config: EvalConfig, model_name: str, settings: dict,
+    user_section: dict | None = None,
+) -> dict:
+    """The results file: metadata (all knobs), MMEB metrics in the published layout, the aggregate row, user tasks."""
     metrics = {}
     for result in results:
         metrics.setdefault(TASKS[result.task].modality, {})[result.task] = result.metrics
@@ -201,9 +230,13 @@ def build_report(results: list[TaskResult], manifest: Manifest, config: EvalConf
         "k_values": list(K_VALUES),
         "headline_metric": HEADLINE_METRIC,
         "tasks": list(config.tasks),
+        "tasks_dir": config.tasks_dir,
         "cache": {result.task: result.cache_status for result in results},
     }
-    report = {"metadata": metadata, "metrics": metrics, "aggregate": None, "aggregate_error": None}
+    report = {"metadata": metadata, "metrics": metrics, "aggregate": None, "aggregate_error": None,
+              "user_tasks": user_section}  # fmt: skip
+    if not results:  # a run of user tasks only has no MMEB aggregate, and no missing tasks to report
+        return report
     task_scores = {result.task: result.metrics for result in results}
     try:
         row = aggregate(task_scores, model_name, config.benchmark, config.allow_partial)
@@ -213,22 +246,59 @@ def build_report(results: list[TaskResult], manifest: Manifest, config: EvalConf
     return report
 
 
+def user_report(tasks: list[UserTask], results: list[TaskResult]) -> dict | None:
+    """The `user_tasks` section: each task's spec, headline score, cache status and metrics, and the mean headline.
+
+    It is kept out of `metrics`, which holds MMEB tasks only in the published layout, so that the strict MMEB
+    aggregator (and `tte-eval aggregate results.json`) never meets a user task. Scores are in [0, 1] like `metrics`.
+    """
+    if not tasks:
+        return None
+    entries = {}
+    for task, result in zip(tasks, results):
+        spec = task.data.spec
+        entries[spec.name] = {
+            "folder": task.folder, "modality": spec.modality, "eval_type": spec.eval_type, "metric": task.metric,
+            "score": result.metrics[task.metric], "cache": result.cache_status, "metrics": result.metrics,
+        }  # fmt: skip
+    return {"tasks": entries, "mean": float(np.mean([entry["score"] for entry in entries.values()]))}
+
+
 def results_markdown(report: dict) -> str:
-    """Markdown: the aggregate table (or why there is none), the per-task headline scores and the knobs."""
+    """Markdown: the MMEB aggregate and per-task headline scores, the user tasks with their mean, and the knobs."""
     meta = report["metadata"]
-    lines = [f"# MMEB results: {meta['model_name']}", ""]
+    lines = [f"# Results: {meta['model_name']}", ""]
+    if report["metrics"]:
+        lines += _mmeb_markdown(report)
+    if report["user_tasks"] is not None:
+        lines += _user_markdown(report["user_tasks"])
+    knobs = ["model_hash", "prompt_set_version", "max_pixels", "num_frames", "task_list_version", "tie_policy"]
+    lines += [*[f"- {knob}: {meta[knob]}" for knob in knobs], f"- model_settings: {meta['model_settings']}", ""]
+    return "\n".join(lines)
+
+
+def _mmeb_markdown(report: dict) -> list[str]:
+    meta = report["metadata"]
     if report["aggregate"] is not None:
         scores, missing = report["aggregate"]["scores"], report["aggregate"]["missing"]
-        lines += [markdown_table([Aggregate(meta["model_name"], meta["benchmark"], scores, missing)])]
+        lines = [markdown_table([Aggregate(meta["model_name"], meta["benchmark"], scores, missing)])]
     else:
-        lines += ["No aggregate: some categories miss tasks (`aggregate_error` in results.json lists them); "
-                  "rerun with --allow-partial for partial means.", ""]
+        lines = ["No aggregate: some categories miss tasks (`aggregate_error` in results.json lists them); "
+                 "rerun with --allow-partial for partial means.", ""]
     lines += ["| Task | Category | Metric | Score | Queries |", "|---|---|---|---|---|"]
     for modality, tasks in report["metrics"].items():
         for name, scores in tasks.items():
             metric = HEADLINE_METRIC[modality]
             score = f"{100 * scores[metric]:.2f}"
             lines.append(f"| {name} | {TASKS[name].category} | {metric} | {score} | {scores['num_pred']} |")
-    knobs = ["model_hash", "prompt_set_version", "max_pixels", "num_frames", "task_list_version", "tie_policy"]
-    lines += ["", *[f"- {knob}: {meta[knob]}" for knob in knobs], f"- model_settings: {meta['model_settings']}", ""]
-    return "\n".join(lines)
+    return lines + [""]
+
+
+def _user_markdown(section: dict) -> list[str]:
+    lines = ["## User tasks", "", "| Task | Modality | Ranking | Metric | Score | Queries |", "|---" * 6 + "|"]
+    for name, entry in section["tasks"].items():
+        cells = [name, entry["modality"], entry["eval_type"], entry["metric"], f"{100 * entry['score']:.2f}",
+                 str(entry["metrics"]["num_pred"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    count = len(section["tasks"])
+    return lines + ["", f"Mean headline score over {count} user tasks: {100 * section['mean']:.2f}", ""]

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from tests.eval.synthetic_mmeb import HashEncoder
+from tests.eval.synthetic_mmeb import HashEncoder, OracleEncoder
 
 from tte_eval.cache import CachedEmbeddings, input_key, write_atomic
 from tte_eval.loaders import load_task
@@ -79,19 +79,6 @@ def _config(data_dir: str, tmp_path, tasks: list[str], **overrides) -> EvalConfi
 def _all_tasks(synthetic_data) -> list[str]:
     groups = synthetic_data[1]
     return groups["image"] + groups["video"] + groups["visdoc"]
-
-
-class OracleEncoder(HashEncoder):
-    """Embeds each query exactly like its first label, so every task should score hit@1 = 1."""
-
-    def __init__(self, tasks):
-        super().__init__()
-        by_id = {(t.spec.name, c.cand_id): c.item.model_input() for t in tasks for c in t.candidates}
-        self.targets = {input_key(row.query.model_input()): by_id[(t.spec.name, next(iter(row.labels)))]
-                        for t in tasks for row in t.rows}  # fmt: skip
-
-    def encode_query(self, inputs, batch_size):
-        return np.stack([self.vector(self.targets[input_key(model_input)]) for model_input in inputs])
 
 
 def test_evaluate_oracle_encoder_hits_every_task(synthetic_data, manifest, tmp_path):
