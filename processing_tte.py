@@ -311,8 +311,18 @@ class TTEProcessor(ProcessorMixin):
                   "return_mm_token_type_ids": not self.text_only}  # fmt: skip
         if images:
             kwargs["images"] = images
-            kwargs["size"] = {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}
+            kwargs["size"] = self._image_size()
         return self(text=texts, **kwargs)
+
+    def _image_size(self) -> dict:
+        return {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}
+
+    def build_image_inputs(self, items: list[TTEInput]) -> BatchFeature:
+        """The vision-tower inputs alone (`pixel_values`, `image_grid_thw`) of the items' images, in item order."""
+        images = [item.image for item in items if item.image is not None]
+        if len(images) != len(items):
+            raise ValueError(f"{len(items) - len(images)} of {len(items)} items have no image")
+        return self.image_processor(images=images, size=self._image_size(), return_tensors="pt")
 
     def build_reasoning_inputs(self, items: list[TTEInput]) -> BatchFeature:
         """Left-padded model inputs of the reasoning prompts."""

@@ -1,0 +1,106 @@
+"""Vision alignment: only the vision tower trains, on both objectives, on a tiny random-weight Qwen2-VL TTE model."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from tests.training.helpers import read_metrics, run_until_paused_then_kill, saved_weights
+from training.data import PairDataset, load_sources
+from training.scenes import write_alignment_source
+from training.train_vision import AnswerCollator, caption_targets, main, regression_loss
+from tte.modeling_tte import TTEModel
+
+
+@pytest.fixture(scope="module")
+def scene_data(tmp_path_factory) -> dict:
+    """Data configs of 12 rendered one-shape scenes: `answers` (questions and captions) and `captions` alone."""
+    folder = tmp_path_factory.mktemp("scene-data")
+    entry = write_alignment_source(str(folder / "scenes"), num_images=12, seed=0)
+    configs = {}
+    for name, rows in (("answers", "rows.jsonl"), ("captions", "captions.jsonl")):
+        configs[name] = str(folder / f"{name}.yaml")
+        source = {**entry, "name": name, "path": f"scenes/{rows}", "image_dir": "scenes"}
+        yaml.safe_dump({"sources": [source]}, open(configs[name], "w"))
+    return configs
+
+
+def _arguments(model: str, data: str, output: str, objective: str, steps: int, *extra: str) -> list[str]:
+    return ["--model_path", model, "--data_config", data, "--output_dir", output, "--objective", objective,
+            "--per_device_batch_size", "4", "--chunk_size", "4", "--max_steps", str(steps), "--logging_steps", "1",
+            "--save_steps", "100", *extra]  # fmt: skip
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {key for key in before if not torch.equal(before[key], after[key])}
+
+
+@pytest.mark.parametrize("objective", ["regression", "next_token"])
+def test_only_the_vision_tower_trains(tmp_path, model_folder, scene_data, objective):
+    start = model_folder("unified")
+    data = scene_data["captions" if objective == "regression" else "answers"]
+    exported = main(_arguments(start, data, str(tmp_path / "run"), objective, 3, "--learning_rate", "1e-3"))
+    changed = _changed(saved_weights(start), saved_weights(exported))
+    assert changed and all(key.startswith("backbone.visual.") for key in changed), sorted(changed)[:5]
+    assert TTEModel.from_pretrained(exported).config.variant == "unified"
+
+
+def test_regression_loss_falls(tmp_path, model_folder, scene_data):
+    output = str(tmp_path / "run")
+    main(_arguments(model_folder("unified"), scene_data["captions"], output, "regression", 40,
+                    "--per_device_batch_size", "12", "--learning_rate", "5e-3"))  # fmt: skip
+    losses = [record["regression_loss"] for record in read_metrics(output)]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_regression_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, model_folder, scene_data):
+    start, data = model_folder("unified"), scene_data["captions"]
+    straight = main(_arguments(start, data, str(tmp_path / "straight"), "regression", 6, "--save_steps", "3"))
+    arguments = _arguments(start, data, str(tmp_path / "resumed"), "regression", 6, "--save_steps", "3")
+    run_until_paused_then_kill("training.train_vision", arguments, pause_after=3)  # SIGKILL after step 3's checkpoint
+    resumed = main([*arguments, "--resume"])
+    assert _changed(saved_weights(straight), saved_weights(resumed)) == set()
+
+
+def test_answer_collator_labels_only_the_answer_and_the_stop_token(model_folder, scene_data):
+    model = TTEModel.from_pretrained(model_folder("unified"))
+    processor = model.processor
+    dataset = PairDataset(load_sources(scene_data["answers"]))
+    examples = [dataset[index] for index in range(4)]  # colour, shape, yes/no, caption of image 0
+    (chunk,) = AnswerCollator(processor, chunk_size=4)(examples)
+    for row, example in enumerate(examples):
+        labels = chunk["labels"][row][chunk["labels"][row] != -100].tolist()
+        answer = processor.tokenizer(example.inputs["positive"]["text"], add_special_tokens=False)["input_ids"]
+        assert labels == answer + [processor.tokenizer.eos_token_id]
+    assert int((chunk["input_ids"] == processor.image_token_id).sum()) == 4 * 4  # 4 visual tokens per image
+
+
+def test_caption_targets_cut_or_pad_with_the_last_token():
+    embeddings = torch.nn.Embedding(10, 2)
+    with torch.no_grad():
+        embeddings.weight.copy_(torch.arange(20, dtype=torch.float).view(10, 2))
+    targets = caption_targets([[1, 2], [3, 4, 5, 6, 7]], embeddings, tokens_per_image=4)
+    assert targets[:, 0].tolist() == [2, 4, 4, 4, 6, 8, 10, 12]
+
+
+def test_regression_loss_is_zero_only_at_the_target():
+    target = torch.randn(8, 16)
+    assert regression_loss(target.clone(), target).item() == pytest.approx(0.0, abs=1e-6)
+    assert regression_loss(2 * target, target).item() == pytest.approx(1.0, abs=1e-5)  # MSE term only: cosine is 1
+    assert regression_loss(-target, target).item() == pytest.approx(4.0 + 2.0, abs=1e-5)
+
+
+def test_bad_objective_and_a_text_answer_are_required(tmp_path, model_folder, scene_data):
+    with pytest.raises(ValueError, match="--objective 'contrastive' is not one of"):
+        main(_arguments(model_folder("unified"), scene_data["answers"], str(tmp_path / "a"), "contrastive", 1))
+    rows = tmp_path / "image-answers.jsonl"
+    rows.write_text(json.dumps({"qry": "what is it?", "qry_image_path": "images/000000.png",
+                                "pos_image_path": "images/000001.png"}) + "\n" * 1)  # fmt: skip
+    scenes = os.path.join(os.path.dirname(scene_data["answers"]), "scenes")
+    config = tmp_path / "bad.yaml"
+    yaml.safe_dump({"sources": [{"name": "bad", "path": str(rows), "image_dir": scenes}]}, open(config, "w"))
+    with pytest.raises(ValueError, match=r"source 'bad' row 0 .*: the positive must be a text answer"):
+        main(_arguments(model_folder("unified"), str(config), str(tmp_path / "b"), "next_token", 1,
+                        "--per_device_batch_size", "1", "--chunk_size", "1"))  # fmt: skip
