@@ -1,0 +1,31 @@
+"""The easy-VQA evaluation: question selection, answer parsing and scoring (the model run is in the recipe test)."""
+
+import pytest
+
+from training.eval_easy_vqa import final_answer, score, easy_vqa_questions
+
+
+def test_questions_cover_colour_shape_and_one_yes_no_per_image():
+    questions = easy_vqa_questions(max_images=10, max_yes_no_per_image=1)
+    assert len({q["image_id"] for q in questions}) == 10
+    kinds = [q["kind"] for q in questions]
+    assert kinds.count("yes_no") == 10 and kinds.count("colour") >= 10 and kinds.count("shape") >= 10
+    assert all(q["label"] in ("yes", "no") for q in questions if q["kind"] == "yes_no")
+    assert questions == easy_vqa_questions(max_images=10, max_yes_no_per_image=1)  # a fixed order
+
+
+@pytest.mark.parametrize("trace, answer", [
+    ("red", "red"), ("Red.", "red"), ("<think> a blue circle, asked: colour </think> blue", "blue"),
+    ("<think> red </think> <think> x </think> Triangle!", "triangle"), ("", ""), ("<think> only </think>", ""),
+])  # fmt: skip
+def test_final_answer_is_the_first_word_after_the_last_think_end(trace, answer):
+    assert final_answer(trace) == answer
+
+
+def test_score_counts_exact_first_words_per_kind():
+    questions = [{"kind": "colour", "label": "red"}, {"kind": "colour", "label": "blue"},
+                 {"kind": "shape", "label": "circle"}, {"kind": "yes_no", "label": "no"}]  # fmt: skip
+    result = score(questions, ["red", "red blue", "a circle", "no"])
+    assert result["colour"] == {"accuracy": 0.5, "correct": 1, "total": 2}
+    assert result["shape"] == {"accuracy": 0.0, "correct": 0, "total": 1}  # "a circle": the first word is "a"
+    assert result["yes_no"]["accuracy"] == 1.0

@@ -1,0 +1,123 @@
+"""Greedy question answering on easy-VQA's held-out test images, through `TTEModel.reason`.
+
+easy-VQA (`easy-vqa==1.0`, MIT) has 1,000 test images of one coloured shape each, with questions whose answers are a
+colour, a shape, or yes/no. The model answers each question with the reasoning prompt it uses at inference (task
+family `vqa`), greedily; the answer is the first word after the trace's last `</think>` (or of the whole text when
+there is none), lower-cased without punctuation, and counts when it equals the label. Accuracy is reported per
+answer kind. Nothing here is trained on these images.
+
+    python -m training.eval_easy_vqa --model_path models/tte-mini --output results/easy_vqa.json
+"""
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser
+
+from training.checkpoint import write_atomic
+from training.scenes import COLOURS, SHAPES
+from tte.modeling_tte import TTEModel
+from tte.processing_tte import THINK_END
+
+
+KINDS = {"colour": set(COLOURS), "shape": set(SHAPES), "yes_no": {"yes", "no"}}
+
+
+@dataclass
+class EvalArgs:
+    model_path: str = field(metadata={"help": "TTE model folder."})
+    output: str | None = field(default=None, metadata={"help": "Where the results JSON is written (atomically)."})
+    max_images: int | None = field(default=None, metadata={"help": "Only the first N test images (all: 1,000)."})
+    max_yes_no_per_image: int = field(default=1, metadata={"help": "Yes/no questions asked per image."})
+    batch_size: int = field(default=32, metadata={"help": "Questions per generate call."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Answer (trace) length bound."})
+
+
+def answer_kind(label: str) -> str:
+    for kind, labels in KINDS.items():
+        if label in labels:
+            return kind
+    raise ValueError(f"easy-VQA label {label!r} is not a colour, a shape, yes or no")
+
+
+def easy_vqa_questions(max_images: int | None, max_yes_no_per_image: int) -> list[dict]:
+    """easy-VQA test questions as `{image, question, label, kind}`: every colour and shape question of each image,
+    and its first `max_yes_no_per_image` yes/no questions, images in id order."""
+    from easy_vqa import get_test_image_paths, get_test_questions
+
+    paths = get_test_image_paths()
+    image_ids = sorted(paths)[:max_images]
+    chosen, yes_no_count = set(image_ids), dict.fromkeys(image_ids, 0)
+    questions = []
+    for question, label, image_id in zip(*get_test_questions()):
+        if image_id not in chosen:
+            continue
+        kind = answer_kind(label)
+        if kind == "yes_no":
+            if yes_no_count[image_id] >= max_yes_no_per_image:
+                continue
+            yes_no_count[image_id] += 1
+        questions.append({"image": paths[image_id], "image_id": image_id, "question": question, "label": label,
+                          "kind": kind})  # fmt: skip
+    return sorted(questions, key=lambda q: (q["image_id"], q["kind"], q["question"]))
+
+
+def final_answer(trace: str) -> str:
+    """First word of the text after the trace's last `</think>`, lower-cased, punctuation removed."""
+    final = trace.rsplit(THINK_END, 1)[-1]
+    words = re.findall(r"[a-z]+", final.lower())
+    return words[0] if words else ""
+
+
+@torch.no_grad()
+def answer_questions(model: TTEModel, questions: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
+    traces = []
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start : start + batch_size]
+        items = model.processor.parse_inputs([{"image": q["image"], "text": q["question"]} for q in batch], task="vqa")
+        traces.extend(model.reason(items, max_new_tokens=max_new_tokens))
+    return traces
+
+
+def score(questions: list[dict], traces: list[str]) -> dict:
+    """Accuracy per answer kind, with counts."""
+    results = {}
+    for kind in KINDS:
+        rows = [(q, t) for q, t in zip(questions, traces) if q["kind"] == kind]
+        correct = sum(final_answer(t) == q["label"] for q, t in rows)
+        results[kind] = {"accuracy": correct / len(rows) if rows else None, "correct": correct, "total": len(rows)}
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(EvalArgs).parse_args_into_dataclasses(argv)
+    model = TTEModel.from_pretrained(args.model_path).eval()
+    questions = easy_vqa_questions(args.max_images, args.max_yes_no_per_image)
+    started = time.perf_counter()
+    traces = answer_questions(model, questions, args.batch_size, args.max_new_tokens)
+    report = {
+        "dataset": "easy-VQA 1.0 test split (held out; MIT)",
+        "model": os.path.basename(os.path.normpath(args.model_path)),
+        "images": len({q["image_id"] for q in questions}),
+        "decoding": f"greedy, max_new_tokens={args.max_new_tokens}, task family vqa",
+        "metrics": score(questions, traces),
+        "seconds": round(time.perf_counter() - started, 1),
+        "examples": [{**{k: q[k] for k in ("image_id", "question", "label")}, "trace": t}
+                     for q, t in list(zip(questions, traces))[:12]],  # fmt: skip
+    }
+    print(json.dumps(report["metrics"]))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        write_atomic(args.output, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+__all__ = ["EvalArgs", "answer_questions", "final_answer", "main", "score", "easy_vqa_questions"]
+
+
+if __name__ == "__main__":
+    main()
