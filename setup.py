@@ -12,7 +12,7 @@ setup(
     version="0.1.0",
     description="Think-Then-Embed: reasoning-conditioned multimodal embeddings (Hugging Face Hub custom code)",
     python_requires=">=3.10",
-    packages=["tte", "training", "tte_eval"],
+    packages=["tte", "training", "training.recipes", "tte_eval"],
     py_modules=["tte_cli"],
     install_requires=[
         "torch>=2.6",

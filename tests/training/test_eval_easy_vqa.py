@@ -29,3 +29,28 @@ def test_score_counts_exact_first_words_per_kind():
     assert result["colour"] == {"accuracy": 0.5, "correct": 1, "total": 2}
     assert result["shape"] == {"accuracy": 0.0, "correct": 0, "total": 1}  # "a circle": the first word is "a"
     assert result["yes_no"]["accuracy"] == 1.0
+
+
+def test_image_labels_agree_with_every_question_they_come_from():
+    from easy_vqa import get_test_questions
+
+    from training.eval_easy_vqa import image_labels
+
+    labels = image_labels()
+    assert len(labels) == 888  # the rest of the 1,000 test images have questions that leave an attribute open
+    checked = 0
+    for question, answer, image_id in zip(*get_test_questions()):
+        if image_id in labels and answer not in ("yes", "no"):
+            assert answer in labels[image_id], (question, answer, labels[image_id])
+            checked += 1
+    assert checked > 1000
+
+
+@pytest.mark.parametrize("trace, named", [
+    ("a red triangle", True), ("<think> red, a triangle </think> A red triangle.", True), ("a red circle", False),
+    ("a red or blue triangle", False), ("red", False), ("a triangle and a rectangle, red", False),
+])  # fmt: skip
+def test_names_scene_needs_the_colour_and_the_shape_and_nothing_else(trace, named):
+    from training.eval_easy_vqa import names_scene
+
+    assert names_scene(trace, "red", "triangle") is named
