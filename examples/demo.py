@@ -1,33 +1,62 @@
-"""Build a tiny random-weight TTE model folder and use it through the `tte` CLI.
+"""Build the default model, TTE-mini, from its committed parts and show it thinking, embedding and ranking.
 
-Usage: python examples/demo.py OUTPUT_DIR
+Usage: python examples/demo.py [MODEL_DIR]      (default: models/tte-mini)
 
-The model is NOT trained: its weights are random, so the traces are word salad and the scores mean nothing. It shows
-the whole path (save -> load with trust_remote_code -> think -> embed -> rank) on this machine, with no Hub access.
+TTE-mini is a toy model for coloured shapes (see README): a trained vision tower on the frozen SmolLM2-135M-Instruct.
+The demo asks it about a few easy-VQA test images (held out from training) and two rendered scenes, prints the trace
+it writes, and ranks candidate answers and captions by cosine similarity. Its embedding head is not trained yet,
+so the rankings show the mechanism more than quality; the traces are real model output.
 """
 
 import os
+import random
 import sys
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tte_cli  # noqa: E402
-from tests.tiny_models import build_tte  # noqa: E402
+from training.assets import build_model  # noqa: E402
+from training.scenes import render, random_scene  # noqa: E402
 
 
-def main(output_dir: str) -> None:
-    build_tte("qwen2_vl", "unified", max_new_tokens=12).save_pretrained(output_dir)
-    print(f"saved a tiny random-weight unified TTE model to {output_dir} (untrained: outputs are meaningless)\n")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOUR_QUESTION, SHAPE_QUESTION, DESCRIBE = "what color is the shape?", "what shape is in the image?", "describe the image."
+
+
+def demo_images(folder: str) -> list[tuple[str, str]]:
+    """(path, origin) of 3 easy-VQA test images and 2 rendered scenes saved to `folder`."""
     from easy_vqa import get_test_image_paths
 
-    image = next(iter(get_test_image_paths().values()))
-    print("$ tte embed", output_dir, '"a red square"', "--image", image, "--show-reasoning")
-    tte_cli.main(["embed", output_dir, "a red square", "--image", image, "--show-reasoning"])
-    print("\n$ tte rank", output_dir, 'circle square triangle --query "what shape is in the image?" --query-image', image)
-    tte_cli.main(["rank", output_dir, "circle", "square", "triangle", "--query", "what shape is in the image?",
-                  "--query-image", image, "--show-reasoning"])  # fmt: skip
+    paths = get_test_image_paths()
+    images = [(paths[image_id], f"easy-VQA test image {image_id}") for image_id in (0, 1, 3)]
+    os.makedirs(folder, exist_ok=True)
+    rng = random.Random(2026)
+    for index in range(2):
+        path = os.path.join(folder, f"scene-{index}.png")
+        render(random_scene(rng)).save(path)
+        images.append((path, "a rendered scene"))
+    return images
+
+
+def show(command: list[str]) -> None:
+    print("\n$ tte " + " ".join(f'"{part}"' if " " in part else part for part in command))
+    tte_cli.main(command)
+
+
+def main(model_dir: str) -> None:
+    build_model(os.path.join(REPO, "assets", "tte-mini"), model_dir)
+    print("\nTTE-mini: the traces (query_reasoning) are the model's real answers. Its embedding head is not trained "
+          "yet,\nso the rankings below show the mechanism, not quality (part 2 of TTE-mini trains it).")
+    for path, origin in demo_images(os.path.join(REPO, "outputs", "demo-images")):
+        print(f"\n=== {origin}")
+        show(["rank", model_dir, "red", "green", "blue", "yellow", "teal", "brown", "gray", "black",
+              "--query", COLOUR_QUESTION, "--query-image", path, "--task", "vqa", "--show-reasoning"])
+        show(["rank", model_dir, "a circle", "a rectangle", "a triangle", "--query", SHAPE_QUESTION,
+              "--query-image", path, "--task", "vqa", "--show-reasoning"])
+    path = demo_images(os.path.join(REPO, "outputs", "demo-images"))[0][0]
+    show(["embed", model_dir, "--image", path, "--instruction", DESCRIBE, "--think", "always", "--show-reasoning"])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "models", "tte-mini"))
