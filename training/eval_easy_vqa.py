@@ -145,7 +145,7 @@ def score(questions: list[dict], traces: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(EvalArgs).parse_args_into_dataclasses(argv)
-    model = TTEModel.from_pretrained(args.model_path).eval()
+    model = TTEModel.from_pretrained(args.model_path).eval().to("cuda" if torch.cuda.is_available() else "cpu")
     questions = easy_vqa_questions(args.max_images, args.max_yes_no_per_image)
     started = time.perf_counter()
     traces = answer_questions(model, questions, args.batch_size, args.max_new_tokens)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from PIL import Image, ImageDraw
 
 from training.checkpoint import write_atomic
+from tte_eval.user_tasks import write_task
 
 
 COLOURS = {
@@ -173,6 +174,27 @@ def write_alignment_source(folder: str, num_images: int, seed: int, task: str = 
     return {"name": os.path.basename(os.path.normpath(folder)), "path": "rows.jsonl", "image_dir": ".", "task": task}
 
 
+def write_caption_task(folder: str, num_images: int, seed: int) -> str:
+    """A `tte_eval` user task of `num_images` one-shape scenes: each image ranks all 24 possible captions (local).
+
+    Every caption is a candidate of every query, so the task asks for colour and shape at once; the seed should
+    differ from the training data's, so the images are new.
+    """
+    rng = random.Random(seed)
+    captions = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    rows = []
+    for index in range(num_images):
+        scene = random_scene(rng)
+        path = f"images/{index:06d}.png"
+        render(scene).save(os.path.join(folder, path))
+        ordered = [describe(scene)] + [caption for caption in captions if caption != describe(scene)]
+        rows.append({"qry_inst": "", "qry_text": CAPTION_QUESTION, "qry_img_path": path, "tgt_inst": "",
+                     "tgt_text": ordered, "tgt_img_path": [""] * len(ordered), "positives": [0]})  # fmt: skip
+    write_task(folder, {"name": "scene-captions", "modality": "image", "eval_type": "local", "metric": "hit@1"}, rows)
+    return folder
+
+
 def retrieval_rows(caption_rows: list[dict]) -> list[dict]:
     """The caption rows again under their own ids, for a source of the `retrieval` task family: the model then
     describes an image under the default (retrieval) reasoning prompt too, not only under the `vqa` one."""
@@ -180,4 +202,4 @@ def retrieval_rows(caption_rows: list[dict]) -> list[dict]:
 
 
 __all__ = ["COLOURS", "SHAPES", "Scene", "SceneObject", "random_scene", "render", "describe",
-           "single_object_questions", "write_alignment_source", "retrieval_rows", "CAPTION_QUESTION"]  # fmt: skip
+           "single_object_questions", "write_alignment_source", "write_caption_task", "retrieval_rows", "CAPTION_QUESTION"]  # fmt: skip
