@@ -44,7 +44,7 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
                                          "settings/vision-answers.json", "settings/vision-regression.json",
                                          "weights.safetensors"]  # fmt: skip
     results = json.load(open(os.path.join(assets, "easy_vqa.json")))
-    assert set(results["metrics"]) == {"colour", "shape", "yes_no"} and results["images"] == 2
+    assert set(results["metrics"]) == {"colour", "shape", "yes_no", "description"} and results["images"] == 2
     trained = load_file(os.path.join(smoke_run, "vision-answers", "model", "model.safetensors"))
     assert manifest["model_digest"] == state_digest(trained)
 
