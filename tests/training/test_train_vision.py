@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from tests.training.helpers import read_metrics, run_until_paused_then_kill, saved_weights
+from tests.training.helpers import TWO_PROCESSES, read_metrics, run_module, run_until_paused_then_kill, saved_weights
 from training.data import PairDataset, load_sources
 from training.scenes import write_alignment_source
 from training.train_vision import AnswerCollator, caption_targets, main, regression_loss
@@ -62,6 +62,19 @@ def test_regression_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, mod
     run_until_paused_then_kill("training.train_vision", arguments, pause_after=3)  # SIGKILL after step 3's checkpoint
     resumed = main([*arguments, "--resume"])
     assert _changed(saved_weights(straight), saved_weights(resumed)) == set()
+
+
+def test_regression_on_two_processes_matches_one_process(tmp_path, model_folder, scene_data):
+    """The same global batch of 8 (4 per process). Each process scales its MSE by its own images' mean target norm
+    (see `regression_loss`), so the curves agree closely, not exactly: the first step's loss to 5e-4, later ones to 1 %."""
+    start, data = model_folder("unified"), scene_data["captions"]
+    single = _arguments(start, data, str(tmp_path / "single"), "regression", 4, "--per_device_batch_size", "8")
+    main(single)
+    double = _arguments(start, data, str(tmp_path / "double"), "regression", 4, "--per_device_batch_size", "4")
+    run_module("training.train_vision", double, launcher=TWO_PROCESSES)
+    losses = [[record["regression_loss"] for record in read_metrics(str(tmp_path / name))] for name in ("single", "double")]
+    assert losses[1][0] == pytest.approx(losses[0][0], abs=5e-4)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2) and losses[0][-1] < losses[0][0]
 
 
 def test_answer_collator_labels_only_the_answer_and_the_stop_token(model_folder, scene_data):
