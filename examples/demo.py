@@ -3,8 +3,8 @@
 Usage: python examples/demo.py [MODEL_DIR]      (default: models/tte-mini)
 
 TTE-mini is a toy model for coloured shapes (see README): a trained vision tower on the frozen SmolLM2-135M-Instruct.
-The demo asks it about a few easy-VQA test images (held out from training) and two rendered scenes, prints the trace
-it writes, and ranks candidate answers and captions by cosine similarity. Its embedding head is not trained yet,
+The demo asks it about a few easy-VQA test images (held out from training) and two rendered scenes (colour, shape,
+and a description), prints the trace it writes, and ranks candidate answers and captions by cosine similarity. Its embedding head is not trained yet,
 so the rankings show the mechanism more than quality; the traces are real model output.
 """
 
@@ -54,8 +54,8 @@ def main(model_dir: str) -> None:
               "--query", COLOUR_QUESTION, "--query-image", path, "--task", "vqa", "--show-reasoning"])
         show(["rank", model_dir, "a circle", "a rectangle", "a triangle", "--query", SHAPE_QUESTION,
               "--query-image", path, "--task", "vqa", "--show-reasoning"])
-    path = demo_images(os.path.join(REPO, "outputs", "demo-images"))[0][0]
-    show(["embed", model_dir, "--image", path, "--instruction", DESCRIBE, "--think", "always", "--show-reasoning"])
+        show(["rank", model_dir, "a red triangle", "a blue circle", "a yellow rectangle", "a gray triangle",
+              "a black circle", "--query", DESCRIBE, "--query-image", path, "--show-reasoning"])
 
 
 if __name__ == "__main__":
