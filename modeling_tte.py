@@ -55,6 +55,14 @@ def pool_embeddings(hidden_states: torch.Tensor, attention_mask: torch.Tensor, n
     return F.normalize(pooled, dim=-1) if normalize else pooled
 
 
+def check_count(name: str, value) -> None:
+    """A count argument must be an int >= 1 (a bool is not a count); the error names the argument."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def is_vision_language(config) -> bool:
     return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
@@ -502,6 +510,8 @@ class TTEModel(TTEPreTrainedModel):
         return self(**inputs, source_states=source, position_ids=position_ids).embeddings
 
     def _check_truncate_dim(self, truncate_dim: int | None) -> None:
+        if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)):
+            raise TypeError(f"truncate_dim must be an int, got {type(truncate_dim).__name__} {truncate_dim!r}")
         if truncate_dim is not None and truncate_dim not in self.config.matryoshka_dims:
             raise ValueError(f"truncate_dim={truncate_dim} is not one of matryoshka_dims={self.config.matryoshka_dims}")
 
@@ -563,8 +573,9 @@ class TTEModel(TTEPreTrainedModel):
         """
         if side not in SIDES:
             raise ValueError(f"side={side!r} must be one of {SIDES}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_new_tokens is not None:
+            check_count("max_new_tokens", max_new_tokens)
+        check_count("batch_size", batch_size)
         self._check_truncate_dim(truncate_dim)
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._given_traces(reasoning, items)

@@ -246,6 +246,8 @@ class TTEProcessor(ProcessorMixin):
         return TTEInput(text, image, item_instruction, task, think, reasoning)
 
     def _check_task(self, task: str, where: str) -> str:
+        if not isinstance(task, str):
+            raise TypeError(f"{where}: task must be a str, got {type(task).__name__}")
         if task not in PROMPT_SETS[self.prompt_set_version]:
             raise ValueError(f"{where}: task={task!r} is not one of {TASK_FAMILIES}")
         return task

@@ -7,6 +7,7 @@ Examples:
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -41,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(path: str, allow_urls: bool):
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    # A Hub repo id is "owner/name"; anything else that is not a folder here is a missing folder, not a Hub lookup.
+    if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") != 1):
+        raise ValueError(f"model folder {path!r} does not exist")
+    try:
+        model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    except OSError as error:
+        raise ValueError(f"cannot load model {path!r}: {error}") from None
     model.processor.allow_urls = allow_urls
     return model
 

@@ -91,6 +91,8 @@ def test_precomputed_traces_and_think_switch(handler):
     ({"inputs": "a", "parameters": {"think": "sometimes"}}, r"think='sometimes' must be a bool or one of"),
     ({"inputs": "a", "parameters": {"truncate_dim": 5}}, r"truncate_dim=5 is not one of matryoshka_dims"),
     ({"inputs": "a", "parameters": {"task": "poetry"}}, r"task='poetry' is not one of"),
+    ({"inputs": "a", "parameters": {"task": {"f": 1}}}, r"task: task must be a str, got dict"),
+    ({"inputs": "a", "parameters": {"truncate_dim": 8.0}}, r"truncate_dim must be an int, got float 8.0"),
 ])  # fmt: skip
 def test_malformed_request_gets_error_message(handler, request_body, message):
     reply = handler(request_body)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -294,3 +295,21 @@ def test_truncate_dim_keeps_unnormalised_vectors_unnormalised():
     model = build_tte("llama", "student", matryoshka_dims=[8], normalize=False)
     full = model.embed(["a red square"], think=False)
     np.testing.assert_array_equal(model.embed(["a red square"], think=False, truncate_dim=8), full[:, :8])
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+    ({"batch_size": -3}, ValueError, "batch_size must be >= 1, got -3"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int, got float 2.0"),
+    ({"max_new_tokens": "8"}, TypeError, "max_new_tokens must be an int, got str '8'"),
+    ({"truncate_dim": 16.0}, TypeError, "truncate_dim must be an int, got float 16.0"),
+    ({"task": {"family": "vqa"}}, TypeError, "task: task must be a str, got dict"),
+])  # fmt: skip
+def test_embed_names_the_bad_argument(tiny_tte, kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        tiny_tte("qwen2_vl", "student").embed(["a", "b"], **kwargs)
+
+
+def test_embed_names_a_bad_per_item_task_type(tiny_tte):
+    with pytest.raises(TypeError, match=re.escape("inputs[1]: task must be a str, got list")):
+        tiny_tte("qwen2_vl", "student").embed(["a", {"text": "b", "task": ["vqa"]}])

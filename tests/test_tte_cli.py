@@ -27,3 +27,11 @@ def test_cli_reports_bad_input_without_traceback(tiny_tte_folder, capsys):
         tte_cli.main(["embed", tiny_tte_folder, "--image", "no-such-file.png"])
     assert exit_info.value.code == 2
     assert "inputs[0]['image']: image file 'no-such-file.png' does not exist" in capsys.readouterr().err
+
+
+def test_cli_names_a_missing_model_folder_without_traceback(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(SystemExit) as exit_info:
+        tte_cli.main(["embed", missing, "a red square"])
+    assert exit_info.value.code == 2
+    assert f"tte embed: error: model folder {missing!r} does not exist" in capsys.readouterr().err
