@@ -22,6 +22,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature, ProcessorMixin
@@ -68,23 +69,58 @@ class TTEInput:
     reasoning: str | None = None  # a precomputed trace for this input
 
 
+MAX_ASPECT_RATIO = 200  # Qwen-VL's image processor refuses more, without naming the image
+
+
+def _refuse_pixels(width: int, height: int, where: str, max_image_pixels: int) -> None:
+    raise ValueError(
+        f"{where}: image is {width}x{height} = {width * height} pixels, over max_image_pixels={max_image_pixels}; "
+        "downscale it or raise max_image_pixels"
+    )
+
+
 def _check_pixels(image: Image.Image, where: str, max_image_pixels: int) -> None:
     width, height = image.size  # from the header: nothing is decoded yet for a freshly opened file
     if width * height > max_image_pixels:
-        raise ValueError(
-            f"{where}: image is {width}x{height} = {width * height} pixels, over max_image_pixels={max_image_pixels}; "
-            "downscale it or raise max_image_pixels"
-        )
+        _refuse_pixels(width, height, where, max_image_pixels)
+    ratio = max(width, height) / max(min(width, height), 1)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ValueError(f"{where}: image is {width}x{height}, aspect ratio {ratio:.1f} over {MAX_ASPECT_RATIO}, "
+                         "which the backbone's image processor refuses; crop or pad it")  # fmt: skip
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """A PNG's size from its IHDR chunk, read without PIL (which refuses huge headers with its own error)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as the backbone's own processor makes it: transparency composited onto white, 16-bit levels scaled."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: convert("RGB") would clip it to white
+        levels = np.asarray(image, dtype=np.float32) / 257.0
+        return Image.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
 
 
 def _load_image_bytes(data: bytes, where: str, max_image_pixels: int) -> Image.Image:
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > max_image_pixels:
+        _refuse_pixels(*size, where, max_image_pixels)
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # a header PIL refuses outright: our error, naming the item
+        raise ValueError(f"{where}: image is too large to decode ({error}); max_image_pixels={max_image_pixels}") \
+            from None  # fmt: skip
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{where}: not a readable image ({error})") from None
     _check_pixels(image, where, max_image_pixels)
     try:
-        return image.convert("RGB")
+        return to_rgb(image)
     except OSError as error:
         raise ValueError(f"{where}: image data is corrupt or truncated ({error})") from None
 
@@ -110,12 +146,15 @@ def _fetch_url(url: str, where: str, allow_urls: bool, timeout_s: float = 20.0) 
 
 
 def looks_like_image_reference(value: str) -> bool:
-    """Whether a bare string names an image (URL, data URI or file path) rather than being text."""
+    """Whether a bare string names an image (URL, data URI or file path) rather than being text.
+
+    A string with white space is text ("a photo of cat.png") unless it is the path of an existing image file.
+    """
     if value.startswith("data:image/"):
         return True
-    if any(char.isspace() for char in value):
+    if not value.lower().endswith(IMAGE_EXTENSIONS):
         return False
-    return value.lower().endswith(IMAGE_EXTENSIONS)
+    return not any(char.isspace() for char in value) or os.path.isfile(value)
 
 
 def load_image(value, where: str, allow_urls: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
@@ -127,7 +166,7 @@ def load_image(value, where: str, allow_urls: bool = False, max_image_pixels: in
     """
     if isinstance(value, Image.Image):
         _check_pixels(value, where, max_image_pixels)
-        return value.convert("RGB")
+        return to_rgb(value)
     if isinstance(value, (bytes, bytearray)):
         return _load_image_bytes(bytes(value), where, max_image_pixels)
     if not isinstance(value, str):

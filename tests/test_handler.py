@@ -106,3 +106,21 @@ def test_image_urls_are_fetched_only_when_enabled(export_folder, monkeypatch):
         monkeypatch.setenv("TTE_ALLOW_IMAGE_URLS", "1")
         reply = load_handler(export_folder)({"inputs": [{"image": base_url + "/a.png"}]})
     assert_close(reply, tiny_export_model().embed([image]))
+
+
+def test_a_huge_image_header_is_a_bad_request_not_a_server_error(handler):
+    import base64
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", 100_000, 100_000) + bytes(data[24:29])  # a 10 Gpx IHDR
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    reply = handler({"inputs": [{"image": "data:image/png;base64," + base64.b64encode(bytes(data)).decode()}]})
+    assert set(reply) == {"error"} and "inputs[0]['image']: image is 100000x100000" in reply["error"]

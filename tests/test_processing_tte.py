@@ -1,5 +1,6 @@
 import base64
 import io
+import warnings
 
 import pytest
 from PIL import Image
@@ -72,7 +73,8 @@ def test_load_image_refuses_decompression_bomb_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
     Image.new("1", (12000, 12000)).save(path)  # tiny file, 144M pixels once decoded
     with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: image is 12000x12000"):
-        with pytest.warns(Image.DecompressionBombWarning):  # PIL's own warning on opening; we refuse right after
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused from the header, before PIL opens it
             load_image(str(path), "inputs[0]['image']")
 
 
@@ -151,3 +153,50 @@ def test_sft_inputs_label_only_trace_and_eos(processor):
     assert inputs["input_ids"][1, -len(labels[1]) :].tolist() == labels[1]  # labels sit on the trace tokens
     with pytest.raises(ValueError, match="got 1 traces for 2 inputs"):
         processor.build_sft_inputs(items, ["only one"])
+
+
+def test_transparent_images_are_composited_onto_white(processor):
+    clear = Image.new("RGBA", (50, 40), (255, 0, 0, 0))
+    half = Image.new("RGBA", (50, 40), (255, 0, 0, 128))
+    palette = Image.new("P", (50, 40), 0)
+    palette.info["transparency"] = 0
+    items = processor.parse_inputs([clear, png_bytes(half), palette, Image.new("LA", (50, 40), (0, 0))])
+    assert items[0].image.getpixel((3, 3)) == (255, 255, 255)
+    red, green, blue = items[1].image.getpixel((3, 3))
+    assert red == 255 and 125 <= green == blue <= 129  # half red over white
+    assert items[2].image.getpixel((3, 3)) == items[3].image.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_sixteen_bit_grayscale_keeps_its_levels(processor):
+    import numpy as np
+
+    levels = np.full((40, 50), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    levels[:, :10] = 65535
+    (item,) = processor.parse_inputs([png_bytes(Image.fromarray(levels))])
+    assert item.image.mode == "RGB" and item.image.getpixel((30, 3)) == (128, 128, 128)
+    assert item.image.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_image_path_with_spaces_is_an_image_when_the_file_exists(processor, tmp_path):
+    path = tmp_path / "my shape.png"
+    make_image().save(path)
+    image, text = processor.parse_inputs([str(path), "a photo of cat.png"])
+    assert image.image is not None and image.text is None
+    assert text.image is None and text.text == "a photo of cat.png"  # no such file: the string stays text
+
+
+def test_huge_header_is_refused_naming_the_item_before_decoding(processor):
+    import struct
+    import zlib
+
+    data = bytearray(png_bytes(Image.new("L", (1, 1))))
+    header = struct.pack(">II", 100_000, 100_000) + bytes(data[24:29])  # 10 Gpx announced by the IHDR chunk
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: image is 100000x100000 = 10000000000 pixels"):
+        processor.parse_inputs([{"image": bytes(data)}])
+
+
+def test_extreme_aspect_ratio_is_refused_naming_the_item(processor):
+    with pytest.raises(ValueError, match=r"inputs\[1\]\['image'\]: image is 1000x4, aspect ratio 250.0 over 200"):
+        processor.parse_inputs(["a", Image.new("RGB", (1000, 4))])
