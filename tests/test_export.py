@@ -117,3 +117,34 @@ def test_export_help_lists_its_settings(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert all(flag in usage for flag in ("--checkpoint", "--weights", "--results", "--repo_id"))
+
+
+def test_export_records_a_sha256_manifest_that_the_gate_checks(export_folder, tmp_path):
+    import shutil
+
+    from training.export import EXPORT_MANIFEST
+
+    manifest = json.load(open(os.path.join(export_folder, EXPORT_MANIFEST)))
+    assert sorted(manifest["files"]) == sorted(set(os.listdir(export_folder)) - {EXPORT_MANIFEST})
+    copy = str(tmp_path / "copy")
+    shutil.copytree(export_folder, copy)
+    check_export_folder(copy)  # intact: passes
+    with open(os.path.join(copy, "README.md"), "w") as handle:
+        handle.write("")  # a card emptied, as a crash mid-write would leave it
+    with pytest.raises(ValueError, match=r"README.md does not match its sha256 in tte_export_manifest.json"):
+        check_export_folder(copy)
+
+
+def test_export_killed_mid_write_leaves_nothing_the_push_gate_accepts(export_folder, tmp_path):
+    from tests.training.helpers import run_until_paused_then_kill
+
+    output = tmp_path / "export"
+    arguments = ["--checkpoint", export_folder, "--output_dir", str(output), "--repo_id", "o/x", "--weights", "random",
+                 "--verify", "false"]  # fmt: skip
+    run_until_paused_then_kill("training.export", arguments, pause_after="export-written")  # SIGKILL before the rename
+    assert not output.exists()  # the files went to a temporary folder beside it
+    with pytest.raises(ValueError, match="is not an export folder"):
+        check_export_folder(str(output))
+    leftovers = [name for name in os.listdir(tmp_path) if name != "export"]
+    main(arguments)  # a rerun writes the export (and is not confused by the dead temporary folder)
+    assert check_export_folder(str(output)) and leftovers

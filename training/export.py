@@ -18,10 +18,12 @@ The card is rendered from `model_cards/<variant>.md`. Its numbers come only from
 has no default: an export of random weights says so at the top of its card and gets no training section.
 """
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +35,7 @@ from transformers import AutoModel, HfArgumentParser
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import tte
+from training.loop import pause_if_requested
 from tte.custom_st import TTESentenceTransformer
 from tte.handler import ALLOW_URLS_ENV
 from tte.processing_tte import PROMPT_SETS
@@ -43,13 +46,14 @@ CARD_TEMPLATES = os.path.join(ROOT, "model_cards")
 # Version floors, as in setup.py; the card also names the versions the export ran with.
 REQUIREMENTS = {"transformers": ">=5.24,<6", "sentence-transformers": ">=6.2,<7", "torch": ">=2.6"}
 REQUIREMENT_REASON = "TTE's Hub code targets the transformers 5 / sentence-transformers 6 APIs"
+EXPORT_MANIFEST = "tte_export_manifest.json"  # sha256 of every other file; the push gate checks it
 CODE_FILES = ["custom_st.py", "handler.py",
               *(os.path.basename(path) for path in get_relative_import_files(os.path.join(ROOT, "custom_st.py")))]
 ALLOWED_FILES = {
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
     "modules.json", "config_sentence_transformers.json", TTESentenceTransformer.config_file_name,
-    "README.md", "requirements.txt", *CODE_FILES,
+    "README.md", "requirements.txt", EXPORT_MANIFEST, *CODE_FILES,
 }  # fmt: skip
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 WIDGET = [{"source_sentence": "What colour is the bus in the photo?",
@@ -84,12 +88,42 @@ class ExportArgs:
             raise ValueError("--weights random contradicts --training_settings; random weights were never trained")
 
 
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_export_manifest(folder: str) -> None:
+    """`EXPORT_MANIFEST`: the sha256 of every other file, so a torn or edited folder can be told from a whole one."""
+    files = {name: sha256_of(os.path.join(folder, name)) for name in sorted(os.listdir(folder)) if name != EXPORT_MANIFEST}
+    with open(os.path.join(folder, EXPORT_MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump({"files": files}, handle, indent=2)
+
+
+def check_manifest(folder: str, names: list[str]) -> None:
+    with open(os.path.join(folder, EXPORT_MANIFEST), encoding="utf-8") as handle:
+        listed = json.load(handle)["files"]
+    unlisted = sorted(set(names) - set(listed) - {EXPORT_MANIFEST})
+    if unlisted:
+        raise ValueError(f"{folder}: files not in {EXPORT_MANIFEST}: {unlisted}")
+    for name, expected in listed.items():
+        if not os.path.isfile(os.path.join(folder, name)) or sha256_of(os.path.join(folder, name)) != expected:
+            raise ValueError(f"{folder}: {name} does not match its sha256 in {EXPORT_MANIFEST} (torn or edited); "
+                             "re-run training.export")  # fmt: skip
+
+
 def check_export_folder(folder: str) -> list[str]:
-    """The folder's files, sorted, after checking that each is allowed and the required ones are there.
+    """The folder's files, sorted, after checking that each is allowed, the required ones are there and every file
+    matches the export's sha256 manifest (the gate before `push_to_hub`).
 
     Raises:
-        ValueError: naming unexpected, nested or missing files.
+        ValueError: naming unexpected, nested, missing or altered files.
     """
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder} is not an export folder (it does not exist); run training.export")
     names = sorted(os.listdir(folder))
     unexpected = [n for n in names if n not in ALLOWED_FILES and not WEIGHT_SHARD.fullmatch(n)]
     unexpected += [n + "/" for n in names if os.path.isdir(os.path.join(folder, n))]
@@ -101,6 +135,7 @@ def check_export_folder(folder: str) -> list[str]:
         missing.append("model.safetensors")
     if missing:
         raise ValueError(f"{folder}: missing files {missing}; re-run training.export")
+    check_manifest(folder, names)
     return names
 
 
@@ -197,24 +232,42 @@ def verify_weights(folder: str) -> None:
 
 
 def export(args: ExportArgs) -> list[str]:
-    """Write the Hub folder; returns its file names."""
+    """Write the Hub folder; returns its file names.
+
+    Everything is written to a temporary folder beside `output_dir`, checked, and renamed into place last, so a crash
+    at any point leaves either no export or a whole one, never a torn folder that the push gate would accept.
+    """
     if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
         raise ValueError(f"output_dir {args.output_dir!r} is not empty; export writes a fresh folder")
     module = TTESentenceTransformer.load(args.checkpoint, trust_remote_code=True, local_files_only=True)
     card = render_card(args, module.model.config, module.processor.text_only)  # bad input files fail before writing
-    os.makedirs(args.output_dir, exist_ok=True)
-    module.save(args.output_dir)  # weights, config, model code, processor, generation config, module settings
-    for name in CODE_FILES:
-        shutil.copy(os.path.join(ROOT, name), args.output_dir)
-    write_sentence_transformers_files(args.output_dir)
-    with open(os.path.join(args.output_dir, "requirements.txt"), "w", encoding="utf-8") as handle:
-        handle.write("".join(f"{name}{spec}\n" for name, spec in REQUIREMENTS.items()) + "pillow\n")
-    with open(os.path.join(args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
-        handle.write(card)
-    names = check_export_folder(args.output_dir)
-    if args.verify:
-        verify_weights(args.output_dir)
+    parent, name = os.path.split(os.path.abspath(args.output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.exporting-", dir=parent)
+    try:
+        write_export(module, card, staging)
+        names = check_export_folder(staging)
+        if args.verify:
+            verify_weights(staging)
+        pause_if_requested("export-written")
+        if os.path.isdir(args.output_dir):
+            os.rmdir(args.output_dir)  # empty (checked above): the rename needs the name free
+        os.rename(staging, args.output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
     return names
+
+
+def write_export(module: TTESentenceTransformer, card: str, folder: str) -> None:
+    module.save(folder)  # weights, config, model code, processor, generation config, module settings
+    for name in CODE_FILES:
+        shutil.copy(os.path.join(ROOT, name), folder)
+    write_sentence_transformers_files(folder)
+    with open(os.path.join(folder, "requirements.txt"), "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{name}{spec}\n" for name, spec in REQUIREMENTS.items()) + "pillow\n")
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as handle:
+        handle.write(card)
+    write_export_manifest(folder)
 
 
 def main(argv: list[str] | None = None) -> None:
