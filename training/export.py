@@ -9,9 +9,11 @@ The export writes, into a new folder, exactly:
 
     weights (safetensors), config.json (with auto_map), generation_config.json (greedy), the processor files,
     the root code files (`*_tte.py`, `custom_st.py`, `handler.py`), the sentence-transformers files (`modules.json`,
-    `config_sentence_transformers.json`, the module settings), `requirements.txt` and the model card `README.md`
+    `config_sentence_transformers.json`, the module settings), `requirements.txt`, the model card `README.md` and
+    `tte_export_manifest.json` (the sha256 of every other file)
 
-and checks that the folder holds nothing else and reloads with no missing or unexpected weights.
+and checks that the folder holds nothing else and reloads with no missing or unexpected weights. It is written to
+a temporary folder and renamed into place last; `check_export_folder` (the push gate) verifies the manifest.
 
 The card is rendered from `model_cards/<variant>.md`. Its numbers come only from files: the training settings
 (`settings.json` of each training run) and an evaluation results file (`results.json` of `tte_eval`). `--weights`
