@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = PairDataset(load_sources(settings.data_config))
     reason, processor = load_reasoner(settings, accelerator.device)
     store = open_store(settings, processor, accelerator)
+    store.lock_shard(accelerator.process_index)  # before reading: a second run of this command stops here
     done = store.read()
     todo = pending(dataset, kinds, done)
     accelerator.wait_for_everyone()  # every process has read the store before any appends

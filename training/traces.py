@@ -10,8 +10,13 @@ Every line is one record `{"id", "side", "reasoner", "prompt_set_version", "deco
 travels with each trace. Crash safety: a writer appends a whole batch with one `write` and then `fsync`s, so after a
 crash only the last line of a shard can be incomplete. Readers ignore an unterminated last line, and the shard's next
 writer truncates it before appending. A complete line that is not a valid record is corruption and raises.
+
+One writer per shard: a writer holds an exclusive `flock` on `shard-NNNNN.lock` for as long as its store object
+lives, so a second writer (the same command started twice) is refused with a clear error instead of duplicating
+traces. The operating system drops the lock when the writer dies, so a crashed run is resumed by simply rerunning it.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -68,6 +73,7 @@ class TraceStore:
             raise ValueError(f"{path}: format_version={version!r}, expected {FORMAT_VERSION}")
         self.folder = folder
         self._repaired = set()
+        self._locks = {}  # shard -> the open lock file whose flock this object holds
 
     @classmethod
     def create(cls, folder: str, manifest: dict) -> "TraceStore":
@@ -137,8 +143,38 @@ class TraceStore:
             traces[key], seen_at[key] = record["trace"], where
         return traces
 
+    def lock_shard(self, shard: int) -> None:
+        """Become the only writer of one shard, for this object's lifetime.
+
+        Raises:
+            ValueError: another process (or store object) writes that shard; the message names its pid.
+        """
+        if shard in self._locks:
+            return
+        handle = open(os.path.join(self.folder, f"shard-{shard:05d}.lock"), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "pid unknown"
+            handle.close()
+            raise ValueError(f"{self.folder!r}: shard {shard} is being written by another process ({holder}); wait "
+                             "for it to finish (rerunning then resumes) or write to another store") from None  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._locks[shard] = handle
+
+    def close(self) -> None:
+        """Release this object's shard locks (a process that exits releases them too)."""
+        for handle in self._locks.values():
+            handle.close()
+        self._locks.clear()
+
     def append(self, shard: int, entries: list[tuple[str, str, str]]) -> None:
         """Durably append `(example id, side, trace)` entries to one shard (one write, then fsync)."""
+        self.lock_shard(shard)
         path = self.shard_path(shard)
         if path not in self._repaired:
             _truncate_partial_line(path)

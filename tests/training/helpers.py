@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 
 import yaml
 from PIL import Image, ImageDraw
@@ -121,12 +122,10 @@ def run_module(module: str, args: list[str], launcher: list[str] | None = None) 
     return result.stdout + result.stderr
 
 
-def run_until_paused_then_kill(module: str, args: list[str], pause_after: int) -> str:
-    """Run `python -m module args` with `TTE_PAUSE_AFTER=pause_after`, wait until it pauses there, then SIGKILL it.
-
-    Returns:
-        The output up to the pause.
-    """
+@contextmanager
+def paused_process(module: str, args: list[str], pause_after):
+    """Start `python -m module args` with `TTE_PAUSE_AFTER=pause_after`, yield `(process, output so far)` once it
+    pauses there (still alive), then SIGKILL it on exit."""
     process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, text=True,
                                env=subprocess_env(TTE_PAUSE_AFTER=str(pause_after)), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)  # fmt: skip
@@ -137,14 +136,24 @@ def run_until_paused_then_kill(module: str, args: list[str], pause_after: int) -
         for line in process.stdout:
             lines.append(line)
             if f"paused after {pause_after}" in line:
-                process.send_signal(signal.SIGKILL)
                 break
+        output = "".join(lines)
+        assert f"paused after {pause_after}" in output, f"the run never paused:\n{output[-6000:]}"
+        yield process, output
     finally:
         watchdog.cancel()
-        process.kill()
+        process.send_signal(signal.SIGKILL)
         process.wait()
-    output = "".join(lines)
-    assert f"paused after {pause_after}" in output, f"the run never paused:\n{output[-6000:]}"
+
+
+def run_until_paused_then_kill(module: str, args: list[str], pause_after) -> str:
+    """Run `python -m module args` with `TTE_PAUSE_AFTER=pause_after`, wait until it pauses there, then SIGKILL it.
+
+    Returns:
+        The output up to the pause.
+    """
+    with paused_process(module, args, pause_after) as (process, output):
+        pass
     assert process.returncode == -signal.SIGKILL
     return output
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from PIL import Image
 
-from tests.training.helpers import TWO_PROCESSES, run_module, run_until_paused_then_kill
+from tests.training.helpers import TWO_PROCESSES, paused_process, run_module, run_until_paused_then_kill
 from training.data import PairDataset, load_sources
 from training.generate_traces import main
 from training.traces import TraceStore
@@ -147,3 +147,27 @@ def test_generate_traces_endpoint_gives_the_local_model_traces(tmp_path, model_f
                     "--endpoint_model", "tiny-unified", "--max_concurrency", "4"))  # fmt: skip
     assert TraceStore(remote).manifest["reasoner"] == "tiny-unified"
     assert TraceStore(remote).read() == TraceStore(local).read()
+
+
+def test_a_second_writer_of_a_store_is_refused_and_the_store_stays_readable(tmp_path, model_folder, pair_data):
+    store = str(tmp_path / "store")
+    arguments = _arguments(model_folder("unified"), pair_data, store, "--batch_size", "4")
+    with paused_process("training.generate_traces", arguments, pause_after=2):  # the first writer holds shard 0
+        with pytest.raises(ValueError, match=r"shard 0 is being written by another process \(pid \d+\)"):
+            main(arguments)
+        assert len(TraceStore(store).read()) == 8  # readable while the first writer is alive
+    main(arguments)  # the first writer was killed: its lock went with it, and the rerun resumes
+    dataset = PairDataset(load_sources(pair_data))
+    assert set(TraceStore(store).read()) == {(dataset[i].id, "query") for i in range(len(dataset))}
+
+
+def test_two_store_objects_cannot_write_one_shard(tmp_path):
+    from training.traces import make_manifest
+
+    manifest = make_manifest("r", "ecr-v1", {"greedy": True})
+    first, second = TraceStore.create(str(tmp_path), manifest), TraceStore(str(tmp_path))
+    first.append(0, [("a", "query", "t")])
+    with pytest.raises(ValueError, match="shard 0 is being written by another process"):
+        second.append(0, [("a", "query", "t")])
+    second.append(1, [("b", "query", "u")])  # another shard is free
+    assert TraceStore(str(tmp_path)).read() == {("a", "query"): "t", ("b", "query"): "u"}

@@ -35,6 +35,7 @@ def test_trace_store_ignores_then_truncates_an_interrupted_last_line(store):
     with open(store.shard_path(0), "a") as handle:
         handle.write('{"id": "b", "side": "query", "reas')  # a write cut by a crash
     assert store.read() == {("a", "query"): "kept"}
+    store.close()  # the crashed writer's shard lock died with it
     TraceStore(store.folder).append(0, [("b", "query", "redone")])
     assert store.read() == {("a", "query"): "kept", ("b", "query"): "redone"}
     with open(store.shard_path(0)) as handle:
