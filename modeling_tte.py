@@ -228,7 +228,9 @@ class TTEModel(TTEPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, remembering where from so the processor loads from the same revision."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        hub_keys = ("revision", "subfolder", "token", "cache_dir", "local_files_only")
+        # The processor loads with the caller's own remote-code choice (default off): loading our classes never
+        # consents to other code shipped in the folder, such as a custom tokenizer.
+        hub_keys = ("revision", "subfolder", "token", "cache_dir", "local_files_only", "trust_remote_code")
         loaded = model[0] if isinstance(model, tuple) else model  # output_loading_info=True returns a tuple
         loaded._processor_source = (pretrained_model_name_or_path, {k: kwargs[k] for k in hub_keys if k in kwargs})
         return model
@@ -238,8 +240,7 @@ class TTEModel(TTEPreTrainedModel):
         """The processor saved next to the weights, loaded on first use."""
         if self._processor is None:
             path, hub_kwargs = getattr(self, "_processor_source", (self.config.name_or_path, {}))
-            # Our own processor class, from the folder whose code the caller already trusted to load this model.
-            self._processor = TTEProcessor.from_pretrained(path, trust_remote_code=True, **hub_kwargs)
+            self._processor = TTEProcessor.from_pretrained(path, **hub_kwargs)
         return self._processor
 
     @processor.setter

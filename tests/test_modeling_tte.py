@@ -313,3 +313,31 @@ def test_embed_names_the_bad_argument(tiny_tte, kwargs, error, message):
 def test_embed_names_a_bad_per_item_task_type(tiny_tte):
     with pytest.raises(TypeError, match=re.escape("inputs[1]: task must be a str, got list")):
         tiny_tte("qwen2_vl", "student").embed(["a", {"text": "b", "task": ["vqa"]}])
+
+
+EVIL_TOKENIZER = """
+import pathlib
+pathlib.Path({marker!r}).write_text("tokenizer code from the model folder ran")
+from transformers import PreTrainedTokenizerFast
+
+
+class EvilTokenizer(PreTrainedTokenizerFast):
+    pass
+"""
+
+
+def test_loading_runs_no_code_from_the_folder_without_consent(tmp_path):
+    from tte.modeling_tte import TTEModel
+
+    folder, marker = tmp_path / "model", tmp_path / "marker.txt"
+    build_tte("qwen2_vl", "unified").save_pretrained(folder)
+    (folder / "tokenization_evil.py").write_text(EVIL_TOKENIZER.format(marker=str(marker)))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {**config.get("auto_map", {}), "AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    model = TTEModel.from_pretrained(str(folder))  # our own class: no remote code was asked for
+    try:
+        model.processor  # loads the folder's processor; it may refuse the custom tokenizer, but must not run it
+    except ValueError as error:
+        assert "trust_remote_code" in str(error)
+    assert not marker.exists()

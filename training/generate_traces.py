@@ -61,7 +61,7 @@ class TraceSettings:
 def load_reasoner(settings: TraceSettings, device) -> tuple[Callable[[list[TTEInput]], list[str]], TTEProcessor]:
     """`(reason, processor)`: `reason(items)` returns one trace per input."""
     if settings.endpoint_url is not None:
-        processor = TTEProcessor.from_pretrained(settings.model_path, trust_remote_code=True)
+        processor = TTEProcessor.from_pretrained(settings.model_path)  # our class: no code from the folder runs
         client = OpenAIChatReasoner(settings.endpoint_url, settings.endpoint_model,
                                     api_key=os.environ.get(settings.api_key_env), max_tokens=settings.max_new_tokens,
                                     max_workers=settings.max_concurrency)  # fmt: skip
