@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import HfArgumentParser
 
 from training import build_backbone, init_model
-from training.checkpoint import write_atomic
+from training.checkpoint import sha256_of, write_atomic
 from training.export import CODE_FILES, ROOT, ExportArgs, export
 
 
@@ -115,11 +115,11 @@ def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None
         write_atomic(os.path.join(assets_dir, name), open(source).read())
     files = [WEIGHTS, *sorted(extra_files or {})]
     manifest = {
-        "base_gguf": {"file": os.path.basename(gguf), "sha256": build_backbone.sha256_of(gguf)},
+        "base_gguf": {"file": os.path.basename(gguf), "sha256": sha256_of(gguf)},
         "init_settings": INIT_SETTINGS,
         "model_digest": state_digest(trained),
         "stored_parameters": sum(t.numel() for n, t in stored.items() if not n.endswith(ROW_INDEX_SUFFIX)),
-        "files": {name: build_backbone.sha256_of(os.path.join(assets_dir, name)) for name in files},
+        "files": {name: sha256_of(os.path.join(assets_dir, name)) for name in files},
     }
     write_atomic(os.path.join(assets_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -136,7 +136,7 @@ def read_manifest(assets_dir: str) -> dict:
         file = os.path.join(assets_dir, name)
         if not os.path.isfile(file):
             raise ValueError(f"{assets_dir}: {name} is listed in the manifest but missing")
-        if build_backbone.sha256_of(file) != expected:
+        if sha256_of(file) != expected:
             raise ValueError(f"{assets_dir}: {name} does not match its sha256 in the manifest (corrupt or edited)")
     return manifest
 
@@ -163,7 +163,7 @@ def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache
     """
     manifest = read_manifest(assets_dir)
     gguf = gguf or build_backbone.default_gguf()
-    if build_backbone.sha256_of(gguf) != manifest["base_gguf"]["sha256"]:
+    if sha256_of(gguf) != manifest["base_gguf"]["sha256"]:
         raise ValueError(f"{gguf} is not the GGUF the assets were trained on ({manifest['base_gguf']['file']})")
     if is_up_to_date(output_dir, manifest):
         print(f"{output_dir} is up to date with {assets_dir}")

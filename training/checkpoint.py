@@ -10,6 +10,7 @@ atomically, so a crash at any moment leaves the previous checkpoint usable:
     output_dir/model/                       the exported model (`save_pretrained`), after the last step
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,15 @@ def write_atomic(path: str, text: str) -> None:
     finally:
         if os.path.exists(temporary):  # the write failed: leave no stray temporary file
             os.remove(temporary)
+
+
+def sha256_of(path: str) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Progress:
@@ -110,4 +120,4 @@ def export_model(accelerator: Accelerator, model, output_dir: str) -> str:
     return final
 
 
-__all__ = ["Progress", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "export_model", "write_atomic"]
+__all__ = ["Progress", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "export_model", "sha256_of", "write_atomic"]

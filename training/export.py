@@ -20,7 +20,6 @@ The card is rendered from `model_cards/<variant>.md`. Its numbers come only from
 has no default: an export of random weights says so at the top of its card and gets no training section.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from transformers import AutoModel, HfArgumentParser
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import tte
+from training.checkpoint import sha256_of
 from training.loop import pause_if_requested
 from tte.custom_st import TTESentenceTransformer
 from tte.handler import ALLOW_URLS_ENV
@@ -88,14 +88,6 @@ class ExportArgs:
             raise ValueError("--weights trained needs --training_settings (the settings.json of each training run)")
         if self.weights == "random" and self.training_settings:
             raise ValueError("--weights random contradicts --training_settings; random weights were never trained")
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_export_manifest(folder: str) -> None:
