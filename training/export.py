@@ -92,7 +92,8 @@ class ExportArgs:
 
 def write_export_manifest(folder: str) -> None:
     """`EXPORT_MANIFEST`: the sha256 of every other file, so a torn or edited folder can be told from a whole one."""
-    files = {name: sha256_of(os.path.join(folder, name)) for name in sorted(os.listdir(folder)) if name != EXPORT_MANIFEST}
+    names = [name for name in sorted(os.listdir(folder)) if name != EXPORT_MANIFEST]
+    files = {name: sha256_of(os.path.join(folder, name)) for name in names}
     with open(os.path.join(folder, EXPORT_MANIFEST), "w", encoding="utf-8") as handle:
         json.dump({"files": files}, handle, indent=2)
 
@@ -116,6 +117,13 @@ def check_export_folder(folder: str) -> list[str]:
     Raises:
         ValueError: naming unexpected, nested, missing or altered files.
     """
+    names = check_export_files(folder)
+    check_manifest(folder, names)
+    return names
+
+
+def check_export_files(folder: str) -> list[str]:
+    """The folder's files, sorted, after checking their names only (allowed, none missing)."""
     if not os.path.isdir(folder):
         raise ValueError(f"{folder} is not an export folder (it does not exist); run training.export")
     names = sorted(os.listdir(folder))
@@ -129,7 +137,6 @@ def check_export_folder(folder: str) -> list[str]:
         missing.append("model.safetensors")
     if missing:
         raise ValueError(f"{folder}: missing files {missing}; re-run training.export")
-    check_manifest(folder, names)
     return names
 
 
@@ -240,7 +247,7 @@ def export(args: ExportArgs) -> list[str]:
     staging = tempfile.mkdtemp(prefix=f".{name}.exporting-", dir=parent)
     try:
         write_export(module, card, staging)
-        names = check_export_folder(staging)
+        names = check_export_files(staging)  # the manifest was just computed from these very files
         if args.verify:
             verify_weights(staging)
         pause_if_requested("export-written")

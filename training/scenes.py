@@ -201,5 +201,5 @@ def retrieval_rows(caption_rows: list[dict]) -> list[dict]:
     return [{**row, "id": row["id"] + "-retrieval"} for row in caption_rows]
 
 
-__all__ = ["COLOURS", "SHAPES", "Scene", "SceneObject", "random_scene", "render", "describe",
-           "single_object_questions", "write_alignment_source", "write_caption_task", "retrieval_rows", "CAPTION_QUESTION"]  # fmt: skip
+__all__ = ["CAPTION_QUESTION", "COLOURS", "SHAPES", "Scene", "SceneObject", "describe", "random_scene", "render",
+           "retrieval_rows", "single_object_questions", "write_alignment_source", "write_caption_task"]  # fmt: skip

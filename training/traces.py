@@ -158,8 +158,10 @@ class TraceStore:
             handle.seek(0)
             holder = handle.read().strip() or "pid unknown"
             handle.close()
-            raise ValueError(f"{self.folder!r}: shard {shard} is being written by another process ({holder}); wait "
-                             "for it to finish (rerunning then resumes) or write to another store") from None  # fmt: skip
+            raise ValueError(
+                f"{self.folder!r}: shard {shard} is being written by another process ({holder}); wait for it to "
+                "finish (rerunning then resumes) or write to another store"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")

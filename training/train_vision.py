@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import BatchFeature
 
-from training.data import Example, PairDataset, load_sources, parse_side
+from training.data import Example, PairDataset, chunked, load_sources, parse_side
 from training.loop import TrainSettings, fit, load_model, parse_settings, start_run
 from training.losses import next_token_step
 
@@ -56,10 +56,9 @@ class AnswerCollator:
         self.processor, self.chunk_size = processor, chunk_size
 
     def __call__(self, examples: list[Example]) -> list[BatchFeature]:
-        chunks = [examples[start : start + self.chunk_size] for start in range(0, len(examples), self.chunk_size)]
         return [self.processor.build_sft_inputs([parse_side(self.processor, example, "query") for example in chunk],
                                                 [_answer(example) for example in chunk])
-                for chunk in chunks]  # fmt: skip
+                for chunk in chunked(examples, self.chunk_size)]  # fmt: skip
 
 
 class CaptionCollator:
@@ -74,7 +73,8 @@ class CaptionCollator:
         return BatchFeature({**self.processor.build_image_inputs(items), "caption_ids": captions["input_ids"]})
 
 
-def caption_targets(caption_ids: list[list[int]], embeddings: torch.nn.Embedding, tokens_per_image: int) -> torch.Tensor:
+def caption_targets(caption_ids: list[list[int]], embeddings: torch.nn.Embedding,
+                    tokens_per_image: int) -> torch.Tensor:  # fmt: skip
     """`(images * tokens_per_image, hidden)`: each caption's input embeddings, cut or padded with its last token."""
     rows = [(ids + ids[-1:] * tokens_per_image)[:tokens_per_image] for ids in caption_ids]
     return embeddings(torch.tensor(rows, device=embeddings.weight.device)).flatten(0, 1)

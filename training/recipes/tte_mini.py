@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-from training.assets import extract_assets
+from training.assets import INIT_SETTINGS, extract_assets
 from training.checkpoint import latest_checkpoint, write_atomic
 from training.scenes import write_alignment_source
 
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> str:
         run_stage("training.build_backbone", ["--output_dir", backbone, "--seed", str(args.seed)])
     init = os.path.join(root, "init")
     if not os.path.isfile(os.path.join(init, "config.json")):
-        run_stage("training.init_model", ["--backbone", backbone, "--output_dir", init, "--variant", "unified",
-                                          "--head_num_layers", "4", "--max_pixels", str(56 * 56), "--dtype",
-                                          "float32", "--max_new_tokens", "48"])  # fmt: skip
+        run_stage("training.init_model", ["--backbone", backbone, "--output_dir", init, *INIT_SETTINGS])
     answers, captions = write_data(os.path.join(root, "data"), sizes, args.seed)
     regressed = training_stage("training.train_vision", os.path.join(root, "vision-regression"), [
         "--model_path", init, "--data_config", captions, "--objective", "regression",
