@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from training.checkpoint import write_atomic
-from training.eval_easy_vqa import KINDS, answer_kind
+from training.eval_easy_vqa import KINDS, answer_kind, image_labels
 from tte_eval.user_tasks import write_task
 
 
@@ -63,6 +63,36 @@ def write_easy_vqa_task(folder: str, max_images: int | None = None) -> str:
     return folder
 
 
+def write_easy_vqa_control(folder: str, max_images: int, name: str = "easy-vqa-control") -> list[tuple[str, str]]:
+    """The control task of the variant comparison: on the first `max_images` test images whose labels are known
+    (`image_labels`), the first question of each kind (colour, shape, yes/no) an image has, ranked as in
+    `write_easy_vqa_task`, under the `vqa` prompt family.
+
+    Returns:
+        The oracle's query traces, `("<name>/<row>", trace)`: the image's labelled colour and shape, then the answer.
+    """
+    from training.scene_tasks import oracle_trace_of
+
+    questions, paths = _split("test")
+    labels = image_labels()
+    image_ids = sorted(image_id for image_id in paths if image_id in labels)[:max_images]
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    for image_id in image_ids:
+        shutil.copyfile(paths[image_id], os.path.join(folder, "images", f"{image_id}.png"))
+    chosen, rows, traces, asked = set(image_ids), [], [], set()
+    for question, answer, image_id in questions:
+        if image_id not in chosen or (image_id, answer_kind(answer)) in asked:
+            continue
+        asked.add((image_id, answer_kind(answer)))  # one colour, one shape and one yes/no question per image
+        others = sorted(KINDS[answer_kind(answer)] - {answer})
+        colour, shape = labels[image_id]
+        traces.append((f"{name}/{len(rows)}", oracle_trace_of(f"The image shows a {colour} {shape}.", answer)))
+        rows.append({"qry_inst": "", "qry_text": question, "qry_img_path": f"images/{image_id}.png", "tgt_inst": "",
+                     "tgt_text": [answer, *others], "tgt_img_path": [""] * (1 + len(others)), "positives": [0]})
+    write_task(folder, {"name": name, "modality": "image", "eval_type": "local", "metric": "hit@1", "task": "vqa"}, rows)
+    return traces
+
+
 @dataclass
 class EasyVQAArgs:
     output_dir: str = field(metadata={"help": "Writes train.jsonl (training rows) and task/ (the test task)."})
@@ -76,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {source['path']} (source {source['name']}) and the test task to {args.output_dir}")
 
 
-__all__ = ["write_easy_vqa_source", "write_easy_vqa_task", "main"]
+__all__ = ["write_easy_vqa_control", "write_easy_vqa_source", "write_easy_vqa_task", "main"]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""Scene tasks of the variant comparison: grid scenes, correct answers, held-out splits and the oracle's traces."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from training.data import PairDataset, load_sources
+from training.scene_tasks import (
+    CELLS,
+    HELD_OUT,
+    KINDS,
+    ORACLE_REASONER,
+    ask,
+    caption,
+    cell_of,
+    distractors,
+    grid_scene,
+    write_test_tasks,
+    write_train_sources,
+)
+from training.scenes import COLOURS, Scene, SceneObject, render
+from training.traces import TraceStore
+from tte_eval.user_tasks import load_user_tasks
+
+
+def scene_of(*placed) -> Scene:
+    """A scene from `(colour, shape, cell)` triples, each shape a 20-px box centred in its cell."""
+    objects = []
+    for colour, shape, cell in placed:
+        left, top = (cell % 2) * 32 + 6, (cell // 2) * 32 + 6
+        objects.append(SceneObject(colour, shape, (left, top, left + 20, top + 20)))
+    return Scene(64, (240, 240, 240), objects)
+
+
+def test_grid_scenes_hold_one_distinct_shape_per_cell_and_render_it_there():
+    rng = random.Random(0)
+    for _ in range(50):
+        scene = grid_scene(rng, rng.randint(1, 3))
+        cells = [cell_of(obj) for obj in scene.objects]
+        assert len(set(cells)) == len(cells) and cells == sorted(cells)
+        assert len({obj.name for obj in scene.objects}) == len(scene.objects)
+        assert not {(obj.colour, obj.shape) for obj in scene.objects} & set(HELD_OUT)
+        pixels = np.asarray(render(scene))
+        for obj in scene.objects:
+            x, y = (round(v) for v in obj.centre)
+            if obj.shape != "triangle":  # a triangle's box centre can sit on its edge
+                assert tuple(pixels[y, x]) == COLOURS[obj.colour]
+
+
+@pytest.mark.parametrize("question, answer", [
+    ("what is left of the red circle?", "a blue triangle"),
+    ("what is below the red circle?", "a green rectangle"),
+    ("what is above the blue triangle?", None),  # off the grid: never asked
+])  # fmt: skip
+def test_relation_answers_follow_the_grid(question, answer):
+    scene = scene_of(("blue", "triangle", 0), ("red", "circle", 1), ("green", "rectangle", 3))
+    asked = {}
+    for seed in range(300):
+        query = ask("relation", scene, random.Random(seed))
+        asked[query.text] = query
+    if answer is None:
+        assert question not in asked
+        return
+    assert asked[question].answer == answer
+    assert asked[question].trace.startswith("<think>") and f"The answer is {answer}." in asked[question].trace
+    assert asked["what is below the blue triangle?"].answer == "nothing"
+
+
+def test_counts_colours_grounding_and_classes_are_right():
+    scene = scene_of(("blue", "circle", 0), ("red", "circle", 2), ("red", "triangle", 3))
+    answers = {}
+    for kind in ("colour", "count", "grounding", "classification"):
+        for seed in range(200):
+            query = ask(kind, scene, random.Random(seed))
+            answers[query.text] = query.answer
+    assert answers["how many circles are there?"] == "two"
+    assert answers["how many red shapes are there?"] == "two"
+    assert answers["how many shapes are there?"] == "three"
+    assert answers["what color is the shape at the bottom right?"] == "red"
+    assert answers["the shape above the red circle"] == "a blue circle"
+    assert answers["the shape right of the red circle"] == "a red triangle"
+    assert answers[""] == "circles and triangles"
+    assert caption(scene) == "blue circle at top left, red circle at bottom left, red triangle at bottom right"
+
+
+def test_distractors_change_one_detail_each():
+    scene = scene_of(("blue", "circle", 0), ("red", "triangle", 3))
+    others = distractors(scene, random.Random(1), 9)
+    captions = [caption(other) for other in others]
+    assert len(set(captions)) == 9 and caption(scene) not in captions
+    for other in others:
+        before = {(o.colour, o.shape, cell_of(o)) for o in scene.objects}
+        after = {(o.colour, o.shape, cell_of(o)) for o in other.objects}
+        assert len(before ^ after) in (1, 2)  # one shape added or removed, or one changed (old out, new in)
+
+
+def test_training_sources_load_and_every_row_has_an_oracle_trace(tmp_path):
+    sources = write_train_sources(str(tmp_path), 12, seed=0)
+    config = tmp_path / "data.yaml"
+    config.write_text(json.dumps({"sources": sources}))
+    dataset = PairDataset(load_sources(str(config)))
+    store = TraceStore(str(tmp_path / "oracle-traces"))
+    traces = store.read()
+    assert store.manifest["reasoner"] == ORACLE_REASONER and "oracle" in ORACLE_REASONER
+    ids = [dataset[i].id for i in range(len(dataset))]
+    assert {(i, "query") for i in ids} == set(traces)
+    assert {source["task"] for source in sources} == {family for family, _, _ in KINDS.values()}
+    held_out = {f"{colour} {shape}" for colour, shape in HELD_OUT}
+    for line in (tmp_path / "perception.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert not any(name in row["pos_text"] for name in held_out)
+
+
+def test_test_tasks_hold_out_combinations_and_rank_the_right_answer_first(tmp_path):
+    folders = write_test_tasks(str(tmp_path), rows_per_task=4, seed=5)
+    assert len(folders) == len(KINDS)
+    traces = TraceStore(str(tmp_path / "oracle-traces")).read()
+    held_out = [f"{colour} {shape}" for colour, shape in HELD_OUT]
+    for task in load_user_tasks(str(tmp_path)):
+        name = task.data.spec.name
+        assert task.ecr_task == KINDS[name.removeprefix("scene-")][0]
+        for row in task.data.rows:
+            trace = traces[(f"{name}/{row.row_id}", "query")]
+            assert any(combo in trace for combo in held_out), trace  # every test scene holds a held-out combination
+            positive = row.candidates[0]
+            assert positive.cand_id in row.labels and len(row.labels) == 1
+            if positive.item.text:  # text answers: the oracle's final line states the positive
+                assert positive.item.text in trace.split("</think>")[1]
