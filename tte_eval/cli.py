@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", nargs="+", default=[], help="MMEB task names or groups: all, image, video, I-CLS, ...")
     run.add_argument("--tasks-dir", help="Folder of user task folders, each with task.json + test.jsonl "
                      "(tte_eval/user_tasks.py); reported apart from the MMEB aggregate.")  # fmt: skip
+    run.add_argument("--traces", help="Trace store of precomputed query traces (id '<task>/<row id>'), e.g. a "
+                     "teacher's; used instead of the model's own thinking and recorded in the results.")  # fmt: skip
     run.add_argument("--output", required=True, help="Folder for results.json and results.md.")
     run.add_argument("--cache-dir", help="Embedding cache folder (default: OUTPUT/cache).")
     run.add_argument("--benchmark", choices=BENCHMARKS, default="mmeb-v2", help="Row format and task list.")
@@ -77,7 +79,7 @@ def run_evaluate(args: argparse.Namespace) -> str:
     cache_dir = args.cache_dir or os.path.join(args.output, "cache")
     config = EvalConfig(  # checks the task selection before the model is loaded
         args.data, tuple(tasks), args.output, cache_dir, args.benchmark, args.batch_size, args.allow_partial,
-        args.tasks_dir,
+        args.tasks_dir, args.traces,
     )  # fmt: skip
     digest = model_hash(args.model)  # fails fast on a folder without config.json / weights
     model = load_tte_model(args.model)

@@ -32,6 +32,8 @@ class Item:
         text: the query or candidate text, or None.
         image: absolute image path, or None.
         video: absolute frame paths (already sampled to the frame count), or None.
+        task: the ECR prompt family the model reasons with (a user task's `task`), or None for the model's default.
+        reasoning: a precomputed trace (from `--traces`), used instead of the model's own thinking, or None.
     """
 
     harness_text: str
@@ -39,10 +41,14 @@ class Item:
     text: str | None = None
     image: str | None = None
     video: tuple[str, ...] | None = None
+    task: str | None = None
+    reasoning: str | None = None
 
     def model_input(self) -> dict:
-        """The encoder-protocol dict: `text`, `image`, `instruction`, `video` (frame list); absent keys omitted."""
-        parts = {"text": self.text, "image": self.image, "instruction": self.instruction}
+        """The encoder-protocol dict: `text`, `image`, `instruction`, `video` (frame list), `task`, `reasoning`;
+        absent keys omitted. Every key enters the cache key, so a family or trace change re-embeds."""
+        parts = {"text": self.text, "image": self.image, "instruction": self.instruction, "task": self.task,
+                 "reasoning": self.reasoning}  # fmt: skip
         parts["video"] = list(self.video) if self.video else None
         return {key: value for key, value in parts.items() if value is not None}
 

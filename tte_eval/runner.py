@@ -9,6 +9,7 @@ where each input is `{"text", "image", "instruction"}` (absent keys omitted) or 
 `TTEModel` is one. Video inputs are passed through as they are; a model that cannot embed video raises.
 """
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -143,6 +144,8 @@ class EvalConfig:
         batch_size: inputs per encoder call.
         allow_partial: aggregate even when categories miss tasks (marked partial).
         tasks_dir: a folder of user task folders (see `user_tasks.py`), or None (default).
+        traces: a trace store folder (`training/traces.py`) holding a precomputed query trace per row, id
+            `"<task name>/<row id>"`, side `"query"` (e.g. a teacher's or an oracle's), or None: the model thinks.
 
     Raises:
         ValueError: if there is nothing to evaluate, or MMEB tasks come without `data_dir`.
@@ -156,6 +159,7 @@ class EvalConfig:
     batch_size: int = 8
     allow_partial: bool = False
     tasks_dir: str | None = None
+    traces: str | None = None
 
     def __post_init__(self):
         if not self.tasks and self.tasks_dir is None:
@@ -165,15 +169,42 @@ class EvalConfig:
             raise ValueError(f"MMEB tasks {list(self.tasks)} need a data_dir (CLI: --data)")
 
 
+def read_query_traces(folder: str) -> tuple[dict[str, str], dict]:
+    """A trace store's query traces by row key `"<task>/<row id>"`, and its manifest (who wrote them, how)."""
+    from training.traces import TraceStore  # the store format of the training scripts, read only when asked for
+
+    store = TraceStore(folder)
+    traces = {key: trace for (key, side), trace in store.read().items() if side == "query"}
+    return traces, store.manifest
+
+
+def with_query_traces(task: TaskData, traces: dict[str, str] | None) -> TaskData:
+    """The task with each query's precomputed trace attached (`Item.reasoning`); unchanged when `traces` is None.
+
+    Raises:
+        ValueError: naming the task and row whose trace the store lacks.
+    """
+    if traces is None:
+        return task
+    rows = []
+    for row in task.rows:
+        key = f"{task.spec.name}/{row.row_id}"
+        if key not in traces:
+            raise ValueError(f"task {task.spec.name!r} row {row.row_id}: the trace store has no query trace {key!r}")
+        rows.append(dataclasses.replace(row, query=dataclasses.replace(row.query, reasoning=traces[key])))
+    return dataclasses.replace(task, rows=tuple(rows))
+
+
 def run_task(task: TaskData, encoder: Encoder, manifest: Manifest, cache_dir: str, batch_size: int) -> TaskResult:
     """Embed (or reuse) and score one loaded task, MMEB or user-defined alike."""
     embeddings, status = embed_task(task, encoder, manifest, cache_dir, batch_size)
     return TaskResult(task.spec.name, score_task(task, embeddings), status)
 
 
-def evaluate_task(name: str, encoder: Encoder, manifest: Manifest, config: EvalConfig) -> TaskResult:
+def evaluate_task(name: str, encoder: Encoder, manifest: Manifest, config: EvalConfig,
+                  traces: dict[str, str] | None = None) -> TaskResult:  # fmt: skip
     """Load, embed (or reuse) and score one MMEB task."""
-    task = load_task(config.data_dir, name, config.benchmark, manifest.num_frames)
+    task = with_query_traces(load_task(config.data_dir, name, config.benchmark, manifest.num_frames), traces)
     return run_task(task, encoder, manifest, config.cache_dir, config.batch_size)
 
 
@@ -197,11 +228,15 @@ def evaluate(
     """
     # Every user task is validated before anything is embedded, so a bad folder fails fast.
     user_tasks = load_user_tasks(config.tasks_dir) if config.tasks_dir is not None else []
-    results = [evaluate_task(name, encoder, manifest, config) for name in config.tasks]
+    traces, trace_manifest = read_query_traces(config.traces) if config.traces is not None else (None, None)
+    user_data = [with_query_traces(task.data, traces) for task in user_tasks]  # a missing trace fails before embedding
+    results = [evaluate_task(name, encoder, manifest, config, traces) for name in config.tasks]
     user_cache = os.path.join(config.cache_dir, "user")  # apart from the MMEB caches, whatever the task names
-    user_results = [run_task(task.data, encoder, manifest, user_cache, config.batch_size) for task in user_tasks]
+    user_results = [run_task(data, encoder, manifest, user_cache, config.batch_size) for data in user_data]
     user_section = user_report(user_tasks, user_results)
     report = build_report(results, manifest, config, model_name, model_settings or {}, user_section)
+    # Who wrote the traces is part of what a score means (an oracle's traces are not a model's).
+    report["metadata"]["query_traces"] = None if traces is None else {"store": config.traces, **trace_manifest}
     os.makedirs(config.output_dir, exist_ok=True)
     json_text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     write_atomic(os.path.join(config.output_dir, "results.json"), lambda f: f.write(json_text.encode("utf-8")))
@@ -259,6 +294,7 @@ def user_report(tasks: list[UserTask], results: list[TaskResult]) -> dict | None
         spec = task.data.spec
         entries[spec.name] = {
             "folder": task.folder, "modality": spec.modality, "eval_type": spec.eval_type, "metric": task.metric,
+            "task": task.ecr_task,
             "score": result.metrics[task.metric], "cache": result.cache_status, "metrics": result.metrics,
         }  # fmt: skip
     return {"tasks": entries, "mean": float(np.mean([entry["score"] for entry in entries.values()]))}

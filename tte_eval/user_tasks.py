@@ -24,8 +24,10 @@ A query and each target need a text or an image. A target's id is its (instructi
 equal targets of different rows are one candidate of a global pool, embedded once. Exact score ties keep pool order
 (`metrics.rank`): list the positive first to give ties to it, as MMEB does.
 
-The task family of our ECR prompt is not a spec key: the runner passes no family to the encoder for any task, so
-TTE models reason with their default family (`"retrieval"`) on MMEB and user tasks alike.
+Optional spec key:
+- `task`: the ECR prompt family the model reasons with for this task's queries and targets (`"vqa"`,
+  `"grounding"`, `"retrieval"`, `"classification"`, `"visual_document"`; the model checks the name). Without it, as
+  on MMEB tasks, TTE models reason with their default family (`"retrieval"`).
 """
 
 import json
@@ -63,6 +65,7 @@ USER_CATEGORY = "user"  # category and family of every user task: outside the MM
 MODALITIES = ("image", "visdoc")
 EVAL_TYPES = ("local", "global")
 SPEC_KEYS = ("name", "modality", "eval_type", "metric")
+OPTIONAL_SPEC_KEYS = ("task",)
 ROW_KEYS = ("qry_inst", "qry_text", "qry_img_path", "tgt_inst", "tgt_text", "tgt_img_path", "positives")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the name is also a cache file name
 
@@ -74,15 +77,17 @@ class UserTask:
     Args:
         folder: the task folder.
         metric: the headline metric.
+        ecr_task: the spec's ECR prompt family (`task`), or None.
         data: its rows and de-duplicated candidates, as the runner scores MMEB tasks (`data.spec.name` is the name).
     """
 
     folder: str
     metric: str
     data: TaskData
+    ecr_task: str | None = None
 
 
-def parse_spec(spec: dict, where: str) -> tuple[TaskSpec, str]:
+def parse_spec(spec: dict, where: str) -> tuple[TaskSpec, str, str | None]:
     """Validate a task spec.
 
     Args:
@@ -90,12 +95,12 @@ def parse_spec(spec: dict, where: str) -> tuple[TaskSpec, str]:
         where: the spec file, for error messages.
 
     Returns:
-        (the `TaskSpec` the runner uses, the headline metric).
+        (the `TaskSpec` the runner uses, the headline metric, the ECR prompt family or None).
 
     Raises:
         ValueError: naming `where`, the key and the problem, for unknown or missing keys and bad values.
     """
-    check_keys(spec, SPEC_KEYS, where)
+    check_keys(spec, SPEC_KEYS + OPTIONAL_SPEC_KEYS, where)
     missing = [key for key in SPEC_KEYS if key not in spec]
     if missing:
         raise ValueError(f"{where}: missing keys {missing}; a spec needs {list(SPEC_KEYS)}")
@@ -108,7 +113,10 @@ def parse_spec(spec: dict, where: str) -> tuple[TaskSpec, str]:
     modality = _choice(spec, "modality", MODALITIES, where)
     eval_type = _choice(spec, "eval_type", EVAL_TYPES, where)
     metric = _choice(spec, "metric", METRIC_NAMES, where)
-    return TaskSpec(name, modality, USER_CATEGORY, USER_CATEGORY, eval_type), metric
+    ecr_task = field(spec, "task", str, where) if "task" in spec else None
+    if ecr_task is not None and not NAME_PATTERN.fullmatch(ecr_task):
+        raise ValueError(f"{where}: task {ecr_task!r} is not a prompt family name")
+    return TaskSpec(name, modality, USER_CATEGORY, USER_CATEGORY, eval_type), metric, ecr_task
 
 
 def _choice(spec: dict, key: str, options: tuple[str, ...], where: str) -> str:
@@ -118,7 +126,7 @@ def _choice(spec: dict, key: str, options: tuple[str, ...], where: str) -> str:
     return value
 
 
-def user_row(record: dict, row_id: str, folder: str, where: str) -> QueryRow:
+def user_row(record: dict, row_id: str, folder: str, where: str, ecr_task: str | None = None) -> QueryRow:
     """Build one query row: the query, the row's targets and a grade-1 label per positive.
 
     Raises:
@@ -128,11 +136,11 @@ def user_row(record: dict, row_id: str, folder: str, where: str) -> QueryRow:
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     check_keys(record, ROW_KEYS, where)
     query_parts = [field(record, key, str, where) for key in ("qry_inst", "qry_text", "qry_img_path")]
-    query = _item(*query_parts, folder, f"{where}: query")
+    query = _item(*query_parts, folder, f"{where}: query", ecr_task)
     inst = field(record, "tgt_inst", str, where)
     texts, paths = target_lists(record, where)
     candidates = tuple(
-        Candidate(_target_id(inst, path, text), _item(inst, text, path, folder, f"{where}: target {i}"))
+        Candidate(_target_id(inst, path, text), _item(inst, text, path, folder, f"{where}: target {i}", ecr_task))
         for i, (text, path) in enumerate(zip(texts, paths))
     )
     return QueryRow(row_id, query, candidates, _labels(record, candidates, where))
@@ -143,14 +151,14 @@ def _target_id(inst: str, path: str, text: str) -> str:
     return json.dumps([inst, path, text], ensure_ascii=False)
 
 
-def _item(inst: str, text: str, path: str, folder: str, where: str) -> Item:
+def _item(inst: str, text: str, path: str, folder: str, where: str, ecr_task: str | None = None) -> Item:
     """A query or target from its instruction, text and image path, `""` meaning none."""
     if not text.strip() and not path:
         raise ValueError(f"{where}: has neither text nor image")
     image = media_path(folder, path, where) if path else None
     # No MMEB task owns these strings, so the informational harness string is a plain join of the present parts.
     harness = " ".join(part for part in (IMAGE_MARKER if image else "", inst, text) if part)
-    return Item(harness, optional_text(inst.strip()), optional_text(text), image)
+    return Item(harness, optional_text(inst.strip()), optional_text(text), image, task=ecr_task)
 
 
 def _labels(record: dict, candidates: tuple[Candidate, ...], where: str) -> dict[str, float]:
@@ -168,7 +176,8 @@ def _labels(record: dict, candidates: tuple[Candidate, ...], where: str) -> dict
     return labels
 
 
-def build_user_task(folder: str, spec: TaskSpec, metric: str, records: list[dict], rows_file: str) -> UserTask:
+def build_user_task(folder: str, spec: TaskSpec, metric: str, records: list[dict], rows_file: str,
+                    ecr_task: str | None = None) -> UserTask:
     """Validate every row and build the task; errors name `rows_file` and the 0-based row number.
 
     Raises:
@@ -176,8 +185,8 @@ def build_user_task(folder: str, spec: TaskSpec, metric: str, records: list[dict
     """
     if not records:
         raise ValueError(f"{rows_file}: no rows")
-    rows = [user_row(record, str(i), folder, f"{rows_file} row {i}") for i, record in enumerate(records)]
-    return UserTask(folder, metric, build_task_data(spec, rows, []))
+    rows = [user_row(record, str(i), folder, f"{rows_file} row {i}", ecr_task) for i, record in enumerate(records)]
+    return UserTask(folder, metric, build_task_data(spec, rows, []), ecr_task)
 
 
 def load_user_task(folder: str) -> UserTask:
@@ -190,9 +199,9 @@ def load_user_task(folder: str) -> UserTask:
     if not os.path.isfile(spec_path):
         raise ValueError(f"{folder}: no {SPEC_FILE} (a task folder needs a spec and a rows file)")
     with open(spec_path, encoding="utf-8") as f:
-        spec, metric = parse_spec(parse_json_object(f.read(), spec_path), spec_path)
+        spec, metric, ecr_task = parse_spec(parse_json_object(f.read(), spec_path), spec_path)
     rows_file = records_file(folder, ROWS_STEM)
-    return build_user_task(folder, spec, metric, read_records_file(rows_file), rows_file)
+    return build_user_task(folder, spec, metric, read_records_file(rows_file), rows_file, ecr_task)
 
 
 def load_user_tasks(tasks_dir: str) -> list[UserTask]:
@@ -237,8 +246,8 @@ def write_task(folder: str, spec: dict, rows: list[dict]) -> UserTask:
     spec_path, rows_path = os.path.join(folder, SPEC_FILE), os.path.join(folder, f"{ROWS_STEM}.jsonl")
     if not isinstance(spec, dict):
         raise ValueError(f"{spec_path}: spec must be a dict, got {type(spec).__name__}")
-    task_spec, metric = parse_spec(spec, spec_path)
-    task = build_user_task(folder, task_spec, metric, list(rows), rows_path)
+    task_spec, metric, ecr_task = parse_spec(spec, spec_path)
+    task = build_user_task(folder, task_spec, metric, list(rows), rows_path, ecr_task)
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     spec_text = json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
     write_atomic(rows_path, lambda f: f.write(lines.encode("utf-8")))

@@ -285,3 +285,56 @@ def test_main_evaluate_tasks_dir_tiny_tte(tiny_tte_folder, tasks_dir, tmp_path):
     assert {name: entry["metrics"]["num_pred"] for name, entry in tasks.items()} == {"shapes-global": 3,
                                                                                      "shapes-local": 2}  # fmt: skip
     assert all(0.0 <= entry["score"] <= 1.0 for entry in tasks.values())
+
+
+# ----- the spec's ECR family and precomputed query traces (`--traces`) -----
+
+
+def test_user_task_family_reaches_every_encoder_input(tmp_path, manifest):
+    root = tmp_path / "tasks"
+    write_task(str(root / "vqa"), {**LOCAL_SPEC, "task": "vqa"}, [_row("q0", ["a", "b"], [0])])
+    encoder = HashEncoder()
+    report = evaluate(encoder, manifest, _config(tmp_path, str(root)), "hash")
+    (_, queries), (_, documents) = encoder.calls
+    assert [item["task"] for item in queries + documents] == ["vqa"] * 3
+    assert report["user_tasks"]["tasks"]["shapes-local"]["task"] == "vqa"
+
+
+def test_user_task_family_must_be_a_name(tmp_path):
+    with pytest.raises(ValueError, match="task 'v q a' is not a prompt family name"):
+        write_task(str(tmp_path / "t"), {**LOCAL_SPEC, "task": "v q a"}, [_row("q0", ["a"], [0])])
+
+
+def _trace_store(folder, entries, reasoner="oracle-describer (not a model)"):
+    from training.traces import TraceStore, make_manifest
+
+    store = TraceStore.create(str(folder), make_manifest(reasoner, "ecr-v1", {"oracle": "test"}))
+    store.append(0, entries)
+    store.close()
+    return str(folder)
+
+
+def test_precomputed_query_traces_reach_queries_only_and_are_recorded(tasks_dir, manifest, tmp_path):
+    traces = _trace_store(tmp_path / "store", [("shapes-local/0", "query", "T0"), ("shapes-local/1", "query", "T1"),
+                                               *[(f"shapes-global/{i}", "query", f"G{i}") for i in range(3)]])  # fmt: skip
+    encoder = HashEncoder()
+    report = evaluate(encoder, manifest, _config(tmp_path, tasks_dir, traces=traces), "hash")
+    by_side = {}
+    for side, inputs in encoder.calls:
+        by_side.setdefault(side, []).extend(inputs)
+    assert sorted(item["reasoning"] for item in by_side["query"]) == ["G0", "G1", "G2", "T0", "T1"]
+    assert all("reasoning" not in item for item in by_side["document"])
+    recorded = report["metadata"]["query_traces"]
+    assert (recorded["store"], recorded["reasoner"]) == (traces, "oracle-describer (not a model)")
+    # A different trace is a different input: the cache does not serve the old embedding.
+    plain = evaluate(HashEncoder(), manifest, _config(tmp_path, tasks_dir), "hash")
+    assert plain["metadata"]["query_traces"] is None
+    assert plain["user_tasks"]["tasks"]["shapes-local"]["cache"] != "reused"
+
+
+def test_precomputed_query_traces_missing_a_row_fail_before_embedding(tasks_dir, manifest, tmp_path):
+    traces = _trace_store(tmp_path / "store", [("shapes-local/0", "query", "T0")])
+    encoder = HashEncoder()
+    with pytest.raises(ValueError, match=r"task 'shapes-global' row 0: the trace store has no query trace"):
+        evaluate(encoder, manifest, _config(tmp_path, tasks_dir, traces=traces), "hash")
+    assert encoder.calls == []
