@@ -240,6 +240,8 @@ class TTEModel(TTEPreTrainedModel):
         """The processor saved next to the weights, loaded on first use."""
         if self._processor is None:
             path, hub_kwargs = getattr(self, "_processor_source", (self.config.name_or_path, {}))
+            # Unset means no consent: transformers would otherwise stop and ask on a terminal.
+            hub_kwargs = {"trust_remote_code": False, **hub_kwargs}
             self._processor = TTEProcessor.from_pretrained(path, **hub_kwargs)
         return self._processor
 

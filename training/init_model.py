@@ -6,9 +6,15 @@ spare row), wraps them as a `TTEModel` of the chosen variant and saves it. For `
 the backbone's last N decoder layers; for `student` the reasoner starts as a copy of the backbone (or `--reasoner`).
 Nothing is trained here.
 
+`--backbone` and `--reasoner` may also be TTE model folders: their generator is used (a unified model's backbone, a
+student's reasoner) with the folder's own processor, so one trained stage can seed the variants compared later
+(e.g. a student whose reasoner is a fine-tuned unified backbone).
+
     python -m training.init_model --backbone Qwen/Qwen2-VL-2B-Instruct --variant unified --output_dir tte-init
 """
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +29,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from tte.configuration_tte import THINK_POLICIES, VARIANTS
+from tte.configuration_tte import THINK_POLICIES, VARIANTS, TTEConfig
 from tte.modeling_tte import TTEModel, is_vision_language
 from tte.processing_tte import DEFAULT_MAX_PIXELS, EMBEDDING_TOKEN, TTEProcessor
 
@@ -42,13 +48,28 @@ class InitArgs:
     dtype: str = field(default="bfloat16", metadata={"help": "Weight dtype: float32, bfloat16 or float16."})
 
 
+def is_tte_folder(path: str) -> bool:
+    """Whether `path` is a TTE model folder (read from its config.json, without running any code it holds)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as handle:
+        return json.load(handle).get("model_type") == TTEConfig.model_type
+
+
 def load_generator(path: str, dtype: torch.dtype):
+    """The generative model of `path`: a backbone folder, or the generator of a TTE model folder."""
+    if is_tte_folder(path):
+        return TTEModel.from_pretrained(path, dtype=dtype).generator()
     auto_class = AutoModelForImageTextToText if is_vision_language(AutoConfig.from_pretrained(path)) else AutoModelForCausalLM
     return auto_class.from_pretrained(path, dtype=dtype)
 
 
 def build_processor(args: InitArgs, vision_language: bool) -> TTEProcessor:
-    """The backbone's tokenizer (plus `<|emb|>`), image processor and chat template as a `TTEProcessor`."""
+    """The backbone's tokenizer (plus `<|emb|>`), image processor and chat template as a `TTEProcessor`; a TTE
+    folder's own processor as it is."""
+    if is_tte_folder(args.backbone):
+        return TTEProcessor.from_pretrained(args.backbone, trust_remote_code=False)  # our class; no folder code
     if vision_language:
         source = AutoProcessor.from_pretrained(args.backbone)
         tokenizer, image_processor, video_processor = source.tokenizer, source.image_processor, source.video_processor

@@ -2,13 +2,15 @@
 
 InfoNCE (q -> t, temperature 0.02) over in-batch targets gathered across processes, optional hard negatives,
 GradCache chunks, full training or LoRA / DoRA (merged on export). Only `model.backbone` trains; a student's
-reasoner stays frozen.
+reasoner stays frozen. `--top_layers N` trains only the last N decoder layers and the final norm: the same
+trainable capacity as a unified model's N-layer head (`train_head.py`), which makes the variants comparable at one
+budget, and the frozen layers below need no backward pass.
 
     accelerate launch -m training.train_embedder --model_path tte-init --data_config data.yaml \
         --traces traces/ --output_dir runs/embedder --lora --max_steps 5000 --per_device_batch_size 128
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,12 +25,22 @@ from training.loop import (
     parse_settings,
     start_run,
 )
-from tte.modeling_tte import TTEModel
+from tte.modeling_tte import TTEModel, decoder_of
 
 
 @dataclass
 class EmbedderSettings(ContrastiveSettings, AdapterSettings):
     """InfoNCE settings plus full or LoRA / DoRA training of the backbone."""
+
+    top_layers: int = field(default=0, metadata={"help": "Train only the last N decoder layers and the final norm "
+                            "(full weights); 0 trains the whole backbone."})  # fmt: skip
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.top_layers < 0:
+            raise ValueError(f"--top_layers must be >= 0, got {self.top_layers}")
+        if self.top_layers and self.lora:
+            raise ValueError("--top_layers trains full layers; it does not combine with --lora")
 
 
 def trainable_part(model: TTEModel, settings: EmbedderSettings) -> torch.nn.Module:
@@ -38,6 +50,13 @@ def trainable_part(model: TTEModel, settings: EmbedderSettings) -> torch.nn.Modu
     model.requires_grad_(False)
     if settings.lora:
         return add_adapter(model, settings, prefix=r"backbone\.")
+    if settings.top_layers:
+        decoder = decoder_of(model.backbone)
+        if settings.top_layers > len(decoder.layers):
+            raise ValueError(f"--top_layers {settings.top_layers} exceeds the backbone's {len(decoder.layers)} layers")
+        for module in (*decoder.layers[-settings.top_layers:], decoder.norm):
+            module.requires_grad_(True)
+        return model
     model.backbone.requires_grad_(True)
     if settings.freeze_vision:
         freeze_vision_tower(model.backbone)

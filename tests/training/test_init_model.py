@@ -1,6 +1,7 @@
 """training/init_model.py: a stock backbone folder (no embedding token) becomes a loadable TTE model folder."""
 
 import numpy as np
+import torch
 import pytest
 from transformers import AutoModel, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
@@ -47,3 +48,17 @@ def test_init_model_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--head_num_layers" in capsys.readouterr().out
+
+
+def test_init_model_builds_a_variant_from_tte_folders(tmp_path, model_folder):
+    # A trained stage seeds the compared variants: a student whose reasoner is a unified model's backbone.
+    unified = AutoModel.from_pretrained(model_folder("unified"), trust_remote_code=True)
+    main(["--backbone", model_folder("unified"), "--reasoner", model_folder("unified"), "--variant", "student",
+          "--output_dir", str(tmp_path / "student"), "--dtype", "float32", "--max_new_tokens", "5"])  # fmt: skip
+    student = AutoModel.from_pretrained(tmp_path / "student", trust_remote_code=True)
+    assert student.config.variant == "student" and student.config.max_new_tokens == 5
+    for name, tensor in unified.backbone.state_dict().items():
+        assert torch.equal(student.reasoner.state_dict()[name], tensor), name
+    assert student.processor.max_pixels == unified.processor.max_pixels  # the folder's own processor
+    trace = unified.reason(unified.processor.parse_inputs(["a red square"]), max_new_tokens=5)
+    assert student.reason(student.processor.parse_inputs(["a red square"]), max_new_tokens=5) == trace

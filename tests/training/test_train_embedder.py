@@ -90,3 +90,25 @@ def test_train_embedder_two_processes_match_one_process(tmp_path, model_folder, 
     run_module("training.train_embedder", arguments, launcher=TWO_PROCESSES)
     assert _losses(double) == pytest.approx(_losses(single), abs=1e-4)
     assert _losses(single)[-1] < _losses(single)[0]  # it trained: later steps saw updated weights
+
+
+def test_top_layers_trains_only_the_last_layers_and_the_final_norm(tmp_path, model_folder, pair_data, trace_store):
+    # The variants' shared embedder recipe: the same trainable capacity as a unified model's N-layer head.
+    exported = main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"),
+                                    "--max_steps", "2", "--top_layers", "1", "--learning_rate", "1e-2"))  # fmt: skip
+    weights, initial = saved_weights(exported), saved_weights(model_folder("teacher"))
+    changed = {name for name in weights if not torch.equal(weights[name], initial[name])}
+    last = max(int(name.split(".layers.")[1].split(".")[0]) for name in weights if ".layers." in name and "visual" not in name)
+    assert changed, "nothing trained"
+    assert all(f"language_model.layers.{last}." in name or name.startswith("backbone.language_model.norm.")
+               for name in changed), sorted(changed)  # fmt: skip
+    assert any(name.startswith("backbone.language_model.norm.") for name in changed)
+
+
+def test_top_layers_refuses_lora_and_too_many_layers(tmp_path, model_folder, pair_data, trace_store):
+    with pytest.raises(ValueError, match="does not combine with --lora"):
+        main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "a"), "--top_layers", "1",
+                             "--lora"))  # fmt: skip
+    with pytest.raises(ValueError, match="--top_layers 99 exceeds the backbone's"):
+        main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "b"), "--top_layers", "99",
+                             "--max_steps", "1"))  # fmt: skip
