@@ -116,7 +116,8 @@ def parse_parameters(parameters) -> tuple[dict, bool]:
 
 
 class EndpointHandler:
-    """Loads the model once; each call embeds one request.
+    """Loads the model once; each call embeds one request. Calls may run concurrently (threads): they share the
+    model read-only, as `TTEModel.embed` allows.
 
     Args:
         path: the model repository folder (Inference Endpoints pass it).

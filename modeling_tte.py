@@ -9,6 +9,7 @@ so the trunk is not run a second time over prompt + trace.
 import copy
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,25 +89,49 @@ class _SourceLayerReached(Exception):
     """Raised by `capture_layer_output(..., stop=True)` to skip the layers above the captured one."""
 
 
-@contextmanager
-def capture_layer_output(layer: nn.Module, captured: list[torch.Tensor], stop: bool = False):
-    """Append the output of `layer` to `captured` on every call (prefill and each decoding step).
+@dataclass
+class LayerCapture:
+    """The outputs of one decoder layer during one call: a per-call object, so concurrent calls never mix states."""
 
-    With `stop=True` the forward pass ends right after `layer`: the layers above it are not run.
+    layer: nn.Module
+    stop: bool
+    outputs: list[torch.Tensor]
+
+
+# The capture of the running call. A ContextVar is per thread (and per asyncio task), so each of several concurrent
+# `embed` calls sees only its own capture while they all run through the same layer modules.
+_ACTIVE_CAPTURE: ContextVar[LayerCapture | None] = ContextVar("tte_active_capture", default=None)
+
+
+def record_layer_output(module: nn.Module, args, output) -> None:
+    """The permanent forward hook of the unified source layer: records into the calling thread's capture, if any.
+
+    It is registered once, when the model is built: hooks added and removed per call would fire for every thread
+    that runs the layer meanwhile, and mutate the module's hook table while other threads iterate over it.
     """
+    capture = _ACTIVE_CAPTURE.get()
+    if capture is None or capture.layer is not module:
+        return
+    capture.outputs.append(output[0] if isinstance(output, tuple) else output)
+    if capture.stop:
+        raise _SourceLayerReached
 
-    def hook(module, args, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        if stop:
-            raise _SourceLayerReached
 
-    handle = layer.register_forward_hook(hook)
+@contextmanager
+def capture_layer_output(layer: nn.Module, stop: bool = False):
+    """Yield the list of the outputs of `layer` during this call (prefill and each decoding step).
+
+    `layer` must carry the `record_layer_output` hook. With `stop=True` the forward pass ends right after `layer`:
+    the layers above it are not run.
+    """
+    capture = LayerCapture(layer, stop, [])
+    token = _ACTIVE_CAPTURE.set(capture)
     try:
-        yield captured
+        yield capture.outputs
     except _SourceLayerReached:
         pass
     finally:
-        handle.remove()
+        _ACTIVE_CAPTURE.reset(token)
 
 
 class TTEHead(nn.Module):
@@ -158,6 +183,7 @@ class TTEModel(TTEPreTrainedModel):
         if config.variant == "unified":
             self.backbone = build_generator(config.backbone_config)
             self.head = TTEHead(config)
+            self.source_layer().register_forward_hook(record_layer_output)  # inert outside capture_layer_output
         else:
             self.backbone = AutoModel.from_config(config.backbone_config)
         if config.variant == "student":
@@ -297,8 +323,7 @@ class TTEModel(TTEPreTrainedModel):
 
     def source_states(self, input_ids, attention_mask, position_ids, **vision_inputs) -> torch.Tensor:
         """Unified variant: the source layer's outputs over whole embedding inputs (the layers above are skipped)."""
-        captured = []
-        with capture_layer_output(self.source_layer(), captured, stop=True):
+        with capture_layer_output(self.source_layer(), stop=True) as captured:
             base_model_of(self.backbone)(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 **vision_inputs,
@@ -385,8 +410,7 @@ class TTEModel(TTEPreTrainedModel):
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items).to(self.device)
         generator = self.generator()
-        captured = []
-        with capture_layer_output(self.source_layer(), captured) if capture else nullcontext():
+        with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
             output = generator.generate(
                 **inputs, generation_config=self.generator_generation_config(max_new_tokens)
             )
@@ -440,8 +464,7 @@ class TTEModel(TTEPreTrainedModel):
             if cut:
                 new_ids[i, 0], new_mask[i, 0] = trace_ids[-1], 1
             new_ids[i, 1], new_mask[i, 1] = self.config.embedding_token_id, 1
-        captured = []
-        with capture_layer_output(self.source_layer(), captured):
+        with capture_layer_output(self.source_layer()) as captured:
             self.backbone(
                 input_ids=new_ids, attention_mask=torch.cat([fed_mask, new_mask], dim=1),
                 position_ids=position_ids[..., -2:], cache=state["cache"], use_cache=True,
@@ -573,6 +596,9 @@ class TTEModel(TTEPreTrainedModel):
 
         Raises:
             ValueError / TypeError: bad inputs, naming the offending item.
+
+        Concurrent calls on one model (threads, e.g. an Inference Endpoint's) are safe without a lock: each call
+        keeps its own captured states (`capture_layer_output`) and its own generation cache.
         """
         if side not in SIDES:
             raise ValueError(f"side={side!r} must be one of {SIDES}")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -100,6 +101,21 @@ def loopback_http(respond):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def run_concurrently(call, arguments: list, rounds: int = 3) -> list[list]:
+    """`call(argument)` for every argument at once, one thread each, `rounds` times; results[round][thread].
+
+    A barrier starts each round's calls together, so that they overlap as an Inference Endpoint's requests do.
+    """
+    barrier = threading.Barrier(len(arguments))
+
+    def together(argument):
+        barrier.wait()
+        return call(argument)
+
+    with ThreadPoolExecutor(max_workers=len(arguments)) as pool:
+        return [list(pool.map(together, arguments)) for _ in range(rounds)]
 
 
 # Runs first in a subprocess: takes this repository off the import machinery, including the finder that an editable

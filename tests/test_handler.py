@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import loopback_http, make_image, tiny_export_model
+from tests.conftest import loopback_http, make_image, run_concurrently, tiny_export_model
 
 
 def png_bytes(image) -> bytes:
@@ -124,3 +124,15 @@ def test_a_huge_image_header_is_a_bad_request_not_a_server_error(handler):
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
     reply = handler({"inputs": [{"image": "data:image/png;base64," + base64.b64encode(bytes(data)).decode()}]})
     assert set(reply) == {"error"} and "inputs[0]['image']: image is 100000x100000" in reply["error"]
+
+
+def test_concurrent_requests_equal_single_threaded(handler):
+    texts = ["a red square", "what is on the table ?", "a blue circle", "the cat on the bus"]
+    requests = [{"inputs": [texts[t % 4], data_uri(make_image(t)), {"text": texts[(t + 1) % 4], "image": data_uri(
+        make_image(t + 8))}][: 1 + t % 3], "parameters": {"think": "always", "return_reasoning": True}}
+        for t in range(8)]  # fmt: skip
+    expected = [handler(request) for request in requests]
+    for replies in run_concurrently(handler, requests, rounds=3):
+        for t, (reply, wanted) in enumerate(zip(replies, expected)):
+            assert reply["reasoning"] == wanted["reasoning"], f"request {t}"
+            assert np.abs(np.asarray(reply["embeddings"]) - np.asarray(wanted["embeddings"])).max() <= 1e-6, t

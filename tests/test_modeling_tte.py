@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import loopback_http, make_image, run_without_repo
+from tests.conftest import loopback_http, make_image, run_concurrently, run_without_repo
 from tests.tiny_models import build_tte
 from tte.modeling_tte import decoder_of, pool_embeddings
 
@@ -341,3 +341,30 @@ def test_loading_runs_no_code_from_the_folder_without_consent(tmp_path):
     except ValueError as error:
         assert "trust_remote_code" in str(error)
     assert not marker.exists()
+
+
+def concurrent_batches() -> list[list]:
+    """Eight different batches (text only, image only, mixed) so that one call reading another's states shows."""
+    texts = ["a red square", "what is on the table ?", "a blue circle", "the cat on the bus"]
+    return [[texts[t % 4], make_image(t)] if t % 3 == 0 else [make_image(t)] if t % 3 == 1 else
+            [texts[t % 4], {"text": texts[(t + 1) % 4], "image": make_image(t)}, texts[(t + 2) % 4]]
+            for t in range(8)]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["unified", "student"])
+def test_concurrent_embed_equals_single_threaded(tiny_tte, variant):
+    model = tiny_tte("qwen2_vl", variant)
+    batches = concurrent_batches()
+    expected = [model.embed(batch, think="always") for batch in batches]
+    for results in run_concurrently(lambda batch: model.embed(batch, think="always"), batches, rounds=3):
+        for t, (result, wanted) in enumerate(zip(results, expected)):
+            assert np.abs(result - wanted).max() <= 1e-6, f"thread {t}"
+
+
+def test_concurrent_recomputation_equals_single_threaded(tiny_tte):
+    model = tiny_tte("qwen2_vl", "unified")
+    traced = [(batch, [TRACE] * len(batch)) for batch in concurrent_batches()]  # every trunk pass stops at the source
+    expected = [model.embed(batch, reasoning=traces) for batch, traces in traced]
+    for results in run_concurrently(lambda job: model.embed(job[0], reasoning=job[1]), traced, rounds=3):
+        for t, (result, wanted) in enumerate(zip(results, expected)):
+            assert np.abs(result - wanted).max() <= 1e-6, f"thread {t}"
