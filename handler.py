@@ -17,12 +17,15 @@ Request (the feature-extraction schema, extended with images and TTE parameters)
     }
 
 A bare string is text unless it is a `data:` URI. An image given as an http(s) URL is fetched only when the endpoint
-sets `TTE_ALLOW_IMAGE_URLS=1`; local file paths are never read.
+sets `TTE_ALLOW_IMAGE_URLS=1`, within the processor's `URLFetchLimits` (size, total deadline, http(s) only, public
+addresses only); `TTE_ALLOWED_PRIVATE_NETWORKS=10.0.0.0/8,...` lets it fetch from those private networks too. Local
+file paths are never read.
 
 Reply: a list of vectors, or `{"embeddings": [...], "reasoning": [...]}` with `return_reasoning`; a bad request gets
 `{"error": "<what is wrong, naming the item>"}`.
 """
 
+import dataclasses
 import os
 from typing import Any
 
@@ -30,6 +33,7 @@ from transformers import AutoModel, AutoProcessor
 
 
 ALLOW_URLS_ENV = "TTE_ALLOW_IMAGE_URLS"
+PRIVATE_NETWORKS_ENV = "TTE_ALLOWED_PRIVATE_NETWORKS"
 REQUEST_KEYS = {"inputs", "prompt_name", "normalize", "truncate", "parameters"}
 PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", "return_reasoning"}
 ITEM_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
@@ -126,7 +130,12 @@ class EndpointHandler:
     def __init__(self, path: str = ""):
         self.allow_urls = os.environ.get(ALLOW_URLS_ENV) == "1"
         self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
-        self.model.processor = AutoProcessor.from_pretrained(path, trust_remote_code=True, allow_urls=self.allow_urls)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        # The URL opt-in belongs to this process (the endpoint's environment), never to the repository's files.
+        processor.allow_urls = self.allow_urls
+        networks = tuple(net.strip() for net in os.environ.get(PRIVATE_NETWORKS_ENV, "").split(",") if net.strip())
+        processor.url_limits = dataclasses.replace(processor.url_limits, allowed_private_networks=networks)
+        self.model.processor = processor
 
     def __call__(self, data: dict[str, Any]) -> list | dict:
         try:
@@ -139,4 +148,4 @@ class EndpointHandler:
         return embeddings.tolist()
 
 
-__all__ = ["EndpointHandler", "ALLOW_URLS_ENV"]
+__all__ = ["EndpointHandler", "ALLOW_URLS_ENV", "PRIVATE_NETWORKS_ENV"]

@@ -17,16 +17,25 @@ Every prompt the project uses is defined in this file and nowhere else:
 
 import base64
 import binascii
+import http.client
 import io
+import ipaddress
 import os
-import urllib.request
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import logging
 
+
+logger = logging.get_logger(__name__)
 
 EMBEDDING_TOKEN = "<|emb|>"
 THINK_START, THINK_END = "<think>", "</think>"
@@ -135,14 +144,165 @@ def _read_data_uri(uri: str, where: str) -> bytes:
         raise ValueError(f"{where}: data URI payload is not valid base64 ({error})") from None
 
 
-def _fetch_url(url: str, where: str, allow_urls: bool, timeout_s: float = 20.0) -> bytes:
+@dataclass(frozen=True)
+class URLFetchLimits:
+    """Limits of the opt-in image-URL fetcher (`TTEProcessor.allow_urls`): a per-process setting, never saved.
+
+    Args:
+        max_bytes: largest body fetched; checked against `Content-Length` and again while the body streams in.
+        deadline_s: for the whole fetch (connections, TLS, redirects and every read), not per read: a server that
+            sends one byte a second is cut off when the deadline passes.
+        max_redirects: redirects followed; each target is checked like the first URL.
+        allowed_private_networks: non-public networks that may be fetched from anyway (e.g. `("10.1.0.0/16",)` for
+            an intranet, `("127.0.0.1/32",)` in tests). Every other private, loopback, link-local or reserved
+            destination is refused (SSRF: e.g. cloud metadata at 169.254.169.254).
+    """
+
+    max_bytes: int = 32 * 2**20
+    deadline_s: float = 20.0
+    max_redirects: int = 5
+    allowed_private_networks: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.allowed_private_networks, (tuple, list)):
+            raise TypeError(f"allowed_private_networks must be a tuple of networks such as '10.0.0.0/8', got "
+                            f"{self.allowed_private_networks!r}")  # fmt: skip
+        for network in self.allowed_private_networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as error:
+                raise ValueError(f"allowed_private_networks: {network!r} is not a network ({error})") from None
+        if self.max_bytes < 1 or self.deadline_s <= 0 or self.max_redirects < 0:
+            raise ValueError(f"URLFetchLimits needs max_bytes >= 1, deadline_s > 0 and max_redirects >= 0, got "
+                             f"{self.max_bytes}, {self.deadline_s} and {self.max_redirects}")  # fmt: skip
+
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+
+def _check_destination(host: str, port: int, where: str, target: str, limits: URLFetchLimits) -> str:
+    """Resolve `host` and refuse a non-public address outside `allowed_private_networks`; returns the address to
+    connect to, so that a second DNS answer cannot point elsewhere (DNS rebinding)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(f"{where}: could not fetch {target} (cannot resolve {host!r}: {error})") from None
+    allowed = [ipaddress.ip_network(network) for network in limits.allowed_private_networks]
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for address in addresses:
+        address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is 127.0.0.1
+        public = address.is_global and not address.is_multicast
+        if not public and not any(address in network for network in allowed):
+            raise ValueError(
+                f"{where}: {target} resolves to {address}, a private, loopback, link-local or reserved address; "
+                "refused unless URLFetchLimits.allowed_private_networks holds it"
+            )
+    return str(addresses[0])
+
+
+class _Watchdog:
+    """Shuts a socket down when a deadline passes, whatever read or write it is blocked in: a per-read timeout alone
+    lets a server that drips one byte at a time hold a request for as long as it likes."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.duplicate = sock.dup()  # shutting a duplicate shuts the socket; TLS wrapping detaches the original object
+        self.timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._shut_down)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _shut_down(self) -> None:
+        try:
+            self.duplicate.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed by the other side
+            pass
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+        self.duplicate.close()
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to an address checked beforehand (not to whatever the host name resolves to next), guarded
+    by a watchdog from the moment it connects."""
+
+    def __init__(self, host: str, port: int, address: str, deadline: float):
+        super().__init__(host, port, timeout=max(deadline - time.monotonic(), 0.001))
+        self.address, self.deadline, self.watchdog = address, deadline, None
+
+    def connect(self):
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.watchdog = _Watchdog(self.sock, self.deadline)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    default_port = 443  # so that the Host header leaves out the default port, as for any https URL
+
+    def connect(self):
+        super().connect()
+        self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)  # verifies the host
+
+
+def _read_capped(response: http.client.HTTPResponse, where: str, target: str, max_bytes: int) -> bytes:
+    declared = response.getheader("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ValueError(f"{where}: {target} is {int(declared)} bytes, over max_bytes={max_bytes}")
+    body = bytearray()
+    while chunk := response.read1(64 * 1024):  # at most one socket read: the cap is checked as the body arrives
+        body += chunk
+        if len(body) > max_bytes:
+            raise ValueError(f"{where}: {target} sends more than max_bytes={max_bytes} bytes; refused")
+    return bytes(body)
+
+
+def _fetch_once(url: str, where: str, target: str, limits: URLFetchLimits, deadline: float) -> tuple[str, bytes | str]:
+    """GET one URL; returns `("redirect", location)` or `("body", bytes)`."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where}: {target}: only http and https URLs with a host are fetched")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    address = _check_destination(parts.hostname, port, where, target, limits)
+    connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    connection = connection_class(parts.hostname, port, address, deadline)
+    try:
+        connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                           headers={"Accept": "image/*"})  # fmt: skip
+        with connection.getresponse() as response:
+            if response.status in REDIRECT_STATUSES and response.getheader("Location"):
+                return "redirect", urllib.parse.urljoin(url, response.getheader("Location"))
+            if response.status != 200:
+                raise ValueError(f"{where}: could not fetch {target} (HTTP {response.status} {response.reason})")
+            return "body", _read_capped(response, where, target, limits.max_bytes)
+    finally:
+        connection.close()
+        if connection.watchdog is not None:  # not at close(): http.client closes early and reads the body after
+            connection.watchdog.cancel()
+
+
+def _fetch_url(url: str, where: str, allow_urls: bool, limits: URLFetchLimits) -> bytes:
+    """Fetch an http(s) URL within `limits`: scheme, destination, size and deadline are checked on every redirect.
+
+    Raises:
+        ValueError: naming `where` and the URL (and the redirect target that broke a rule).
+    """
     if not allow_urls:
         raise ValueError(f"{where}: URL {url!r} given but URL fetching is off; pass allow_urls=True to fetch it")
+    deadline = time.monotonic() + limits.deadline_s
+    current = url
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.read()
-    except OSError as error:
+        for _ in range(limits.max_redirects + 1):
+            target = f"URL {url!r}" + (f" (redirected to {current!r})" if current != url else "")
+            kind, result = _fetch_once(current, where, target, limits, deadline)
+            if time.monotonic() >= deadline:  # the guard cut the connection short; what came is incomplete
+                raise TimeoutError
+            if kind == "body":
+                return result
+            current = result
+    except (OSError, http.client.HTTPException) as error:  # TimeoutError is an OSError
+        if time.monotonic() >= deadline:
+            raise ValueError(f"{where}: fetching URL {url!r} took longer than deadline_s={limits.deadline_s}") \
+                from None  # fmt: skip
         raise ValueError(f"{where}: could not fetch {url!r} ({error})") from None
+    raise ValueError(f"{where}: URL {url!r} redirects more than max_redirects={limits.max_redirects} times")
 
 
 def looks_like_image_reference(value: str) -> bool:
@@ -157,11 +317,15 @@ def looks_like_image_reference(value: str) -> bool:
     return not any(char.isspace() for char in value) or os.path.isfile(value)
 
 
-def load_image(value, where: str, allow_urls: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+def load_image(
+    value, where: str, allow_urls: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    url_limits: URLFetchLimits = URLFetchLimits(),
+):  # fmt: skip
     """Load a PIL image, a local path, a `data:` URI, base64 string, raw bytes or (opted-in) http(s) URL as RGB.
 
     Raises:
-        ValueError: missing file, unreadable or corrupt data, too many pixels, or a URL without `allow_urls`.
+        ValueError: missing file, unreadable or corrupt data, too many pixels, a URL without `allow_urls`, or a URL
+            that breaks `url_limits`.
         TypeError: any other type.
     """
     if isinstance(value, Image.Image):
@@ -174,7 +338,7 @@ def load_image(value, where: str, allow_urls: bool = False, max_image_pixels: in
     if value.startswith("data:"):
         return _load_image_bytes(_read_data_uri(value, where), where, max_image_pixels)
     if value.startswith(("http://", "https://")):
-        return _load_image_bytes(_fetch_url(value, where, allow_urls), where, max_image_pixels)
+        return _load_image_bytes(_fetch_url(value, where, allow_urls, url_limits), where, max_image_pixels)
     if not os.path.isfile(value):
         raise ValueError(f"{where}: image file {value!r} does not exist")
     with open(value, "rb") as handle:
@@ -195,8 +359,12 @@ class TTEProcessor(ProcessorMixin):
         max_pixels: resize budget per image (pixels); larger images are downscaled by the image processor.
         max_image_pixels: images with more pixels than this are refused before decoding.
         prompt_set_version: key of `PROMPT_SETS`.
-        allow_urls: fetch `http(s)` image URLs; off by default.
         text_only: the backbone has no vision tower; image inputs are refused.
+
+    URL fetching is a per-process choice of whoever runs the processor, never a saved setting: set
+    `processor.allow_urls = True` (and, to change its limits or allow private networks, `processor.url_limits =
+    URLFetchLimits(...)`) after loading. Neither is written by `save_pretrained`, and an `allow_urls` found in an
+    older `processor_config.json` is ignored.
     """
 
     return_mm_token_type_ids = True
@@ -210,7 +378,6 @@ class TTEProcessor(ProcessorMixin):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         prompt_set_version: str = "ecr-v1",
-        allow_urls: bool = False,
         text_only: bool = False,
         **kwargs,
     ):
@@ -221,7 +388,11 @@ class TTEProcessor(ProcessorMixin):
         self.max_pixels = max_pixels
         self.max_image_pixels = max_image_pixels
         self.prompt_set_version = prompt_set_version
-        self.allow_urls = allow_urls
+        if kwargs.pop("allow_urls", False):  # written by older versions; a saved file must not turn fetching on
+            logger.warning("ignoring allow_urls=True from the processor's settings: URL fetching is a per-process "
+                           "choice; set processor.allow_urls = True after loading")  # fmt: skip
+        self.allow_urls = False  # not an __init__ argument, so save_pretrained never writes it
+        self.url_limits = URLFetchLimits()
         self.text_only = text_only
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = None if text_only else tokenizer.convert_tokens_to_ids(self.image_token)
@@ -270,7 +441,8 @@ class TTEProcessor(ProcessorMixin):
         if item.get("image") is not None:
             if self.text_only:
                 raise ValueError(f"{where}: this model is text-only and cannot embed images")
-            image = load_image(item["image"], f"{where}['image']", self.allow_urls, self.max_image_pixels)
+            image = load_image(item["image"], f"{where}['image']", self.allow_urls, self.max_image_pixels,
+                               self.url_limits)  # fmt: skip
         item_instruction = instruction
         if item.get("instruction") is not None:
             item_instruction = self._check_text(item["instruction"], f"{where}['instruction']")
@@ -417,4 +589,4 @@ class TTEProcessor(ProcessorMixin):
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)
 
 
-__all__ = ["TTEProcessor", "TTEInput", "PROMPT_SETS", "EMBEDDING_TOKEN", "load_image"]
+__all__ = ["TTEProcessor", "TTEInput", "PROMPT_SETS", "EMBEDDING_TOKEN", "URLFetchLimits", "load_image"]

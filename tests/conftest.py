@@ -80,11 +80,21 @@ class _LoopbackHandler(BaseHTTPRequestHandler):
 
     def _reply(self, body: bytes | None):
         reply = self.server.respond(self.path, body)
-        status, data = reply if isinstance(reply, tuple) else (200, reply)
+        if not isinstance(reply, tuple):
+            reply = (200, reply)
+        status, data, headers = reply if len(reply) == 3 else (*reply, {})
         self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if isinstance(data, bytes):
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            for chunk in [data] if isinstance(data, bytes) else data:  # an iterable body is streamed, chunk by chunk
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client hung up, as a fetcher that refuses a body does
+            pass
 
     def log_message(self, *args):
         pass
@@ -92,7 +102,11 @@ class _LoopbackHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def loopback_http(respond):
-    """Serve `respond(path, body_or_None) -> bytes | (status, bytes)` on 127.0.0.1; yields the base URL."""
+    """Serve `respond(path, body_or_None)` on 127.0.0.1; yields the base URL.
+
+    `respond` returns the body, `(status, body)` or `(status, body, headers)`; a body that is an iterable of bytes
+    is streamed without a Content-Length (the connection's end closes it).
+    """
     server = ThreadingHTTPServer(("127.0.0.1", 0), _LoopbackHandler)
     server.respond = respond
     threading.Thread(target=server.serve_forever, daemon=True).start()

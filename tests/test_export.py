@@ -148,3 +148,14 @@ def test_export_killed_mid_write_leaves_nothing_the_push_gate_accepts(export_fol
     leftovers = [name for name in os.listdir(tmp_path) if name != "export"]
     main(arguments)  # a rerun writes the export (and is not confused by the dead temporary folder)
     assert check_export_folder(str(output)) and leftovers
+
+
+def test_export_never_publishes_the_url_opt_in(export_folder, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    AutoModel.from_pretrained(export_folder, trust_remote_code=True).save_pretrained(checkpoint)
+    settings = json.loads((checkpoint / "processor_config.json").read_text())
+    assert "allow_urls" not in settings  # save_pretrained does not write it
+    (checkpoint / "processor_config.json").write_text(json.dumps({**settings, "allow_urls": True}))  # an older save
+    main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "out"), "--repo_id", "o/x",
+          "--weights", "random"])  # fmt: skip
+    assert "allow_urls" not in json.loads((tmp_path / "out" / "processor_config.json").read_text())

@@ -104,8 +104,18 @@ def test_image_urls_are_fetched_only_when_enabled(export_folder, monkeypatch):
     image = make_image(8)
     with loopback_http(lambda path, body: png_bytes(image)) as base_url:
         monkeypatch.setenv("TTE_ALLOW_IMAGE_URLS", "1")
+        monkeypatch.setenv("TTE_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1/32")  # the test server's address only
         reply = load_handler(export_folder)({"inputs": [{"image": base_url + "/a.png"}]})
     assert_close(reply, tiny_export_model().embed([image]))
+
+
+def test_image_urls_to_private_addresses_are_bad_requests(export_folder, monkeypatch):
+    monkeypatch.setenv("TTE_ALLOW_IMAGE_URLS", "1")
+    monkeypatch.delenv("TTE_ALLOWED_PRIVATE_NETWORKS", raising=False)
+    with loopback_http(lambda path, body: png_bytes(make_image(8))) as base_url:
+        reply = load_handler(export_folder)({"inputs": ["a red square", {"image": base_url + "/a.png"}]})
+    assert set(reply) == {"error"}
+    assert re.search(r"inputs\[1\]\['image'\]: URL .* resolves to 127.0.0.1, a private", reply["error"]), reply
 
 
 def test_a_huge_image_header_is_a_bad_request_not_a_server_error(handler):

@@ -1,5 +1,8 @@
 import base64
 import io
+import json
+import re
+import time
 import warnings
 
 import pytest
@@ -7,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import loopback_http, make_image
 from tests.tiny_models import build_processor
-from tte.processing_tte import EMBEDDING_TOKEN, PROMPT_SETS, TASK_FAMILIES, load_image
+from tte.processing_tte import EMBEDDING_TOKEN, PROMPT_SETS, TASK_FAMILIES, TTEProcessor, URLFetchLimits, load_image
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +131,115 @@ def test_trace_with_reserved_token_is_rejected(processor):
         processor.build_embedding_inputs(items, ["bad <|image_pad|>"])
 
 
+LOOPBACK_ONLY = URLFetchLimits(allowed_private_networks=("127.0.0.1/32",))  # the test server, and nothing else
+
+
 def test_url_images_are_fetched_only_after_opting_in():
     processor = build_processor("qwen2_vl")
     with loopback_http(lambda path, body: png_bytes(make_image(size=(30, 20)))) as base_url:
         with pytest.raises(ValueError, match="allow_urls=True"):
             processor.parse_inputs([base_url + "/cat.png"])
         processor.allow_urls = True
+        processor.url_limits = LOOPBACK_ONLY
         assert processor.parse_inputs([base_url + "/cat.png"])[0].image.size == (30, 20)
+
+
+def fetch(url: str, limits: URLFetchLimits = LOOPBACK_ONLY):
+    return load_image(url, "inputs[0]['image']", allow_urls=True, url_limits=limits)
+
+
+def test_url_fetch_refuses_a_body_over_max_bytes_while_it_streams():
+    sent = []
+
+    def endless(path, body):  # 300 MiB, streamed without a Content-Length, unless the client hangs up
+        for _ in range(300):
+            sent.append(1)
+            yield b"\0" * 2**20
+
+    limits = URLFetchLimits(max_bytes=2**20, allowed_private_networks=("127.0.0.1/32",))
+    with loopback_http(lambda path, body: (200, endless(path, body))) as base_url:
+        with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: URL '.*/big.png' sends more than "
+                                             r"max_bytes=1048576 bytes; refused"):  # fmt: skip
+            fetch(base_url + "/big.png", limits)
+    assert len(sent) < 64  # the client stopped reading near the cap (socket buffers hold a few MiB more)
+
+
+def test_url_fetch_refuses_a_declared_size_over_max_bytes():
+    limits = URLFetchLimits(max_bytes=1000, allowed_private_networks=("127.0.0.1/32",))
+    with loopback_http(lambda path, body: b"\0" * 5000) as base_url:
+        with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: URL '.*' is 5000 bytes, over max_bytes=1000"):
+            fetch(base_url + "/big.png", limits)
+
+
+def test_url_fetch_deadline_cuts_a_dripping_server():
+    def drip(path, body):  # one byte every 0.1 s, for up to 20 s
+        for _ in range(200):
+            time.sleep(0.1)
+            yield b"x"
+
+    limits = URLFetchLimits(deadline_s=1.0, allowed_private_networks=("127.0.0.1/32",))
+    with loopback_http(lambda path, body: (200, drip(path, body))) as base_url:
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: fetching URL '.*' took longer than "
+                                             r"deadline_s=1.0"):  # fmt: skip
+            fetch(base_url + "/slow.png", limits)
+    assert time.monotonic() - started < 3.0  # the deadline is total: every read got a byte in time
+
+
+def test_url_fetch_refuses_a_redirect_to_another_scheme():
+    with loopback_http(lambda path, body: (302, b"", {"Location": "ftp://127.0.0.1/cat.png"})) as base_url:
+        with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: URL '.*/cat.png' \(redirected to "
+                                             r"'ftp://127.0.0.1/cat.png'\): only http and https URLs"):  # fmt: skip
+            fetch(base_url + "/cat.png")
+
+
+def test_url_fetch_refuses_private_destinations_unless_allowed():
+    image = png_bytes(make_image(size=(30, 20)))
+    with loopback_http(lambda path, body: image) as base_url:
+        port = base_url.rsplit(":", 1)[1]
+        for url in (base_url + "/cat.png", f"http://localhost:{port}/cat.png"):  # an address, and a name resolved
+            with pytest.raises(ValueError, match=r"inputs\[0\]\['image'\]: URL .* resolves to (127.0.0.1|::1), a "
+                                                 r"private, loopback, link-local or reserved address"):  # fmt: skip
+                fetch(url, URLFetchLimits())
+        assert fetch(base_url + "/cat.png").size == (30, 20)  # allowed by the switch, and only that network
+
+
+@pytest.mark.parametrize("location, address", [
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),  # cloud metadata (link-local)
+    ("http://127.0.0.2:{port}/cat.png", "127.0.0.2"),  # loopback, but outside the allowed network
+    ("http://[::1]:{port}/cat.png", "::1"),
+])  # fmt: skip
+def test_url_fetch_checks_every_redirect_target(location, address):
+    def respond(path, body):
+        return (302, b"", {"Location": location.format(port=port)})
+
+    with loopback_http(respond) as base_url:
+        port = base_url.rsplit(":", 1)[1]
+        with pytest.raises(ValueError, match=rf"redirected to .* resolves to {re.escape(address)}, a private"):
+            fetch(base_url + "/cat.png")
+
+
+def test_url_opt_in_is_never_saved(tmp_path):
+    processor = build_processor("qwen2_vl")
+    processor.allow_urls = True
+    processor.url_limits = LOOPBACK_ONLY
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert not {"allow_urls", "url_limits"} & set(saved)
+    reloaded = TTEProcessor.from_pretrained(tmp_path)
+    assert reloaded.allow_urls is False and reloaded.url_limits == URLFetchLimits()
+    saved["allow_urls"] = True  # as older versions wrote it: a file must not turn fetching on
+    (tmp_path / "processor_config.json").write_text(json.dumps(saved))
+    assert TTEProcessor.from_pretrained(tmp_path).allow_urls is False
+
+
+def test_url_fetch_limits_name_a_bad_setting():
+    with pytest.raises(ValueError, match=r"allowed_private_networks: '10.0.0.300/8' is not a network"):
+        URLFetchLimits(allowed_private_networks=("10.0.0.300/8",))
+    with pytest.raises(TypeError, match=r"allowed_private_networks must be a tuple of networks"):
+        URLFetchLimits(allowed_private_networks="10.0.0.0/8")
+    with pytest.raises(ValueError, match=r"max_bytes >= 1, deadline_s > 0 and max_redirects >= 0, got 0, 20.0 and 5"):
+        URLFetchLimits(max_bytes=0)
 
 
 def test_call_level_instruction_and_task_errors_name_the_argument(processor):
