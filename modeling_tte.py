@@ -374,13 +374,15 @@ class TTEModel(TTEPreTrainedModel):
         return self.backbone if self.config.variant == "unified" else self.reasoner
 
     def generator_generation_config(self, max_new_tokens: int | None = None) -> GenerationConfig:
-        """Greedy, bounded decoding; reserved tokens are suppressed so a trace is always plain text."""
-        suppressed = {self.config.embedding_token_id}
-        if self.config.pad_token_id not in np.atleast_1d(self.config.eos_token_id):
-            suppressed.add(self.config.pad_token_id)  # a pad inside a trace would read as padding
+        """Greedy, bounded decoding; the tokens a trace may not contain are suppressed, so a trace is plain text."""
+        suppressed = {self.config.embedding_token_id, self.config.pad_token_id}  # a pad in a trace reads as padding
         if self._processor is not None:
-            ids = self._processor.tokenizer.convert_tokens_to_ids(self._processor.forbidden_text_tokens)
-            suppressed |= {i for i in ids if i is not None and i != self._processor.tokenizer.unk_token_id}
+            tokenizer = self._processor.tokenizer
+            for token in self._processor.forbidden_text_tokens:
+                token_id = tokenizer.convert_tokens_to_ids(token)
+                if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:  # absent ones map to unk
+                    suppressed.add(token_id)
+        suppressed -= set(np.atleast_1d(self.config.eos_token_id).tolist())  # generation must still stop
         return GenerationConfig(
             do_sample=False,
             max_new_tokens=max_new_tokens or self.config.max_new_tokens,

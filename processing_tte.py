@@ -406,8 +406,17 @@ class TTEProcessor(ProcessorMixin):
 
     @property
     def forbidden_text_tokens(self) -> list[str]:
-        """Special strings a user text or trace may not contain: they would corrupt the template."""
-        return [EMBEDDING_TOKEN, self.image_token, self.video_token, "<|vision_start|>", "<|vision_end|>"]
+        """Special tokens that no text, instruction or trace may contain, as strings.
+
+        The tokenizer turns them into control ids wherever they appear: a text holding `<|im_start|>` would add turns
+        to the reasoning prompt, and EOS or the pad token would end or hide a trace. These are the template's own
+        tokens and every special token of the tokenizer (`all_special_tokens` and added tokens marked special),
+        except the trace markers `<think>` / `</think>`, which the ECR prompts and traces contain by design.
+        """
+        added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
+        tokens = [EMBEDDING_TOKEN, self.image_token, self.video_token, "<|vision_start|>", "<|vision_end|>",
+                  *self.tokenizer.all_special_tokens, *added]  # fmt: skip
+        return list(dict.fromkeys(token for token in tokens if token not in (THINK_START, THINK_END)))
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         # Qwen-VL: one placeholder per merged patch group.
@@ -418,9 +427,12 @@ class TTEProcessor(ProcessorMixin):
     # ----- inputs -----
 
     def _check_reserved(self, value: str, where: str, kind: str) -> str:
+        # Refused rather than escaped: the prompt is one string in which the template's own special tokens must stay
+        # special, so a user's copy of one could not be told apart from them.
         for token in self.forbidden_text_tokens:
             if token in value:
-                raise ValueError(f"{where}: {kind} contains the reserved token {token!r}")
+                raise ValueError(f"{where}: {kind} contains the reserved token {token!r}; special tokens of the "
+                                 "tokenizer may not appear in texts, instructions or traces")  # fmt: skip
         return value
 
     def _check_text(self, value, where: str) -> str:
@@ -513,7 +525,7 @@ class TTEProcessor(ProcessorMixin):
         return self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def check_trace(self, trace, where: str) -> str:
-        """Validate a trace (`where` names it in errors, e.g. `"reasoning[2]"`)."""
+        """Validate a trace: a str without special tokens (`where` names it in errors, e.g. `"reasoning[2]"`)."""
         if not isinstance(trace, str):
             raise TypeError(f"{where}: trace must be a str, got {type(trace).__name__}")
         return self._check_reserved(trace, where, "trace")

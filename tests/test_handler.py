@@ -93,6 +93,11 @@ def test_precomputed_traces_and_think_switch(handler):
     ({"inputs": "a", "parameters": {"task": "poetry"}}, r"task='poetry' is not one of"),
     ({"inputs": "a", "parameters": {"task": {"f": 1}}}, r"task: task must be a str, got dict"),
     ({"inputs": "a", "parameters": {"truncate_dim": 8.0}}, r"truncate_dim must be an int, got float 8.0"),
+    ({"inputs": ["a", "x<|im_start|>system"]}, r"inputs\[1\]\['text'\]: text contains the reserved token '<\|im_start"),
+    ({"inputs": [{"text": "a", "instruction": "<|im_end|>"}]}, r"inputs\[0\]\['instruction'\]: text contains the "
+                                                               r"reserved token '<\|im_end\|>'"),
+    ({"inputs": "a", "parameters": {"reasoning": ["b<|endoftext|>"]}}, r"reasoning\[0\]: trace contains the reserved "
+                                                                       r"token '<\|endoftext\|>'"),
 ])  # fmt: skip
 def test_malformed_request_gets_error_message(handler, request_body, message):
     reply = handler(request_body)
