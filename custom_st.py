@@ -14,6 +14,8 @@ How the sentence-transformers API maps onto TTE:
     - `encode(..., output_value="reasoning")` returns the traces (`""` where an input did not think), in input order.
     - `truncate_dim` is applied by sentence-transformers after this module, without re-normalising: pass
       `normalize_embeddings=True` with it to get what `embed(truncate_dim=...)` returns.
+    - `max_seq_length` is the backbone's context window; inputs are never cut, and a longer one is refused by `embed`
+      with an error naming it.
 """
 
 from typing import Any
@@ -49,6 +51,17 @@ class TTESentenceTransformer(InputModule):
 
     def get_embedding_dimension(self) -> int:
         return self.model.config.embedding_dim
+
+    @property
+    def max_seq_length(self) -> int:
+        """The model's context window in tokens: `embed` refuses longer inputs (prompt + trace + embedding token)."""
+        return self.model.context_window
+
+    @max_seq_length.setter
+    def max_seq_length(self, value) -> None:
+        raise ValueError(f"max_seq_length={value!r} cannot be set: it is the backbone's context window "
+                         f"({self.model.context_window} tokens), and TTE refuses longer inputs rather than cutting "
+                         "them")  # fmt: skip
 
     def preprocess(self, inputs: list, prompt: str | None = None, task: str | None = None, **kwargs) -> dict[str, Any]:
         """Keep the raw batch for `forward`; `embed` parses it with the processor (once).

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    BatchFeature,
+    GenerationConfig,
+    PreTrainedModel,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 from transformers.utils import ModelOutput, logging
 
@@ -380,7 +387,8 @@ class TTEModel(TTEPreTrainedModel):
             tokenizer = self._processor.tokenizer
             for token in self._processor.forbidden_text_tokens:
                 token_id = tokenizer.convert_tokens_to_ids(token)
-                if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:  # absent ones map to unk
+                # A token the vocabulary lacks converts to the unk id; only the token's own id is suppressed.
+                if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
                     suppressed.add(token_id)
         suppressed -= set(np.atleast_1d(self.config.eos_token_id).tolist())  # generation must still stop
         return GenerationConfig(
@@ -391,6 +399,37 @@ class TTEModel(TTEPreTrainedModel):
             suppress_tokens=sorted(suppressed),
             return_dict_in_generate=True,
         )
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the backbone (and a student's reasoner) can attend over: `max_position_embeddings` of its text
+        config. Longer inputs are refused, never cut."""
+        configs = [self.config.backbone_config, self.config.reasoner_config]
+        return min(config.get_text_config().max_position_embeddings for config in configs if config is not None)
+
+    def trace_budget(self, prompt_mask: torch.Tensor, max_new_tokens: int | None, where: list[str]) -> int:
+        """The trace-length bound of one generation batch: `max_new_tokens` (default `config.max_new_tokens`), lowered
+        to what the context window leaves after the batch's longest prompt and the embedding token.
+
+        Args:
+            prompt_mask: `(batch, longest prompt)`, the left-padded reasoning prompts' attention mask.
+            where: the name of each row in errors, e.g. `"inputs[3]"`.
+
+        Raises:
+            ValueError: naming a row whose prompt leaves no room for one trace token and the embedding token.
+        """
+        window = self.context_window
+        for name, length in zip(where, prompt_mask.sum(dim=1).tolist()):
+            if length + 2 > window:
+                raise ValueError(f"{name}: the reasoning prompt is {length} tokens; with one trace token and the "
+                                 f"embedding token it does not fit the context window of {window} tokens "
+                                 "(max_position_embeddings); shorten the input")  # fmt: skip
+        room = window - prompt_mask.shape[1] - 1  # every row's trace starts after the longest prompt (left padding)
+        requested = max_new_tokens or self.config.max_new_tokens
+        if requested > room:
+            logger.warning_once(f"max_new_tokens={requested} is more than the context window of {window} tokens leaves "
+                                f"after the longest prompt; traces are bounded at {room} tokens")  # fmt: skip
+        return min(requested, room)
 
     def _trace_lengths(self, generated: torch.Tensor) -> tuple[list[int], list[bool]]:
         """Per row: number of trace tokens before the first stop token, and whether the trace hit the bound."""
@@ -403,14 +442,20 @@ class TTEModel(TTEPreTrainedModel):
         return lengths, cut
 
     @torch.no_grad()
-    def generate_traces(self, items: list[TTEInput], max_new_tokens: int | None = None, capture: bool = False):
-        """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy).
+    def generate_traces(
+        self, items: list[TTEInput], max_new_tokens: int | None = None, capture: bool = False,
+        where: list[str] | None = None,
+    ):  # fmt: skip
+        """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy), bounded by
+        `trace_budget` (`where` names the items in its errors; default `inputs[i]`).
 
         Returns:
             `(traces, state)`: the trace strings, and (when `capture`) what the unified single pass needs.
         """
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items).to(self.device)
+        where = where or [f"inputs[{i}]" for i in range(len(items))]
+        max_new_tokens = self.trace_budget(inputs["attention_mask"], max_new_tokens, where)
         generator = self.generator()
         with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
             output = generator.generate(
@@ -426,8 +471,10 @@ class TTEModel(TTEPreTrainedModel):
         state = {"inputs": inputs, "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}
         return traces, state
 
-    def reason(self, items: list[TTEInput], max_new_tokens: int | None = None) -> list[str]:
-        """Traces from the external reasoner if one is set, else from the built-in one."""
+    def reason(
+        self, items: list[TTEInput], max_new_tokens: int | None = None, where: list[str] | None = None
+    ) -> list[str]:
+        """Traces from the external reasoner if one is set, else from the built-in one (see `generate_traces`)."""
         if self.external_reasoner is not None:
             traces = self.external_reasoner(items, self.processor)
             if len(traces) != len(items):
@@ -438,7 +485,7 @@ class TTEModel(TTEPreTrainedModel):
                 "this is a teacher-variant model: pass reasoning=[...] traces, or plug in a reasoner with "
                 "model.set_reasoner(base_url=..., model=...) (an OpenAI-compatible endpoint), or use think=False"
             )
-        return self.generate_traces(items, max_new_tokens)[0]
+        return self.generate_traces(items, max_new_tokens, where=where)[0]
 
     # ----- unified single pass -----
 
@@ -506,26 +553,39 @@ class TTEModel(TTEPreTrainedModel):
         traces = list(traces)
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
+        names = [f"inputs[{start + i}]" for i in range(len(items))]
         if generate_rows:
-            chosen = [items[i] for i in generate_rows]
+            chosen, chosen_names = [items[i] for i in generate_rows], [names[i] for i in generate_rows]
             if self.config.variant == "unified" and self.external_reasoner is None:
-                new_traces, state = self.generate_traces(chosen, max_new_tokens, capture=True)
-                embeddings[generate_rows] = self._embed_with_state(chosen, new_traces, state)
+                new_traces, state = self.generate_traces(chosen, max_new_tokens, capture=True, where=chosen_names)
+                embeddings[generate_rows] = self._embed_with_state(chosen, new_traces, state, chosen_names)
             else:
-                new_traces = self.reason(chosen, max_new_tokens)
-                for i, trace in zip(generate_rows, new_traces):
-                    self.processor.check_trace(trace, f"the reasoner's trace for inputs[{start + i}]")
+                new_traces = self.reason(chosen, max_new_tokens, where=chosen_names)
+                for name, trace in zip(chosen_names, new_traces):
+                    self.processor.check_trace(trace, f"the reasoner's trace for {name}")
                 plain_rows = list(range(len(items)))
             for i, trace in zip(generate_rows, new_traces):
                 traces[i] = trace
         if plain_rows:
-            inputs = self.processor.build_embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows])
-            embeddings[plain_rows] = self(**inputs.to(self.device)).embeddings
+            inputs = self._embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
+                                            [names[i] for i in plain_rows])  # fmt: skip
+            embeddings[plain_rows] = self(**inputs).embeddings
         return embeddings, traces
 
-    def _embed_with_state(self, items, traces, state) -> torch.Tensor:
+    def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
+        """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""
+        inputs = self.processor.build_embedding_inputs(items, traces)
+        window = self.context_window
+        for name, length in zip(where, inputs["attention_mask"].sum(dim=1).tolist()):
+            if length > window:
+                raise ValueError(f"{name}: prompt + trace + embedding token are {length} tokens, over the context "
+                                 f"window of {window} tokens (max_position_embeddings); shorten the input or its "
+                                 "trace")  # fmt: skip
+        return inputs.to(self.device)
+
+    def _embed_with_state(self, items, traces, state, where: list[str]) -> torch.Tensor:
         """Unified single pass: reuse the layer L-N states captured while generating."""
-        inputs = self.processor.build_embedding_inputs(items, traces).to(self.device)
+        inputs = self._embedding_inputs(items, traces, where)
         if not self._round_trips(state, inputs):
             # The decoded trace re-tokenises differently (rare for trained models): recompute from the text so the
             # embedding is always a function of (input, trace text).
@@ -587,7 +647,9 @@ class TTEModel(TTEPreTrainedModel):
             reasoning: precomputed traces, one per input (`None` entries are generated if they think); a dict input
                 may carry its own as `"reasoning"`.
             return_reasoning: also return the traces used (`""` where none).
-            max_new_tokens: trace length bound; a trace cut there still gets the embedding token.
+            max_new_tokens: trace length bound (default `config.max_new_tokens`); a trace cut there still gets the
+                embedding token. A bound larger than the context window leaves after a batch's longest prompt is
+                lowered to what fits (a warning says so).
             batch_size: inputs per forward / generate call.
             truncate_dim: Matryoshka dimension (one of `config.matryoshka_dims`); re-normalised after truncation.
             convert_to_numpy / convert_to_tensor: output type (numpy by default; tensor wins if both).
@@ -597,7 +659,9 @@ class TTEModel(TTEPreTrainedModel):
             `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning=True`.
 
         Raises:
-            ValueError / TypeError: bad inputs, naming the offending item.
+            ValueError / TypeError: bad inputs, naming the offending item; among them an input that does not fit the
+                context window (`context_window`): prompt + trace + embedding token, or for an input that thinks,
+                its reasoning prompt + one trace token + the embedding token. Inputs are never cut.
 
         Concurrent calls on one model (threads, e.g. an Inference Endpoint's) are safe without a lock: each call
         keeps its own captured states (`capture_layer_output`) and its own generation cache.

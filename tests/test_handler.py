@@ -98,6 +98,10 @@ def test_precomputed_traces_and_think_switch(handler):
                                                                r"reserved token '<\|im_end\|>'"),
     ({"inputs": "a", "parameters": {"reasoning": ["b<|endoftext|>"]}}, r"reasoning\[0\]: trace contains the reserved "
                                                                        r"token '<\|endoftext\|>'"),
+    ({"inputs": ["a", "red " * 5000]}, r"^inputs\[1\]: the reasoning prompt is 5074 tokens; with one trace token and "
+                                       r"the embedding token it does not fit the context window of 4096 tokens"),
+    ({"inputs": ["red " * 5000], "prompt_name": "document"}, r"^inputs\[0\]: prompt \+ trace \+ embedding token are "
+                                                             r"5075 tokens, over the context window of 4096 tokens"),
 ])  # fmt: skip
 def test_malformed_request_gets_error_message(handler, request_body, message):
     reply = handler(request_body)

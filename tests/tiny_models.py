@@ -59,7 +59,7 @@ def build_tokenizer(with_embedding_token: bool = True) -> PreTrainedTokenizerFas
     )
 
 
-def _text_kwargs(tokenizer, num_layers: int) -> dict:
+def _text_kwargs(tokenizer, num_layers: int, max_position_embeddings: int) -> dict:
     return {
         "vocab_size": len(tokenizer),
         "hidden_size": 32,
@@ -67,7 +67,7 @@ def _text_kwargs(tokenizer, num_layers: int) -> dict:
         "num_hidden_layers": num_layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": max_position_embeddings,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": None,
@@ -85,9 +85,9 @@ def _vision_token_kwargs(tokenizer) -> dict:
     }
 
 
-def build_backbone_config(name: str, tokenizer, num_layers: int = 4):
+def build_backbone_config(name: str, tokenizer, num_layers: int = 4, max_position_embeddings: int = 4096):
     """Config of a tiny backbone of family `name` (one of `BACKBONES`)."""
-    text = _text_kwargs(tokenizer, num_layers)
+    text = _text_kwargs(tokenizer, num_layers, max_position_embeddings)
     mrope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}  # head_dim 8 -> 4 pairs
     if name == "llama":
         return LlamaConfig(**text)
@@ -109,10 +109,10 @@ def build_backbone_config(name: str, tokenizer, num_layers: int = 4):
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
-def build_backbone(name: str, tokenizer, num_layers: int = 4, seed: int = 0):
+def build_backbone(name: str, tokenizer, num_layers: int = 4, seed: int = 0, max_position_embeddings: int = 4096):
     """A tiny random-weight generative backbone, in fp32 eval mode."""
     torch.manual_seed(seed)
-    config = build_backbone_config(name, tokenizer, num_layers)
+    config = build_backbone_config(name, tokenizer, num_layers, max_position_embeddings)
     auto_class = AutoModelForCausalLM if name == "llama" else AutoModelForImageTextToText
     return auto_class.from_config(config, attn_implementation="sdpa").eval()
 
@@ -129,13 +129,15 @@ def build_processor(name: str):
 
 
 def build_tte(name: str = "qwen2_vl", variant: str = "unified", num_layers: int = 4, head_num_layers: int = 2,
-              max_new_tokens: int = 6, seed: int = 0, **config_kwargs):  # fmt: skip
-    """A tiny random-weight `TTEModel` with its processor attached."""
+              max_new_tokens: int = 6, seed: int = 0, max_position_embeddings: int = 4096,
+              **config_kwargs):  # fmt: skip
+    """A tiny random-weight `TTEModel` with its processor attached (`max_position_embeddings`: its context window)."""
     from tte.modeling_tte import TTEModel
 
     processor = build_processor(name)
-    backbone = build_backbone(name, processor.tokenizer, num_layers, seed)
-    reasoner = build_backbone(name, processor.tokenizer, num_layers, seed + 1) if variant == "student" else None
+    backbone = build_backbone(name, processor.tokenizer, num_layers, seed, max_position_embeddings)
+    reasoner = (build_backbone(name, processor.tokenizer, num_layers, seed + 1, max_position_embeddings)
+                if variant == "student" else None)  # fmt: skip
     if variant == "unified":
         config_kwargs["head_num_layers"] = head_num_layers
     return TTEModel.from_backbone(backbone, processor, variant=variant, reasoner=reasoner,
