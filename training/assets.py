@@ -33,10 +33,11 @@ from transformers import HfArgumentParser
 
 from training import build_backbone, init_model
 from training.checkpoint import sha256_of, write_atomic
-from training.export import CODE_FILES, ROOT, ExportArgs, export
+from training.export import CODE_FILES, ROOT, ExportArgs, export, render_card
 
 
 MANIFEST, WEIGHTS, WEIGHT_FILE = "manifest.json", "weights.safetensors", "model.safetensors"
+COMPARISON = "results/comparison.md"  # training.compare_variants' table, in the card verbatim
 ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
 LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
 MAX_DELTA_RANK = 64
@@ -146,19 +147,27 @@ def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None
     os.makedirs(assets_dir, exist_ok=True)
     save_file(stored, os.path.join(assets_dir, WEIGHTS) + ".tmp")
     os.replace(os.path.join(assets_dir, WEIGHTS) + ".tmp", os.path.join(assets_dir, WEIGHTS))
-    for name, source in (extra_files or {}).items():
-        os.makedirs(os.path.dirname(os.path.join(assets_dir, name)) or assets_dir, exist_ok=True)
-        with open(source) as handle:
-            write_atomic(os.path.join(assets_dir, name), handle.read())
-    files = [WEIGHTS, *sorted(extra_files or {})]
     manifest = {
         "base_gguf": {"file": os.path.basename(gguf), "sha256": sha256_of(gguf)},
         "init_settings": INIT_SETTINGS,
         "model_digest": state_digest(published),
         "max_abs_difference_to_trained": max(float((published[n] - trained[n]).abs().max()) for n in trained),
         "stored_parameters": sum(t.numel() for n, t in stored.items() if not n.endswith(ROW_INDEX_SUFFIX)),
-        "files": {name: sha256_of(os.path.join(assets_dir, name)) for name in files},
+        "files": {WEIGHTS: sha256_of(os.path.join(assets_dir, WEIGHTS))},
     }
+    return add_asset_files(assets_dir, extra_files or {}, manifest)
+
+
+def add_asset_files(assets_dir: str, files: dict[str, str], manifest: dict | None = None) -> dict:
+    """Copy `{name in assets_dir: source path}` into the assets and list them, hashed, in the manifest (the weights
+    stay as they are)."""
+    manifest = manifest or read_manifest(assets_dir)
+    for name, source in files.items():
+        os.makedirs(os.path.dirname(os.path.join(assets_dir, name)) or assets_dir, exist_ok=True)
+        with open(source) as handle:
+            write_atomic(os.path.join(assets_dir, name), handle.read())
+    listed = {**manifest["files"], **{name: sha256_of(os.path.join(assets_dir, name)) for name in files}}
+    manifest = {**manifest, "files": dict(sorted(listed.items()))}
     write_atomic(os.path.join(assets_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -179,8 +188,24 @@ def read_manifest(assets_dir: str) -> dict:
     return manifest
 
 
-def is_up_to_date(folder: str, manifest: dict) -> bool:
-    """Whether `folder` already holds the manifest's weights and this repository's current model code."""
+def export_args(assets_dir: str, manifest: dict, checkpoint: str, output_dir: str, repo_id: str) -> ExportArgs:
+    """How `build_model` exports: the card is filled from the assets' settings, results and comparison files."""
+    settings = sorted(os.path.join(assets_dir, name) for name in manifest["files"] if name.startswith("settings/"))
+    optional = {key: os.path.join(assets_dir, name) for key, name in (("qa_results", "easy_vqa.json"),
+                                                                       ("comparison", COMPARISON))}  # fmt: skip
+    return ExportArgs(checkpoint=checkpoint, output_dir=output_dir, repo_id=repo_id, weights="trained",
+                      training_settings=settings, card_template="tte-mini",
+                      **{key: path if name_of(path, assets_dir) in manifest["files"] else None
+                         for key, path in optional.items()})  # fmt: skip
+
+
+def name_of(path: str, assets_dir: str) -> str:
+    return os.path.relpath(path, assets_dir)
+
+
+def is_up_to_date(folder: str, manifest: dict, args: ExportArgs) -> bool:
+    """Whether `folder` already holds the manifest's weights, this repository's current model code and the card the
+    assets make."""
     weights = os.path.join(folder, WEIGHT_FILE)
     if not os.path.isfile(weights) or state_digest(load_file(weights)) != manifest["model_digest"]:
         return False
@@ -188,7 +213,13 @@ def is_up_to_date(folder: str, manifest: dict) -> bool:
         copy = os.path.join(folder, name)
         if not os.path.isfile(copy) or open(copy, "rb").read() != open(os.path.join(ROOT, name), "rb").read():
             return False
-    return True
+    from tte.configuration_tte import TTEConfig
+    from tte.processing_tte import TTEProcessor
+
+    card = os.path.join(folder, "README.md")
+    text_only = TTEProcessor.from_pretrained(folder, trust_remote_code=False).text_only
+    expected = render_card(args, TTEConfig.from_pretrained(folder), text_only)
+    return os.path.isfile(card) and open(card, encoding="utf-8").read() == expected
 
 
 def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache_dir: str | None = None,
@@ -203,7 +234,7 @@ def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache
     gguf = gguf or build_backbone.default_gguf()
     if sha256_of(gguf) != manifest["base_gguf"]["sha256"]:
         raise ValueError(f"{gguf} is not the GGUF the assets were trained on ({manifest['base_gguf']['file']})")
-    if is_up_to_date(output_dir, manifest):
+    if is_up_to_date(output_dir, manifest, export_args(assets_dir, manifest, output_dir, output_dir, repo_id)):
         print(f"{output_dir} is up to date with {assets_dir}")
         return output_dir
     parent = os.path.dirname(os.path.abspath(output_dir))
@@ -214,11 +245,7 @@ def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache
                                     load_file(os.path.join(assets_dir, WEIGHTS)))  # fmt: skip
         save_file(weights, os.path.join(base, WEIGHT_FILE), metadata={"format": "pt"})
         staged = os.path.join(scratch, "export")
-        settings = sorted(os.path.join(assets_dir, name) for name in manifest["files"] if name.startswith("settings/"))
-        qa = os.path.join(assets_dir, "easy_vqa.json")
-        export(ExportArgs(checkpoint=base, output_dir=staged, repo_id=repo_id, weights="trained",
-                          training_settings=settings, card_template="tte-mini",
-                          qa_results=qa if os.path.isfile(qa) else None))  # fmt: skip
+        export(export_args(assets_dir, manifest, base, staged, repo_id))
         if state_digest(load_file(os.path.join(staged, WEIGHT_FILE))) != manifest["model_digest"]:
             raise ValueError("the exported weights differ from the published model's (model_digest mismatch)")
         if os.path.exists(output_dir):
@@ -240,7 +267,7 @@ def main(argv: list[str] | None = None) -> str:
     return build_model(args.assets_dir, args.output_dir, cache_dir=args.cache_dir)
 
 
-__all__ = ["apply_differences", "build_base", "build_model", "extract_assets", "is_up_to_date", "read_manifest",
+__all__ = ["add_asset_files", "apply_differences", "build_base", "build_model", "extract_assets", "is_up_to_date", "read_manifest",
            "state_digest", "weight_differences"]  # fmt: skip
 
 

@@ -77,6 +77,8 @@ class ExportArgs:
     results: str | None = field(default=None, metadata={"help": "tte_eval results.json; without it: not evaluated."})
     qa_results: str | None = field(default=None, metadata={"help": "training.eval_easy_vqa results file (its "
                                    "question-answering accuracies go in the card)."})  # fmt: skip
+    comparison: str | None = field(default=None, metadata={"help": "training.compare_variants comparison.md (the "
+                                   "variants' table and its notes go in the card verbatim)."})  # fmt: skip
     card_template: str | None = field(default=None, metadata={"help": "Card template in model_cards/ without .md "
                                       "(default: the variant's); e.g. tte-mini."})  # fmt: skip
     base_model: str | None = field(default=None, metadata={"help": "Hub id of the backbone the model starts from."})
@@ -200,6 +202,7 @@ def render_card(args: ExportArgs, config, text_only: bool) -> str:
         training=[{"path": path, "settings": read_json_object(path)} for path in args.training_settings],
         evaluation=read_results(args.results) if args.results else None,
         qa=read_json_object(args.qa_results) if args.qa_results else None,
+        comparison=open(args.comparison, encoding="utf-8").read().strip() if args.comparison else None,
         task_families=list(PROMPT_SETS[config.prompt_set_version]),
         widget=WIDGET,
         allow_urls_env=ALLOW_URLS_ENV,

@@ -4,14 +4,18 @@ These tests use the real trained weights: they check the build and what the mode
 """
 
 import os
+import random
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from tests.conftest import run_without_repo
 from tests.training.helpers import REPO_ROOT
 from training.assets import build_model, read_manifest, state_digest
 from training.eval_easy_vqa import DESCRIBE, image_labels, names_scene
+from training.scene_tasks import grid_scene
+from training.scenes import render
 
 
 ASSETS = os.path.join(REPO_ROOT, "assets", "tte-mini")
@@ -53,3 +57,27 @@ def test_sentence_transformers_gives_the_automodel_vectors(tte_mini):
     st_vectors = SentenceTransformer(tte_mini, trust_remote_code=True).encode_document(texts)
     vectors = AutoModel.from_pretrained(tte_mini, trust_remote_code=True).encode_document(texts)
     assert np.abs(st_vectors - vectors).max() <= 1e-5
+
+
+RELATIONAL_QUERY_SCRIPT = """
+import sys
+import numpy as np
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+
+folder, image = sys.argv[1], sys.argv[2]
+query = {"image": image, "text": "Answer the question about the image.\\nwhat is left of the red circle?"}
+st = SentenceTransformer(folder, trust_remote_code=True).encode_query([query], task_family="vqa")
+auto = AutoModel.from_pretrained(folder, trust_remote_code=True).encode_query([query], task="vqa")
+print("MAXDIFF", float(np.abs(np.asarray(st) - np.asarray(auto)).max()))
+"""
+
+
+def test_sentence_transformers_matches_automodel_on_a_relational_query_without_the_repo(tte_mini, tmp_path):
+    # The published model must work where only the Hub folder exists: a fresh process, the repository not importable.
+    image = tmp_path / "scene.png"
+    render(grid_scene(random.Random(3), 3)).save(image)
+    result = run_without_repo(RELATIONAL_QUERY_SCRIPT, [tte_mini, str(image)], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    difference = float(result.stdout.split("MAXDIFF")[1])
+    assert difference <= 1e-4

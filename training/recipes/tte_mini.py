@@ -15,6 +15,21 @@ up a fresh process; a CUDA device is used when present):
 7. `--assets_dir`: `training.assets.extract_assets` stores what training changed (the vision tower and the new token
    rows), the stages' settings and summaries and the evaluation; `python -m training.assets` builds the model from it.
 
+With `--variants` (part 2, the paper's comparison), after stage 5:
+
+8. `scene-tasks/`: `training.scene_tasks`, 2x2 grid scenes with relation, count, grounding, retrieval and
+   classification queries, held-out colour-shape combinations in every test scene, and the **oracle teacher's**
+   traces (written from the scene graph, not by a model);
+9. `vision-grid/`: `training.train_vision --objective next_token` on grid captions and cell questions (plus part 1's
+   one-shape data), so the 4 visual tokens describe the 4 cells;
+10. `reasoner/`: `training.train_reasoner` (LoRA) on the oracle's traces: the student reasoner and TTE_u stage 1;
+11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models (the
+    zero-shot reasoner is the aligned backbone before any reasoner SFT);
+12. `traces/<name>`: `training.generate_traces` of the zero-shot and student reasoners on the embedder's data;
+13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
+    `training.train_head` (N layers) on the frozen SFT'd backbone for unified;
+14. `eval/<name>/`: `tte-eval` on the held-out test tasks, then `training.compare_variants` writes the comparison.
+
 A stage whose output exists is skipped, and a training stage that was interrupted resumes from its newest
 checkpoint, so rerunning the same command continues where a run stopped.
 """
@@ -28,8 +43,10 @@ from dataclasses import asdict, dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-from training.assets import INIT_SETTINGS, extract_assets
+from training.assets import COMPARISON, INIT_SETTINGS, add_asset_files, build_model, extract_assets
 from training.checkpoint import latest_checkpoint, write_atomic
+from training.compare_variants import variant_model
+from training.scene_tasks import KINDS, SceneTaskArgs, write_scene_tasks
 from training.scenes import write_alignment_source
 
 
@@ -41,6 +58,7 @@ class RecipeArgs:
     mixed_precision: str = field(default="bf16", metadata={"help": "accelerate mixed precision of training stages."})
     assets_dir: str | None = field(default=None, metadata={"help": "Where the trained parts go (default: "
                                    "output_dir/assets); the repository's are assets/tte-mini."})  # fmt: skip
+    variants: bool = field(default=False, metadata={"help": "Also run part 2: train and compare the variants."})
 
 
 @dataclass
@@ -55,9 +73,27 @@ class Sizes:
     answer_batch: int = 8
     answer_lr: float = 3e-4
     eval_images: int | None = None  # all 1,000
+    # part 2: the variant comparison
+    scene_images: int = 3000
+    test_rows: int = 30  # per test task
+    control_images: int = 20  # easy-VQA control task
+    grid_steps: int = 500
+    sft_steps: int = 200
+    sft_batch: int = 8
+    sft_lr: float = 2e-4
+    embed_rows: int = 800  # the embedder's data: every variant trains on the same rows
+    embed_steps: int = 50
+    embed_batch: int = 16
+    embed_lr: float = 5e-5
+    head_layers: int = 4  # of 30; the unified head and every other embedder train this many top layers
+    max_new_tokens: int = 64  # the oracle's traces are at most 60 SmolLM2 tokens
+    latency_queries: int = 8
+    qa_images: int = 100  # easy-VQA question answering of the published model
 
 
-SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2)
+SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2,
+              scene_images=30, test_rows=2, control_images=1, grid_steps=2, sft_steps=2, sft_batch=2, embed_rows=70,
+              embed_steps=2, embed_batch=2, max_new_tokens=8, latency_queries=2, qa_images=2)  # fmt: skip
 
 
 def run_stage(module: str, arguments: list[str]) -> None:
@@ -127,17 +163,158 @@ def main(argv: list[str] | None = None) -> str:
     if not os.path.isfile(results):
         run_stage("training.eval_easy_vqa", ["--model_path", aligned, "--output", results, "--max_new_tokens", "4",
                                              *(["--max_images", str(sizes.eval_images)] if sizes.eval_images else [])])
-    stages = {"vision-regression": os.path.join(root, "vision-regression"),
-              "vision-answers": os.path.join(root, "vision-answers")}  # fmt: skip
+    stages = {name: os.path.join(root, name) for name in ("vision-regression", "vision-answers")}
     assets_dir = args.assets_dir or os.path.join(root, "assets")
-    extract_assets(aligned, assets_dir, extra_files=stage_files(stages, results, root))
+    if args.variants:
+        return run_variants(root, sizes, common, aligned, answers, assets_dir, stages)
+    extract_assets(aligned, assets_dir, extra_files={**stage_files(stages, root), "easy_vqa.json": results})
     print(f"trained parts of {aligned} stored in {assets_dir}")
     return aligned
 
 
-def stage_files(stages: dict[str, str], results: str, root: str) -> dict[str, str]:
-    """The files committed beside the weights: each stage's settings and run summary, and the evaluation."""
-    files = {"easy_vqa.json": results}
+def write_variant_data(folder: str, sizes: Sizes, seed: int, answers: str) -> dict[str, str]:
+    """Scene tasks, oracle traces and the data configs of part 2: `grid` (vision), `sft` (all training rows) and
+    `embed` (the rows of the first scenes, the same for every variant's embedder)."""
+    configs = {name: os.path.join(folder, f"{name}.yaml") for name in ("grid", "sft", "embed")}
+    if os.path.isfile(configs["embed"]):
+        return configs
+    tasks = SceneTaskArgs(os.path.join(folder, "scene-tasks"), train_images=sizes.scene_images,
+                          test_rows=sizes.test_rows, control_images=sizes.control_images, seed=seed)  # fmt: skip
+    sources, _ = write_scene_tasks(tasks)
+    train = os.path.join("scene-tasks", "train")
+    sources = [{**source, "path": os.path.join(train, source["path"]), "image_dir": train} for source in sources]
+    with open(answers) as handle:  # part 1's one-shape data keeps single-object perception (the easy-VQA control)
+        one_shape = [{**source, "path": os.path.join(os.path.dirname(answers), source["path"]),
+                      "image_dir": os.path.join(os.path.dirname(answers), source["image_dir"]), "weight": 1.0}
+                     for source in yaml.safe_load(handle)["sources"]]  # fmt: skip
+    grid = {"name": "grid-perception", "path": os.path.join(train, "perception.jsonl"), "image_dir": train,
+            "task": "vqa", "weight": 6.0}  # fmt: skip
+    embed_scenes = max(1, sizes.embed_rows // len(KINDS))
+    embed_sources = []
+    for source in sources:
+        with open(os.path.join(folder, source["path"])) as handle:
+            rows = [line for line in handle if int(json.loads(line)["id"][:6]) < embed_scenes]
+        path = source["path"].replace(".jsonl", "-embed.jsonl")
+        write_atomic(os.path.join(folder, path), "".join(rows))
+        embed_sources.append({**source, "path": path, "weight": float(len(rows))})
+    write_atomic(configs["grid"], yaml.safe_dump({"sources": [grid, *one_shape]}))
+    write_atomic(configs["sft"], yaml.safe_dump({"sources": sources}))
+    write_atomic(configs["embed"], yaml.safe_dump({"sources": embed_sources}))
+    return configs
+
+
+def init_variant(folder: str, arguments: list[str]) -> str:
+    """`training.init_model` into `folder` once."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        run_stage("training.init_model", ["--output_dir", folder, "--dtype", "float32", *arguments])
+    return folder
+
+
+def generate_traces(model: str, data_config: str, folder: str, sizes: Sizes) -> str:
+    """The model's reasoner's query traces for `data_config` (resumes; a finished store is only re-read)."""
+    run_stage("training.generate_traces", ["--model_path", model, "--data_config", data_config, "--output_dir",
+                                           folder, "--sides", "query", "--batch_size", "16",
+                                           "--max_new_tokens", str(sizes.max_new_tokens)])  # fmt: skip
+    return folder
+
+
+def evaluate_variant(model: str, tasks_dir: str, output: str, name: str, traces: str | None = None) -> str:
+    """`tte-eval` on the held-out test tasks; the results file records every comparability setting."""
+    results = os.path.join(output, "results.json")
+    if not os.path.isfile(results):
+        run_stage("tte_eval", ["evaluate", "--model", model, "--tasks-dir", tasks_dir, "--output", output,
+                               "--model-name", name, "--batch-size", "16",
+                               *(["--traces", traces] if traces else [])])  # fmt: skip
+    return results
+
+
+def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
+                 stages: dict[str, str]) -> str:  # fmt: skip
+    """Part 2: train every variant with the same embedder budget, publish the unified one as the default model (its
+    assets), evaluate each variant (the unified one as published) and write the comparison into the assets.
+
+    Returns:
+        The published unified model folder.
+    """
+    data = os.path.join(root, "data")
+    configs = write_variant_data(data, sizes, int(common[common.index("--seed") + 1]), answers)
+    scene_tasks = os.path.join(data, "scene-tasks")
+    oracle_train, oracle_test = (os.path.join(scene_tasks, split, "oracle-traces") for split in ("train", "test"))
+    grid = training_stage("training.train_vision", os.path.join(root, "vision-grid"), [
+        "--model_path", aligned, "--data_config", configs["grid"], "--objective", "next_token",
+        "--per_device_batch_size", str(sizes.answer_batch), "--chunk_size", str(sizes.answer_batch),
+        "--max_steps", str(sizes.grid_steps), "--learning_rate", str(sizes.answer_lr), "--weight_decay", "0.01",
+        "--lr_scheduler", "cosine", "--warmup_steps", str(sizes.grid_steps // 20), "--save_steps", "100", *common,
+    ])  # fmt: skip
+    reasoner = training_stage("training.train_reasoner", os.path.join(root, "reasoner"), [
+        "--model_path", grid, "--data_config", configs["sft"], "--traces", oracle_train, "--lora",
+        "--per_device_batch_size", str(sizes.sft_batch), "--chunk_size", str(sizes.sft_batch),
+        "--max_steps", str(sizes.sft_steps),
+        "--learning_rate", str(sizes.sft_lr), "--lr_scheduler", "cosine", "--warmup_steps", str(sizes.sft_steps // 20),
+        "--save_steps", "100", *common,
+    ])  # fmt: skip
+    variants = os.path.join(root, "variants")
+    inits = {
+        "no-thinking": init_variant(os.path.join(variants, "no-thinking", "init"),
+                                    ["--backbone", grid, "--variant", "teacher", "--think", "never"]),
+        "zero-shot": init_variant(os.path.join(variants, "zero-shot", "init"),
+                                  ["--backbone", grid, "--variant", "student", "--reasoner", grid,
+                                   "--max_new_tokens", str(sizes.max_new_tokens)]),
+        "student": init_variant(os.path.join(variants, "student", "init"),
+                                ["--backbone", grid, "--variant", "student", "--reasoner", reasoner,
+                                 "--max_new_tokens", str(sizes.max_new_tokens)]),
+        "teacher": init_variant(os.path.join(variants, "teacher", "init"), ["--backbone", grid, "--variant", "teacher"]),
+        # TTE_u: the SFT'd backbone, its head a copy of its top N layers (trained on top of the frozen backbone)
+        "unified": init_variant(os.path.join(variants, "unified", "init"),
+                                ["--backbone", reasoner, "--variant", "unified", "--head_num_layers",
+                                 str(sizes.head_layers), "--max_new_tokens", str(sizes.max_new_tokens)]),
+    }  # fmt: skip
+    traces = {"no-thinking": None, "teacher": oracle_train}
+    for name in ("zero-shot", "student"):
+        traces[name] = generate_traces(inits[name], configs["embed"], os.path.join(root, "traces", name), sizes)
+    # The student's reasoner is the unified backbone, with the same prompts and greedy decoding: the same traces.
+    traces["unified"] = traces["student"]
+    budget = ["--data_config", configs["embed"], "--per_device_batch_size", str(sizes.embed_batch),
+              "--chunk_size", str(sizes.embed_batch), "--max_steps", str(sizes.embed_steps),
+              "--learning_rate", str(sizes.embed_lr), "--lr_scheduler", "cosine",
+              "--warmup_steps", str(sizes.embed_steps // 10), "--save_steps", "50", *common]  # fmt: skip
+    models = {}
+    for name, init in inits.items():
+        sides = ["--traces", traces[name], "--trace_sides", "query"] if traces[name] else ["--trace_sides", ""]
+        if name == "unified":  # the head: the same N layers, trained on the frozen backbone
+            models[name] = training_stage("training.train_head", os.path.join(variants, name),
+                                          ["--model_path", init, *sides, *budget])  # fmt: skip
+        else:
+            models[name] = training_stage("training.train_embedder", os.path.join(variants, name), [
+                "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget])  # fmt: skip
+    # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16) and
+    # the model rebuilt from them, which is what gets evaluated.
+    stages = {**stages, **{name: os.path.join(root, name) for name in ("vision-grid", "reasoner")},
+              "head": os.path.join(variants, "unified")}  # fmt: skip
+    extract_assets(models["unified"], assets_dir, extra_files=stage_files(stages, root))
+    models["unified"] = build_model(assets_dir, variant_model(root, "unified"))
+    qa = os.path.join(root, "eval", "easy_vqa-unified.json")
+    if not os.path.isfile(qa):
+        run_stage("training.eval_easy_vqa", ["--model_path", models["unified"], "--output", qa, "--max_new_tokens",
+                                             str(sizes.max_new_tokens), "--max_images", str(sizes.qa_images)])  # fmt: skip
+    tasks_dir = os.path.join(scene_tasks, "test")
+    results = {name: evaluate_variant(model, tasks_dir, os.path.join(root, "eval", name), name,
+                                      oracle_test if name == "teacher" else None)
+               for name, model in models.items()}  # fmt: skip
+    comparison = os.path.join(root, "comparison")
+    run_stage("training.compare_variants", ["--run_dir", root, "--output", comparison,
+                                            "--latency_queries", str(sizes.latency_queries)])  # fmt: skip
+    files = {"easy_vqa.json": qa, COMPARISON: os.path.join(comparison, "comparison.md"),
+             "results/comparison.json": os.path.join(comparison, "comparison.json"),
+             **{f"results/{name}.json": path for name, path in results.items()}}  # fmt: skip
+    add_asset_files(assets_dir, files)
+    print(f"trained parts of {models['unified']} stored in {assets_dir}")
+    return build_model(assets_dir, variant_model(root, "unified"))  # now with the comparison in its card
+
+
+def stage_files(stages: dict[str, str], root: str) -> dict[str, str]:
+    """The files committed beside the weights: each stage's settings and run summary."""
+    files = {}
     for name, folder in stages.items():
         files[f"settings/{name}.json"] = os.path.join(latest_checkpoint(folder), "settings.json")
         with open(os.path.join(folder, "metrics.jsonl")) as handle:

