@@ -71,6 +71,12 @@ def check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def portable_config(config) -> dict:
+    """A sub-model's config as saved inside ours, without the folder it was loaded from: a path of the building
+    machine would make two builds of the same weights differ (and their model hashes with them)."""
+    return {**config.to_dict(), "_name_or_path": ""}
+
+
 def is_vision_language(config) -> bool:
     return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
@@ -219,8 +225,8 @@ class TTEModel(TTEPreTrainedModel):
         """
         tokenizer = processor.tokenizer
         config = TTEConfig(
-            backbone_config=backbone.config.to_dict(),
-            reasoner_config=reasoner.config.to_dict() if reasoner is not None else None,
+            backbone_config=portable_config(backbone.config),
+            reasoner_config=portable_config(reasoner.config) if reasoner is not None else None,
             variant=variant,
             embedding_token_id=processor.embedding_token_id,
             prompt_set_version=processor.prompt_set_version,
