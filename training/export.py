@@ -39,7 +39,7 @@ import tte
 from training.checkpoint import sha256_of
 from training.loop import pause_if_requested
 from tte.custom_st import TTESentenceTransformer
-from tte.handler import ALLOW_URLS_ENV
+from tte.handler import ALLOW_URLS_ENV, PRIVATE_NETWORKS_ENV
 from tte.processing_tte import PROMPT_SETS
 
 
@@ -206,6 +206,7 @@ def render_card(args: ExportArgs, config, text_only: bool) -> str:
         task_families=list(PROMPT_SETS[config.prompt_set_version]),
         widget=WIDGET,
         allow_urls_env=ALLOW_URLS_ENV,
+        private_networks_env=PRIVATE_NETWORKS_ENV,
     )
 
 
