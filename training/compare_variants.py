@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-from training.checkpoint import write_atomic
+from training.checkpoint import latest_checkpoint, write_atomic
 from training.scene_tasks import KINDS, RELATIONAL_KINDS
 from training.traces import TraceStore
 from tte.modeling_tte import TTEModel
@@ -58,6 +58,12 @@ def variant_model(run_dir: str, name: str) -> str:
     """The model folder a variant is evaluated as: the unified model as published (rebuilt from its assets), the
     others as trained."""
     return os.path.join(run_dir, "published") if name == "unified" else os.path.join(run_dir, "variants", name, "model")
+
+
+def training_settings(run_dir: str, name: str) -> dict:
+    """The settings of the variant's embedder (or head) training run, as its last checkpoint recorded them."""
+    with open(os.path.join(latest_checkpoint(os.path.join(run_dir, "variants", name)), "settings.json")) as handle:
+        return json.load(handle)
 
 
 def task_scores(results_file: str) -> tuple[dict[str, float], dict]:
@@ -202,6 +208,7 @@ def compare(args: CompareArgs) -> dict:
     variants = {}
     for name in VARIANTS:
         scores, settings = task_scores(os.path.join(args.run_dir, "eval", name, "results.json"))
+        settings["training_seed"] = training_settings(args.run_dir, name)["seed"]
         variants[name] = {"scores": summarise(scores), "task_scores": scores, "settings": settings}
     models = {name: TTEModel.from_pretrained(variant_model(args.run_dir, name)).eval() for name in VARIANTS}
     oracle, _ = read_query_traces(oracle_store)
