@@ -86,7 +86,7 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
         assert entry["task_scores"] == scores and entry["scores"] == summarise(scores)
         assert settings["model_hash"] == model_hash(variant_model(smoke_run, name))
         assert settings["prompt_set_version"] == "ecr-v1" and settings["task_list_version"]
-        assert settings["training_seed"] == 0
+        assert entry["settings"] == {**settings, "training_seed": 0}
         traces = settings["query_traces"]
         assert (traces is not None and "oracle" in traces["reasoner"]) == (name == "teacher")
     assert comparison["seed"] == 0
