@@ -44,20 +44,30 @@ def write_easy_vqa_source(folder: str, split: str = "train") -> dict:
     return {"name": f"easy-vqa-{split}", "path": f"{split}.jsonl", "image_dir": image_dir, "task": "vqa"}
 
 
+def copy_images(folder: str, paths: dict, image_ids: list) -> None:
+    """Copy the chosen test images into the task folder, which must be self-contained."""
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    for image_id in image_ids:
+        shutil.copyfile(paths[image_id], os.path.join(folder, "images", f"{image_id}.png"))
+
+
+def answer_row(question: str, answer: str, image_id) -> dict:
+    """A user-task row: image + question, ranked against every answer of its kind, the label first (positive)."""
+    others = sorted(KINDS[answer_kind(answer)] - {answer})
+    return {"qry_inst": "", "qry_text": question, "qry_img_path": f"images/{image_id}.png", "tgt_inst": "",
+            "tgt_text": [answer, *others], "tgt_img_path": [""] * (1 + len(others)), "positives": [0]}
+
+
 def write_easy_vqa_task(folder: str, max_images: int | None = None) -> str:
     """The test split as a user task folder `folder` (local ranking over the answers of the question's kind)."""
     questions, paths = _split("test")
     image_ids = sorted(paths)[:max_images]
-    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
-    for image_id in image_ids:
-        shutil.copyfile(paths[image_id], os.path.join(folder, "images", f"{image_id}.png"))
+    copy_images(folder, paths, image_ids)
     chosen, rows = set(image_ids), []
     for question, answer, image_id in questions:
         if image_id not in chosen:
             continue
-        others = sorted(KINDS[answer_kind(answer)] - {answer})
-        rows.append({"qry_inst": "", "qry_text": question, "qry_img_path": f"images/{image_id}.png", "tgt_inst": "",
-                     "tgt_text": [answer, *others], "tgt_img_path": [""] * (1 + len(others)), "positives": [0]})
+        rows.append(answer_row(question, answer, image_id))
     spec = {"name": "easy-vqa-test", "modality": "image", "eval_type": "local", "metric": "hit@1"}
     write_task(folder, spec, rows)
     return folder
@@ -76,19 +86,15 @@ def write_easy_vqa_control(folder: str, max_images: int, name: str = "easy-vqa-c
     questions, paths = _split("test")
     labels = image_labels()
     image_ids = sorted(image_id for image_id in paths if image_id in labels)[:max_images]
-    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
-    for image_id in image_ids:
-        shutil.copyfile(paths[image_id], os.path.join(folder, "images", f"{image_id}.png"))
+    copy_images(folder, paths, image_ids)
     chosen, rows, traces, asked = set(image_ids), [], [], set()
     for question, answer, image_id in questions:
         if image_id not in chosen or (image_id, answer_kind(answer)) in asked:
             continue
         asked.add((image_id, answer_kind(answer)))  # one colour, one shape and one yes/no question per image
-        others = sorted(KINDS[answer_kind(answer)] - {answer})
         colour, shape = labels[image_id]
         traces.append((f"{name}/{len(rows)}", oracle_trace_of(f"The image shows a {colour} {shape}.", answer)))
-        rows.append({"qry_inst": "", "qry_text": question, "qry_img_path": f"images/{image_id}.png", "tgt_inst": "",
-                     "tgt_text": [answer, *others], "tgt_img_path": [""] * (1 + len(others)), "positives": [0]})
+        rows.append(answer_row(question, answer, image_id))
     write_task(folder, {"name": name, "modality": "image", "eval_type": "local", "metric": "hit@1", "task": "vqa"}, rows)
     return traces
 

@@ -180,6 +180,13 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
     raise ValueError(f"unknown query kind {kind!r}; known: {sorted(KINDS)}")
 
 
+def moved(obj: SceneObject, cell: int, target: int) -> SceneObject:
+    """The shape shifted from `cell` to the same place in `target`."""
+    shift_x, shift_y = (target % 2 - cell % 2) * (GRID // 2), (target // 2 - cell // 2) * (GRID // 2)
+    left, top, right, bottom = obj.box
+    return SceneObject(obj.colour, obj.shape, (left + shift_x, top + shift_y, right + shift_x, bottom + shift_y))
+
+
 def perturb(scene: Scene, rng: random.Random, combos) -> Scene:
     """The scene changed in one detail: a colour, a shape, a position, one shape removed or one added."""
     cells = by_cell(scene)
@@ -197,20 +204,15 @@ def perturb(scene: Scene, rng: random.Random, combos) -> Scene:
         new[cell] = SceneObject(colour, shape, obj.box)
     elif change == "move":
         target = rng.choice(free)
-        shift_x, shift_y = (target % 2 - cell % 2) * (GRID // 2), (target // 2 - cell // 2) * (GRID // 2)
-        left, top, right, bottom = obj.box
         del new[cell]
-        new[target] = SceneObject(obj.colour, obj.shape, (left + shift_x, top + shift_y, right + shift_x, bottom + shift_y))
+        new[target] = moved(obj, cell, target)
     elif change == "remove":
         del new[cell]
     else:
         extra = grid_scene(rng, 1, [c for c in combos if c not in used])
         target = rng.choice(free)
         (added,) = extra.objects
-        shift_x = (target % 2 - cell_of(added) % 2) * (GRID // 2)
-        shift_y = (target // 2 - cell_of(added) // 2) * (GRID // 2)
-        left, top, right, bottom = added.box
-        new[target] = SceneObject(added.colour, added.shape, (left + shift_x, top + shift_y, right + shift_x, bottom + shift_y))
+        new[target] = moved(added, cell_of(added), target)
     return Scene(scene.size, scene.background, [new[c] for c in sorted(new)])
 
 
