@@ -42,6 +42,18 @@ LORA_TARGETS = r"(.*\.)?layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_pro
 METRICS = "metrics.jsonl"
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 compute is faster than fp32 on the device a run will use.
+
+    True on a CUDA device with bf16 support, and on a CPU whose oneDNN has native bf16 kernels (AVX512-BF16 or AMX).
+    Elsewhere bf16 is emulated: on an AVX2-only CPU a SmolLM2-sized forward measured 5.2x slower under bf16 autocast
+    than in fp32 (`benchmarks/bench_bf16.py`), so autocast would make training several times slower, not faster.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @dataclass
 class TrainSettings:
     """Settings every training script shares."""
@@ -67,7 +79,8 @@ class TrainSettings:
     seed: int = field(default=42, metadata={"help": "Seed of model randomness and of the data order."})
     resume: bool = field(default=False, metadata={"help": "Continue from output_dir's newest checkpoint."})
     dtype: str = field(default="float32", metadata={"help": "Weight dtype; use mixed_precision for bf16 compute."})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate autocast)."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16, bf16 (accelerate autocast) or auto: "
+                                 "bf16 where the device computes it fast, else no (see fast_bf16)."})  # fmt: skip
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
 
     def __post_init__(self):
@@ -76,8 +89,10 @@ class TrainSettings:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not self.max_grad_norm > 0:
             raise ValueError(f"--max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16", "auto"):
+            raise ValueError(f"--mixed_precision must be no, fp16, bf16 or auto, got {self.mixed_precision!r}")
+        if self.mixed_precision == "auto":  # resolved here, so the saved settings name what the run computed in
+            self.mixed_precision = "bf16" if fast_bf16() else "no"
         if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"--dtype {self.dtype!r} is not a torch dtype name (float32, bfloat16, ...)")
 
@@ -320,5 +335,5 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
     return unsharded
 
 
-__all__ = ["TrainSettings", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings", "start_run", "load_model", "fit", "add_adapter",
+__all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings", "start_run", "load_model", "fit", "add_adapter",
            "freeze_vision_tower", "merge_adapters", "make_accelerator", "pause_if_requested"]  # fmt: skip

@@ -48,6 +48,20 @@ def test_train_settings_reject_bad_values(field, value, message):
         TrainSettings(**REQUIRED, **{field: value})
 
 
+@pytest.mark.parametrize("fast, resolved", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_resolves_by_the_hardware_before_the_settings_are_saved(monkeypatch, fast, resolved):
+    monkeypatch.setattr("training.loop.fast_bf16", lambda: fast)
+    assert TrainSettings(**REQUIRED, mixed_precision="auto").mixed_precision == resolved
+
+
+def test_fast_bf16_is_false_where_onednn_has_no_native_bf16(monkeypatch):
+    from training.loop import fast_bf16
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.ops.mkldnn._is_mkldnn_bf16_supported", lambda: False)
+    assert fast_bf16() is False
+
+
 def test_make_accelerator_refuses_to_run_alone_when_several_processes_were_launched(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="launched 2 processes but accelerate joined 1; .* ACCELERATE_USE_CPU=1"):

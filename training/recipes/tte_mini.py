@@ -55,7 +55,8 @@ class RecipeArgs:
     output_dir: str = field(metadata={"help": "Run folder; rerun the same command to resume."})
     smoke: bool = field(default=False, metadata={"help": "Toy sizes: checks the chain in minutes, not the quality."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage."})
-    mixed_precision: str = field(default="bf16", metadata={"help": "accelerate mixed precision of training stages."})
+    mixed_precision: str = field(default="auto", metadata={"help": "Mixed precision of the training stages: no, "
+                                 "bf16 or auto (bf16 where it is fast: training.loop.fast_bf16)."})  # fmt: skip
     assets_dir: str | None = field(default=None, metadata={"help": "Where the trained parts go (default: "
                                    "output_dir/assets); the repository's are assets/tte-mini."})  # fmt: skip
     variants: bool = field(default=False, metadata={"help": "Also run part 2: train and compare the variants."})
