@@ -103,6 +103,22 @@ def load_checkpoint(accelerator: Accelerator, output_dir: str) -> str | None:
     return folder
 
 
+def prune_training_state(output_dir: str) -> None:
+    """Delete the newest checkpoint's training state (weights, optimizer, RNG), keeping its `settings.json`.
+
+    For a finished stage whose exported `model/` is its result: a full checkpoint of a 135M-parameter model with its
+    optimizer state is about 1 GB, and a recipe of a dozen stages would otherwise keep one per stage. The settings stay
+    as the record of how the stage was trained. Does nothing when the folder has no checkpoint.
+    """
+    folder = latest_checkpoint(output_dir)
+    if folder is None or not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name != "settings.json":
+            path = os.path.join(folder, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def export_model(accelerator: Accelerator, model, output_dir: str) -> str:
     """`save_pretrained` the final model to `output_dir/model` through a temporary folder (main process only).
 
@@ -120,5 +136,5 @@ def export_model(accelerator: Accelerator, model, output_dir: str) -> str:
     return final
 
 
-__all__ = ["Progress", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "export_model", "sha256_of",
+__all__ = ["Progress", "save_checkpoint", "prune_training_state", "load_checkpoint", "latest_checkpoint", "export_model", "sha256_of",
            "write_atomic"]  # fmt: skip

@@ -2,10 +2,11 @@
 
 easy-VQA (`easy-vqa==1.0`, MIT) has 1,000 test images of one coloured shape each, with questions whose answers are a
 colour, a shape, or yes/no. The model answers each question with the reasoning prompt it uses at inference (task
-family `vqa`), greedily; the answer is the first word after the trace's last `</think>` (or of the whole text when
-there is none), lower-cased without punctuation, and counts when it equals the label. Accuracy is reported per
-answer kind. Each image is also described (`describe the image.` under the default prompt family), and the trace
-counts when it names the image's colour and shape and no other. Nothing here is trained on these images.
+family `vqa`), greedily; the answer is the word after "The answer is" in the trace's final text (the form the oracle
+teacher's traces teach, `training.scenes.ANSWER_LEAD`), else the first word after the trace's last `</think>` (or of
+the whole text when there is none), lower-cased without punctuation, and counts when it equals the label. Accuracy is
+reported per answer kind. Each image is also described (`describe the image.` under the default prompt family), and
+the trace counts when it names the image's colour and shape and no other. Nothing here is trained on these images.
 
     python -m training.eval_easy_vqa --model_path models/tte-mini --output results/easy_vqa.json
 """
@@ -20,7 +21,7 @@ import torch
 from transformers import HfArgumentParser
 
 from training.checkpoint import write_atomic
-from training.scenes import COLOURS, SHAPES
+from training.scenes import ANSWER_LEAD, COLOURS, SHAPES
 from tte.modeling_tte import TTEModel
 from tte.processing_tte import THINK_END
 
@@ -124,9 +125,11 @@ def describe_images(model: TTEModel, image_ids: list[int], batch_size: int, max_
 
 
 def final_answer(trace: str) -> str:
-    """First word of the text after the trace's last `</think>`, lower-cased, punctuation removed."""
-    final = trace.rsplit(THINK_END, 1)[-1]
-    words = re.findall(r"[a-z]+", final.lower())
+    """The answer a trace states, lower-cased, punctuation removed: the word after the final text's first
+    "The answer is", else the first word of the text after the trace's last `</think>`."""
+    final = trace.rsplit(THINK_END, 1)[-1].lower()
+    lead = ANSWER_LEAD.lower()
+    words = re.findall(r"[a-z]+", final.split(lead, 1)[1] if lead in final else final)
     return words[0] if words else ""
 
 

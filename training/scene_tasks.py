@@ -35,7 +35,7 @@ from transformers import HfArgumentParser
 
 from training.checkpoint import write_atomic
 from training.easy_vqa_data import write_easy_vqa_control
-from training.scenes import CAPTION_QUESTION, COLOURS, NUMBER_WORDS, SHAPES, Scene, SceneObject, render
+from training.scenes import ANSWER_LEAD, CAPTION_QUESTION, COLOURS, NUMBER_WORDS, SHAPES, Scene, SceneObject, render
 from training.traces import TraceStore, make_manifest
 from tte.processing_tte import THINK_END, THINK_START
 from tte_eval.user_tasks import write_task
@@ -125,7 +125,7 @@ def _trace(steps: str, final: str) -> str:
 
 def oracle_trace_of(seen: str, answer: str) -> str:
     """The oracle's trace of a one-step question: what the image shows, then the answer."""
-    return _trace(seen, f"The answer is {answer}.")
+    return _trace(seen, f"{ANSWER_LEAD} {answer}.")
 
 
 def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
@@ -137,7 +137,8 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
         cell = rng.choice(sorted(cells))
         obj = cells[cell]
         return Query(kind, f"what color is the shape at the {CELLS[cell]}?", obj.colour,
-                     _trace(f"{seen} The shape at the {CELLS[cell]} is the {obj.name}.", f"The answer is {obj.colour}."))
+                     _trace(f"{seen} The shape at the {CELLS[cell]} is the {obj.name}.",
+                            f"{ANSWER_LEAD} {obj.colour}."))
     if kind == "count":
         attribute = rng.choice(["shape", "colour", "all"])
         if attribute == "shape":
@@ -151,7 +152,7 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
         number = NUMBER_WORDS[len(matches)]
         listed = " and ".join(f"the {o.name}" for o in matches) or "none"
         return Query(kind, question, number, _trace(f"{seen} Matching: {listed}; {number} in all.",
-                                                    f"The answer is {number}."))
+                                                    f"{ANSWER_LEAD} {number}."))
     if kind in ("relation", "grounding"):
         options = [(cell, relation) for cell in cells for relation in RELATIONS
                    if neighbour(cell, relation) is not None and (kind == "relation" or neighbour(cell, relation) in cells)]
@@ -164,7 +165,7 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
         answer = f"a {target.name}" if target else "nothing"
         if kind == "relation":
             return Query(kind, f"what is {relation} the {reference.name}?", answer,
-                         _trace(f"{seen} {found}", f"The answer is {answer}."))
+                         _trace(f"{seen} {found}", f"{ANSWER_LEAD} {answer}."))
         return Query(kind, f"the shape {relation} the {reference.name}", answer,
                      _trace(f"{seen} {found}", f"The shape is {answer}."))
     if kind == "i2t":

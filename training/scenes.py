@@ -143,6 +143,7 @@ def single_object_questions(scene: Scene, rng: random.Random) -> list[tuple[str,
 
 
 CAPTION_QUESTION = "describe the image."
+ANSWER_LEAD = "The answer is"  # ECR traces (the oracle teacher's) state the answer after these words
 
 
 def write_alignment_source(folder: str, num_images: int, seed: int, task: str = "vqa") -> dict:

@@ -5,7 +5,7 @@ import os
 import torch
 from accelerate import Accelerator
 
-from training.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import Progress, latest_checkpoint, load_checkpoint, prune_training_state, save_checkpoint
 from training.loop import TrainSettings
 
 
@@ -46,3 +46,16 @@ def test_save_checkpoint_keeps_the_previous_one_until_the_new_one_is_complete(tm
     save_checkpoint(restarted, str(tmp_path), 3, settings)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000003"]
     assert os.path.isfile(tmp_path / "checkpoints" / "step-00000003" / "settings.json")
+
+
+def test_prune_training_state_keeps_only_the_settings_of_the_newest_checkpoint(tmp_path):
+    settings = TrainSettings(model_path="m", data_config="d", output_dir=str(tmp_path), max_steps=5)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, progress = _run(accelerator)
+    _train_step(model, optimizer)
+    folder = save_checkpoint(accelerator, str(tmp_path), 1, settings)
+    assert len(os.listdir(folder)) > 1  # weights, optimizer, RNG and settings
+    prune_training_state(str(tmp_path))
+    assert os.listdir(folder) == ["settings.json"] and latest_checkpoint(str(tmp_path)) == folder
+    assert '"max_steps": 5' in open(os.path.join(folder, "settings.json")).read()
+    prune_training_state(str(tmp_path / "no-run-here"))  # a folder without checkpoints: nothing to do

@@ -17,8 +17,12 @@ def test_questions_cover_colour_shape_and_one_yes_no_per_image():
 @pytest.mark.parametrize("trace, answer", [
     ("red", "red"), ("Red.", "red"), ("<think> a blue circle, asked: colour </think> blue", "blue"),
     ("<think> red </think> <think> x </think> Triangle!", "triangle"), ("", ""), ("<think> only </think>", ""),
+    # the ECR form of the oracle teacher's traces: the answer follows "The answer is" in the final line
+    ("<think>The image shows a red circle. The answer is blue.</think> The answer is red.", "red"),
+    ("<think>The image shows a teal circle.</think> The shape is round. The answer is circle.", "circle"),
+    ("<think>x</think> The answer is", ""),
 ])  # fmt: skip
-def test_final_answer_is_the_first_word_after_the_last_think_end(trace, answer):
+def test_final_answer_is_the_stated_answer_or_the_first_word_after_the_last_think_end(trace, answer):
     assert final_answer(trace) == answer
 
 

@@ -41,6 +41,17 @@ STAGES = ["head", "reasoner", "vision-answers", "vision-grid", "vision-regressio
 VARIANTS = ["no-thinking", "student", "teacher", "unified", "zero-shot"]
 
 
+def test_smoke_recipe_keeps_only_the_settings_of_finished_stages_checkpoints(smoke_run):
+    folders = [os.path.join(smoke_run, name) for name in ("vision-regression", "vision-answers", "vision-grid",
+                                                         "reasoner")]  # fmt: skip
+    folders += [os.path.join(smoke_run, "variants", name) for name in VARIANTS]
+    for folder in folders:
+        assert os.path.isfile(os.path.join(folder, "model", "config.json")), folder
+        checkpoints = os.path.join(folder, "checkpoints")
+        saved = [os.path.join(checkpoints, name) for name in os.listdir(checkpoints) if name != "latest"]
+        assert [os.listdir(path) for path in saved] == [["settings.json"]], folder
+
+
 def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
     assets = os.path.join(smoke_run, "assets")
     manifest = read_manifest(assets)

@@ -44,7 +44,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from training.assets import COMPARISON, INIT_SETTINGS, add_asset_files, build_model, extract_assets
-from training.checkpoint import latest_checkpoint, write_atomic
+from training.checkpoint import latest_checkpoint, prune_training_state, write_atomic
 from training.compare_variants import variant_model
 from training.scene_tasks import KINDS, SceneTaskArgs, write_scene_tasks
 from training.scenes import write_alignment_source
@@ -106,12 +106,15 @@ def run_stage(module: str, arguments: list[str]) -> None:
 
 
 def training_stage(module: str, folder: str, arguments: list[str]) -> str:
-    """Run (or resume, or skip when finished) one training stage; returns its exported model folder."""
+    """Run (or resume, or skip when finished) one training stage; returns its exported model folder.
+
+    A finished stage keeps only its exported model and its checkpoint's settings (`prune_training_state`).
+    """
     model = os.path.join(folder, "model")
-    if os.path.isfile(os.path.join(model, "config.json")):
-        return model
-    resume = ["--resume"] if latest_checkpoint(folder) is not None else []
-    run_stage(module, ["--output_dir", folder, *arguments, *resume])
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        resume = ["--resume"] if latest_checkpoint(folder) is not None else []
+        run_stage(module, ["--output_dir", folder, *arguments, *resume])
+    prune_training_state(folder)
     return model
 
 
