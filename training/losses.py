@@ -93,6 +93,8 @@ class GradCache:
     3. Re-embed each chunk with a graph from its recorded random state (so dropout masks match pass 1) and
        backpropagate the cached embedding gradients into the model; gradients are synchronised on the last chunk.
 
+    On one process, a batch whose sides each fit in one chunk takes the plain loss in one pass (`one_pass`).
+
     Args:
         model: the prepared model; `model(**chunk).embeddings` gives `(rows, dim)` embeddings.
         accelerator: the run's accelerator.
@@ -107,6 +109,8 @@ class GradCache:
 
     def __call__(self, batch: dict[str, list[BatchFeature]]) -> dict[str, float]:
         """Accumulate the gradients of one step into the model's `.grad`; returns the loss parts as floats."""
+        if self.accelerator.num_processes == 1 and len(batch["query"]) == len(batch["target"]) == 1:
+            return self.one_pass(batch)
         chunks = batch["query"] + batch["target"]
         states, cached = [], []
         with torch.no_grad():
@@ -124,6 +128,15 @@ class GradCache:
             is_last = index == len(chunks) - 1
             with replay_rng(state), (nullcontext() if is_last else self.accelerator.no_sync(self.model)):
                 self.accelerator.backward((self.embed(chunk) * grad).sum())
+        return {name: value.item() for name, value in losses.items()}
+
+    def one_pass(self, batch: dict[str, list[BatchFeature]]) -> dict[str, float]:
+        """The plain loss, when each side fits in one chunk on one process: the graph of the whole batch is what
+        the chunk size already allows, so the graph-free first pass would only double the forward compute.
+        (Under DDP, GradCache's single backward per chunk is kept: DDP expects one forward per backward.)"""
+        query, target = self.embed(batch["query"][0]), self.embed(batch["target"][0])
+        losses = info_nce(query, target, self.temperature)
+        self.accelerator.backward(losses["contrastive_loss"])
         return {name: value.item() for name, value in losses.items()}
 
 

@@ -78,6 +78,22 @@ def test_grad_cache_gradients_equal_full_batch_gradients():
     assert _max_difference(_trainable_grads(model), expected) <= 1e-5
 
 
+def test_a_batch_of_one_chunk_per_side_is_embedded_once_with_full_batch_gradients(monkeypatch):
+    model = build_tte("qwen2_vl", "teacher").double().train()
+    processor = model.processor
+    batch = {"query": _chunks(processor, QUERIES, 6), "target": _chunks(processor, TARGETS, 12)}
+    info_nce(model(**batch["query"][0]).embeddings, model(**batch["target"][0]).embeddings,
+             0.02)["contrastive_loss"].backward()  # fmt: skip
+    expected = _trainable_grads(model)
+    model.zero_grad()
+    calls = []
+    embed = GradCache.embed
+    monkeypatch.setattr(GradCache, "embed", lambda self, chunk: calls.append(1) or embed(self, chunk))
+    GradCache(model, Accelerator(cpu=True), temperature=0.02)(batch)
+    assert len(calls) == 2  # GradCache's two passes would embed each side twice
+    assert _max_difference(_trainable_grads(model), expected) <= 1e-10
+
+
 def _lora_with_dropout():
     model = build_tte("qwen2_vl", "teacher").double()
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, init_lora_weights=False,
