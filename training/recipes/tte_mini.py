@@ -83,9 +83,9 @@ class Sizes:
     sft_batch: int = 8
     sft_lr: float = 2e-4
     embed_rows: int = 800  # the embedder's data: every variant trains on the same rows
-    embed_steps: int = 50
+    embed_steps: int = 100  # 50 steps at 5e-5 left every embedder at chance (README, part 2)
     embed_batch: int = 16
-    embed_lr: float = 5e-5
+    embed_lr: float = 2e-4
     head_layers: int = 4  # of 30; the unified head and every other embedder train this many top layers
     max_new_tokens: int = 64  # the oracle's traces are at most 60 SmolLM2 tokens
     latency_queries: int = 8
