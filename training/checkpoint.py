@@ -136,5 +136,5 @@ def export_model(accelerator: Accelerator, model, output_dir: str) -> str:
     return final
 
 
-__all__ = ["Progress", "save_checkpoint", "prune_training_state", "load_checkpoint", "latest_checkpoint", "export_model", "sha256_of",
-           "write_atomic"]  # fmt: skip
+__all__ = ["Progress", "save_checkpoint", "prune_training_state", "load_checkpoint", "latest_checkpoint",
+           "export_model", "sha256_of", "write_atomic"]  # fmt: skip

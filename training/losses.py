@@ -131,9 +131,9 @@ class GradCache:
         return {name: value.item() for name, value in losses.items()}
 
     def one_pass(self, batch: dict[str, list[BatchFeature]]) -> dict[str, float]:
-        """The plain loss, when each side fits in one chunk on one process: the graph of the whole batch is what
-        the chunk size already allows, so the graph-free first pass would only double the forward compute.
-        (Under DDP, GradCache's single backward per chunk is kept: DDP expects one forward per backward.)"""
+        """The plain loss, when each side fits in one chunk on one process: the graph-free first pass would only
+        double the forward compute. It holds both sides' graphs at once (two chunks' worth of activations, where
+        GradCache holds one). Under DDP the chunked path is kept: DDP expects one forward per backward."""
         query, target = self.embed(batch["query"][0]), self.embed(batch["target"][0])
         losses = info_nce(query, target, self.temperature)
         self.accelerator.backward(losses["contrastive_loss"])
