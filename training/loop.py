@@ -335,5 +335,5 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
     return unsharded
 
 
-__all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings", "start_run", "load_model", "fit", "add_adapter",
-           "freeze_vision_tower", "merge_adapters", "make_accelerator", "pause_if_requested"]  # fmt: skip
+__all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings",
+           "start_run", "load_model", "fit", "add_adapter", "freeze_vision_tower", "merge_adapters", "make_accelerator", "pause_if_requested"]  # fmt: skip
