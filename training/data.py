@@ -15,6 +15,7 @@ input dict; prompts are built only by the processor's builders. A bad row raises
 """
 
 import bisect
+import hashlib
 import itertools
 import json
 import os
@@ -308,8 +309,15 @@ def chunked(values: list, size: int) -> list[list]:
     return [values[start : start + size] for start in range(0, len(values), size)]
 
 
+def content_id(item: dict, trace: str) -> int:
+    """A signed 64-bit id of one embedding input's content (its input dict and trace): equal inputs, equal ids."""
+    text = json.dumps([item, trace], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 class PairCollator:
-    """Builds GradCache chunks of embedding inputs: `{"query": [BatchFeature], "target": [BatchFeature]}`.
+    """Builds GradCache chunks of embedding inputs: `{"query": [BatchFeature], "target": [BatchFeature]}`, plus
+    `"target_ids"` (each target's `content_id`) when duplicate targets are masked.
 
     Targets are laid out per query as `[positive, negative-0, ..., negative-(m-1)]`, so the positive of query i is
     target row `i * (1 + m)`.
@@ -320,12 +328,15 @@ class PairCollator:
         trace_kinds: sides that get their stored trace; the others get the empty trace.
         num_hard_negatives: m, hard negatives per query; an example with fewer raises.
         chunk_size: rows per chunk (one forward pass).
+        mask_duplicate_targets: add `target_ids`, so that `info_nce` does not treat an in-batch target with the same
+            content as a query's positive as its negative.
     """
 
     def __init__(self, processor: TTEProcessor, traces: dict, trace_kinds: tuple[str, ...], num_hard_negatives: int,
-                 chunk_size: int):  # fmt: skip
+                 chunk_size: int, mask_duplicate_targets: bool = True):  # fmt: skip
         self.processor, self.traces, self.trace_kinds = processor, traces, trace_kinds
         self.num_hard_negatives, self.chunk_size = num_hard_negatives, chunk_size
+        self.mask_duplicate_targets = mask_duplicate_targets
 
     def _target_sides(self, example: Example) -> list[str]:
         if example.num_negatives < self.num_hard_negatives:
@@ -341,10 +352,16 @@ class PairCollator:
         chunks = zip(chunked(items, self.chunk_size), chunked(traces, self.chunk_size))
         return [self.processor.build_embedding_inputs(chunk, chunk_traces) for chunk, chunk_traces in chunks]
 
-    def __call__(self, examples: list[Example]) -> dict[str, list[BatchFeature]]:
+    def __call__(self, examples: list[Example]) -> dict:
         targets = [(example, side) for example in examples for side in self._target_sides(example)]
-        return {"query": self.build_chunks([(example, "query") for example in examples]),
-                "target": self.build_chunks(targets)}  # fmt: skip
+        batch = {"query": self.build_chunks([(example, "query") for example in examples]),
+                 "target": self.build_chunks(targets)}  # fmt: skip
+        if self.mask_duplicate_targets:
+            batch["target_ids"] = torch.tensor([
+                content_id(example.inputs[side], trace_of(example, side, self.traces, self.trace_kinds, self.processor))
+                for example, side in targets
+            ])  # fmt: skip
+        return batch
 
 
 class SFTCollator:
@@ -402,6 +419,6 @@ def build_loader(dataset: PairDataset, collator, settings, accelerator, start_st
                       generator=generator)  # fmt: skip
 
 
-__all__ = ["Source", "Example", "PairDataset", "BlockBatchSampler", "PairCollator", "SFTCollator", "load_sources",
-           "load_traces", "parse_trace_kinds", "build_loader", "parse_side", "check_trace",
-           "trace_of", "chunked"]  # fmt: skip
+__all__ = ["Source", "Example", "PairDataset", "BlockBatchSampler", "PairCollator", "content_id", "SFTCollator",
+           "load_sources", "load_traces", "parse_trace_kinds", "build_loader", "parse_side", "check_trace", "trace_of",
+           "chunked"]  # fmt: skip

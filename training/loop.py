@@ -101,6 +101,8 @@ class TrainSettings:
 class ContrastiveSettings(TrainSettings):
     temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature."})
     num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (neg_text/neg_image_path)."})
+    mask_duplicate_targets: bool = field(default=True, metadata={"help": "Leave an in-batch target with the same "
+                                         "content as a query's positive out of that query's negatives."})  # fmt: skip
 
 
 @dataclass
@@ -277,7 +279,8 @@ def fit_contrastive(accelerator: Accelerator, model: TTEModel, module: torch.nn.
     """`fit` with InfoNCE through GradCache over embedding-input chunks (the embedder's and the head's training)."""
     kinds = parse_trace_kinds(settings.trace_sides)
     traces = load_traces(settings.traces, kinds, model.processor)
-    collator = PairCollator(model.processor, traces, kinds, settings.num_hard_negatives, settings.chunk_size)
+    collator = PairCollator(model.processor, traces, kinds, settings.num_hard_negatives, settings.chunk_size,
+                            settings.mask_duplicate_targets)  # fmt: skip
     return fit(accelerator, model, module, dataset, collator,
                lambda prepared: GradCache(prepared, accelerator, settings.temperature), settings)  # fmt: skip
 
@@ -336,4 +339,5 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
 
 
 __all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings",
-           "start_run", "load_model", "fit", "add_adapter", "freeze_vision_tower", "merge_adapters", "make_accelerator", "pause_if_requested"]  # fmt: skip
+           "start_run", "load_model", "fit", "add_adapter", "freeze_vision_tower", "merge_adapters", "make_accelerator",
+           "pause_if_requested"]  # fmt: skip

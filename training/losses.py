@@ -43,13 +43,17 @@ def positive_columns(num_queries: int, num_targets: int) -> torch.Tensor:
     return torch.arange(num_queries) * (num_targets // num_queries)
 
 
-def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float,
+             target_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Unidirectional query-to-target InfoNCE over all targets of all processes.
 
     Args:
         query: `(n, dim)` this process's L2-normalised query embeddings.
         target: `(n * k, dim)` its targets, k per query, the positive first (see `positive_columns`).
         temperature: the softmax temperature (TTE: 0.02).
+        target_ids: `(n * k,)` int64 content ids of the targets (`PairCollator`: equal ids, equal inputs). An
+            in-batch target with the same content as a query's positive is not a negative of that query (a one-word
+            answer such as "two" recurs within a batch); such columns are left out of its softmax. None: no masking.
 
     Returns:
         `{"contrastive_loss": scalar}`: the mean loss over the global batch, the same on every process.
@@ -57,6 +61,11 @@ def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: float) -> d
     queries, targets = gather_with_grad(query), gather_with_grad(target)
     scores = queries @ targets.T / temperature  # (global n, global n * k)
     labels = positive_columns(queries.shape[0], targets.shape[0]).to(scores.device)
+    if target_ids is not None:
+        ids = gather_with_grad(target_ids.to(scores.device))
+        same_as_positive = ids[labels][:, None] == ids[None, :]
+        same_as_positive[torch.arange(len(labels), device=scores.device), labels] = False
+        scores = scores.masked_fill(same_as_positive, float("-inf"))
     return {"contrastive_loss": F.cross_entropy(scores, labels)}
 
 
@@ -120,7 +129,7 @@ class GradCache:
         num_query_chunks = len(batch["query"])
         query = torch.cat(cached[:num_query_chunks]).requires_grad_()
         target = torch.cat(cached[num_query_chunks:]).requires_grad_()
-        losses = info_nce(query, target, self.temperature)
+        losses = info_nce(query, target, self.temperature, batch.get("target_ids"))
         (losses["contrastive_loss"] * self.accelerator.num_processes).backward()
         sizes = [embeddings.shape[0] for embeddings in cached]
         grads = torch.cat([query.grad, target.grad]).split(sizes)
@@ -135,7 +144,7 @@ class GradCache:
         double the forward compute. It holds both sides' graphs at once (two chunks' worth of activations, where
         GradCache holds one). Under DDP the chunked path is kept: DDP expects one forward per backward."""
         query, target = self.embed(batch["query"][0]), self.embed(batch["target"][0])
-        losses = info_nce(query, target, self.temperature)
+        losses = info_nce(query, target, self.temperature, batch.get("target_ids"))
         self.accelerator.backward(losses["contrastive_loss"])
         return {name: value.item() for name, value in losses.items()}
 

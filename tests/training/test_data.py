@@ -1,5 +1,6 @@
 """Pair sources, the same-source block sampler and the collators (synthetic data, tiny random-weight processor)."""
 
+import copy
 import json
 import os
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from training.data import (
     PairDataset,
     Source,
     build_loader,
+    content_id,
     load_sources,
     parse_trace_kinds,
     row_to_example,
@@ -155,6 +157,19 @@ def test_pair_collator_puts_the_positive_of_query_i_at_row_i_times_1_plus_m(pair
     for i, example in enumerate(examples):
         assert "user" + _squeeze(example.inputs["positive"]["text"]) + "<|im_end|>" in targets[i * 3]
         assert "user" + _squeeze(example.inputs["negative-1"]["text"]) + "<|im_end|>" in targets[i * 3 + 2]
+
+
+def test_pair_collator_gives_targets_of_equal_content_equal_ids(pair_data, processor):
+    dataset = PairDataset(load_sources(pair_data))
+    first, other = dataset[0], dataset[9]
+    same = copy.deepcopy(first)
+    same.id = "copy"  # another row whose positive has the same content
+    batch = PairCollator(processor, {}, (), num_hard_negatives=0, chunk_size=4)([first, other, same])
+    ids = batch["target_ids"].tolist()
+    assert ids[0] == ids[2] and ids[0] != ids[1]
+    assert ids[0] == content_id(first.inputs["positive"], "")
+    plain = PairCollator(processor, {}, (), 0, 4, mask_duplicate_targets=False)([first, other])
+    assert "target_ids" not in plain
 
 
 def test_pair_collator_appends_the_stored_query_trace(pair_data, processor):

@@ -38,6 +38,21 @@ def test_info_nce_matches_cross_entropy_at_positive_columns():
     assert torch.allclose(info_nce(query, target, 0.02)["contrastive_loss"], expected, atol=1e-6)
 
 
+def test_info_nce_leaves_targets_equal_to_the_positive_out_of_the_softmax():
+    generator = torch.Generator().manual_seed(0)
+    query = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    target = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    target[2] = target[0]  # queries 0 and 2 have the same answer, and each query points at its answer
+    query = target + 0.1 * F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    scores = query @ target.T / 0.02
+    kept = {0: [0, 1], 1: [0, 1, 2], 2: [1, 2]}  # each query keeps its positive and the targets unlike it
+    expected = torch.stack([-scores[i, kept[i]].log_softmax(-1)[kept[i].index(i)] for i in range(3)]).mean()
+    masked = info_nce(query, target, 0.02, target_ids=torch.tensor([7, 8, 7]))["contrastive_loss"]
+    assert torch.allclose(masked, expected, atol=1e-6)
+    unmasked = info_nce(query, target, 0.02)["contrastive_loss"]
+    assert unmasked > masked + 0.3  # unmasked, queries 0 and 2 split their probability with the duplicate
+
+
 def test_info_nce_is_low_when_each_query_matches_its_own_positive():
     query = torch.eye(4)
     target = torch.stack([torch.eye(4)[i // 2] if i % 2 == 0 else -torch.eye(4)[i // 2] for i in range(8)])
@@ -92,6 +107,19 @@ def test_a_batch_of_one_chunk_per_side_is_embedded_once_with_full_batch_gradient
     GradCache(model, Accelerator(cpu=True), temperature=0.02)(batch)
     assert len(calls) == 2  # GradCache's two passes would embed each side twice
     assert _max_difference(_trainable_grads(model), expected) <= 1e-10
+
+
+def test_grad_cache_masks_duplicate_targets_as_the_full_batch_loss_does():
+    model = build_tte("qwen2_vl", "teacher").double().train()
+    processor = model.processor
+    target_ids = torch.tensor([0, 1, 2, 1, 4, 5, 6, 7, 8, 9, 10, 1])  # "one" answers query 0; 1 and 11 repeat it
+    query, target = model(**_chunks(processor, QUERIES, 6)[0]), model(**_chunks(processor, TARGETS, 12)[0])
+    info_nce(query.embeddings, target.embeddings, 0.02, target_ids)["contrastive_loss"].backward()
+    expected = _trainable_grads(model)
+    model.zero_grad()
+    GradCache(model, Accelerator(cpu=True), temperature=0.02)(
+        {"query": _chunks(processor, QUERIES, 2), "target": _chunks(processor, TARGETS, 4), "target_ids": target_ids})
+    assert _max_difference(_trainable_grads(model), expected) <= 1e-5
 
 
 def _lora_with_dropout():
