@@ -346,21 +346,23 @@ class PairCollator:
             )
         return ["positive"] + [f"negative-{j}" for j in range(self.num_hard_negatives)]
 
-    def build_chunks(self, pairs: list[tuple[Example, str]]) -> list[BatchFeature]:
+    def traces_of(self, pairs: list[tuple[Example, str]]) -> list[str]:
+        return [trace_of(example, side, self.traces, self.trace_kinds, self.processor) for example, side in pairs]
+
+    def build_chunks(self, pairs: list[tuple[Example, str]], traces: list[str]) -> list[BatchFeature]:
         items = [parse_side(self.processor, example, side) for example, side in pairs]
-        traces = [trace_of(example, side, self.traces, self.trace_kinds, self.processor) for example, side in pairs]
         chunks = zip(chunked(items, self.chunk_size), chunked(traces, self.chunk_size))
         return [self.processor.build_embedding_inputs(chunk, chunk_traces) for chunk, chunk_traces in chunks]
 
     def __call__(self, examples: list[Example]) -> dict:
+        queries = [(example, "query") for example in examples]
         targets = [(example, side) for example in examples for side in self._target_sides(example)]
-        batch = {"query": self.build_chunks([(example, "query") for example in examples]),
-                 "target": self.build_chunks(targets)}  # fmt: skip
+        target_traces = self.traces_of(targets)
+        batch = {"query": self.build_chunks(queries, self.traces_of(queries)),
+                 "target": self.build_chunks(targets, target_traces)}  # fmt: skip
         if self.mask_duplicate_targets:
-            batch["target_ids"] = torch.tensor([
-                content_id(example.inputs[side], trace_of(example, side, self.traces, self.trace_kinds, self.processor))
-                for example, side in targets
-            ])  # fmt: skip
+            batch["target_ids"] = torch.tensor([content_id(example.inputs[side], trace)
+                                                for (example, side), trace in zip(targets, target_traces)])  # fmt: skip
         return batch
 
 

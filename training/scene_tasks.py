@@ -137,8 +137,7 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
         cell = rng.choice(sorted(cells))
         obj = cells[cell]
         return Query(kind, f"what color is the shape at the {CELLS[cell]}?", obj.colour,
-                     _trace(f"{seen} The shape at the {CELLS[cell]} is the {obj.name}.",
-                            f"{ANSWER_LEAD} {obj.colour}."))
+                     oracle_trace_of(f"{seen} The shape at the {CELLS[cell]} is the {obj.name}.", obj.colour))
     if kind == "count":
         attribute = rng.choice(["shape", "colour", "all"])
         if attribute == "shape":
@@ -151,8 +150,7 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
             matches, question = scene.objects, "how many shapes are there?"
         number = NUMBER_WORDS[len(matches)]
         listed = " and ".join(f"the {o.name}" for o in matches) or "none"
-        return Query(kind, question, number, _trace(f"{seen} Matching: {listed}; {number} in all.",
-                                                    f"{ANSWER_LEAD} {number}."))
+        return Query(kind, question, number, oracle_trace_of(f"{seen} Matching: {listed}; {number} in all.", number))
     if kind in ("relation", "grounding"):
         options = [(cell, relation) for cell in cells for relation in RELATIONS
                    if neighbour(cell, relation) is not None and (kind == "relation" or neighbour(cell, relation) in cells)]
@@ -165,7 +163,7 @@ def ask(kind: str, scene: Scene, rng: random.Random) -> Query | None:
         answer = f"a {target.name}" if target else "nothing"
         if kind == "relation":
             return Query(kind, f"what is {relation} the {reference.name}?", answer,
-                         _trace(f"{seen} {found}", f"{ANSWER_LEAD} {answer}."))
+                         oracle_trace_of(f"{seen} {found}", answer))
         return Query(kind, f"the shape {relation} the {reference.name}", answer,
                      _trace(f"{seen} {found}", f"The shape is {answer}."))
     if kind == "i2t":
