@@ -17,18 +17,30 @@ from safetensors.torch import load_file
 from tests.training.helpers import REPO_ROOT, subprocess_env
 from training.assets import MANIFEST, WEIGHTS, build_model, read_manifest, state_digest
 from training.compare_variants import markdown, summarise, task_scores, variant_model
+from training.recipes.tte_mini import part1_from_assets
 from tte_eval.model_io import model_hash
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> str:
-    """A `--smoke --variants` run of the recipe, from the GGUF to the published unified model and its assets."""
-    root = tmp_path_factory.mktemp("tte-mini-smoke")
-    command = [sys.executable, "-m", "training.recipes.tte_mini", "--output_dir", str(root / "run"), "--smoke",
-               "--variants"]  # fmt: skip
+def run_recipe(*arguments: str) -> None:
+    command = [sys.executable, "-m", "training.recipes.tte_mini", "--smoke", *arguments]
     result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True,
                             text=True, timeout=1800)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def part1_run(tmp_path_factory) -> str:
+    """A `--smoke` run of part 1: the GGUF to the aligned model's assets."""
+    root = tmp_path_factory.mktemp("tte-mini-part1")
+    run_recipe("--output_dir", str(root / "run"))
+    return str(root / "run")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(part1_run, tmp_path_factory) -> str:
+    """A `--smoke --variants` run of part 2 from part 1's assets, to the published unified model and its assets."""
+    root = tmp_path_factory.mktemp("tte-mini-smoke")
+    run_recipe("--output_dir", str(root / "run"), "--variants", "--part1_assets", os.path.join(part1_run, "assets"))
     return str(root / "run")
 
 
@@ -41,15 +53,28 @@ STAGES = ["head", "reasoner", "vision-answers", "vision-grid", "vision-regressio
 VARIANTS = ["no-thinking", "student", "teacher", "unified", "zero-shot"]
 
 
-def test_smoke_recipe_keeps_only_the_settings_of_finished_stages_checkpoints(smoke_run):
-    folders = [os.path.join(smoke_run, name) for name in ("vision-regression", "vision-answers", "vision-grid",
-                                                         "reasoner")]  # fmt: skip
+def test_smoke_recipe_keeps_only_the_settings_of_finished_stages_checkpoints(part1_run, smoke_run):
+    folders = [os.path.join(part1_run, name) for name in ("vision-regression", "vision-answers")]
+    folders += [os.path.join(smoke_run, name) for name in ("vision-grid", "reasoner")]
     folders += [os.path.join(smoke_run, "variants", name) for name in VARIANTS]
     for folder in folders:
         assert os.path.isfile(os.path.join(folder, "model", "config.json")), folder
         checkpoints = os.path.join(folder, "checkpoints")
         saved = [os.path.join(checkpoints, name) for name in os.listdir(checkpoints) if name != "latest"]
         assert [os.listdir(path) for path in saved] == [["settings.json"]], folder
+
+
+def test_part_two_starts_from_part_one_assets_without_retraining_and_carries_their_records(part1_run, smoke_run,
+                                                                                          tmp_path):  # fmt: skip
+    part1, published = os.path.join(part1_run, "assets"), os.path.join(smoke_run, "assets")
+    aligned, trained = (os.path.join(run, "vision-answers", "model", "model.safetensors") for run in (smoke_run,
+                                                                                                      part1_run))
+    assert state_digest(load_file(aligned)) == state_digest(load_file(trained))
+    assert not os.path.exists(os.path.join(smoke_run, "vision-regression"))  # nothing of part 1 was trained again
+    for name in ("settings/vision-regression.json", "runs/vision-answers.json"):
+        assert open(os.path.join(published, name)).read() == open(os.path.join(part1, name)).read()
+    with pytest.raises(ValueError, match="part 2's trained parts"):
+        part1_from_assets(published, str(tmp_path))
 
 
 def test_smoke_recipe_stores_only_what_training_changed(smoke_run):

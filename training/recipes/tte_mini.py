@@ -36,6 +36,7 @@ checkpoint, so rerunning the same command continues where a run stopped.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,8 @@ from dataclasses import asdict, dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-from training.assets import COMPARISON, INIT_SETTINGS, add_asset_files, build_model, extract_assets
+from training.assets import (COMPARISON, INIT_SETTINGS, MANIFEST, add_asset_files, build_model, extract_assets,
+                             read_manifest)
 from training.checkpoint import latest_checkpoint, prune_training_state, write_atomic
 from training.compare_variants import variant_model
 from training.scene_tasks import KINDS, SceneTaskArgs, write_scene_tasks
@@ -60,6 +62,9 @@ class RecipeArgs:
     assets_dir: str | None = field(default=None, metadata={"help": "Where the trained parts go (default: "
                                    "output_dir/assets); the repository's are assets/tte-mini."})  # fmt: skip
     variants: bool = field(default=False, metadata={"help": "Also run part 2: train and compare the variants."})
+    part1_assets: str | None = field(default=None, metadata={"help": "Start from part 1's trained parts (e.g. "
+                                     "assets/tte-mini) instead of training part 1: the aligned model is built from "
+                                     "them, and their settings, run summaries and evaluation are carried over."})  # fmt: skip
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Sizes:
     eval_images: int | None = None  # all 1,000
     # part 2: the variant comparison
     scene_images: int = 3000
-    test_rows: int = 30  # per test task
+    test_rows: int = 50  # per test task (350 test queries over the 7 scene tasks)
     control_images: int = 20  # easy-VQA control task
     grid_steps: int = 500
     sft_steps: int = 200
@@ -144,13 +149,32 @@ def main(argv: list[str] | None = None) -> str:
     write_atomic(os.path.join(root, "recipe.json"), json.dumps({**asdict(args), "sizes": asdict(sizes)}, indent=2))
     common = ["--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--logging_steps", "10"]
 
+    answers, captions = write_data(os.path.join(root, "data"), sizes, args.seed)
+    if args.part1_assets:
+        aligned, part1_files = part1_from_assets(args.part1_assets, root)
+    else:
+        aligned, part1_files = train_part1(root, sizes, common, args.seed, answers, captions)
+    assets_dir = args.assets_dir or os.path.join(root, "assets")
+    if args.variants:
+        return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files)
+    extract_assets(aligned, assets_dir, extra_files=part1_files)
+    print(f"trained parts of {aligned} stored in {assets_dir}")
+    return aligned
+
+
+def train_part1(root: str, sizes: Sizes, common: list[str], seed: int, answers: str, captions: str,
+                ) -> tuple[str, dict[str, str]]:  # fmt: skip
+    """Part 1: the backbone, the vision tower's two stages and the easy-VQA evaluation.
+
+    Returns:
+        The aligned model folder, and the files its assets carry (`{name in the assets: path}`).
+    """
     backbone = os.path.join(root, "backbone")
     if not os.path.isfile(os.path.join(backbone, "config.json")):
-        run_stage("training.build_backbone", ["--output_dir", backbone, "--seed", str(args.seed)])
+        run_stage("training.build_backbone", ["--output_dir", backbone, "--seed", str(seed)])
     init = os.path.join(root, "init")
     if not os.path.isfile(os.path.join(init, "config.json")):
         run_stage("training.init_model", ["--backbone", backbone, "--output_dir", init, *INIT_SETTINGS])
-    answers, captions = write_data(os.path.join(root, "data"), sizes, args.seed)
     regressed = training_stage("training.train_vision", os.path.join(root, "vision-regression"), [
         "--model_path", init, "--data_config", captions, "--objective", "regression",
         "--per_device_batch_size", str(sizes.regression_batch), "--max_steps", str(sizes.regression_steps),
@@ -168,12 +192,29 @@ def main(argv: list[str] | None = None) -> str:
         run_stage("training.eval_easy_vqa", ["--model_path", aligned, "--output", results, "--max_new_tokens", "4",
                                              *(["--max_images", str(sizes.eval_images)] if sizes.eval_images else [])])
     stages = {name: os.path.join(root, name) for name in ("vision-regression", "vision-answers")}
-    assets_dir = args.assets_dir or os.path.join(root, "assets")
-    if args.variants:
-        return run_variants(root, sizes, common, aligned, answers, assets_dir, stages)
-    extract_assets(aligned, assets_dir, extra_files={**stage_files(stages, root), "easy_vqa.json": results})
-    print(f"trained parts of {aligned} stored in {assets_dir}")
-    return aligned
+    return aligned, {**stage_files(stages, root), "easy_vqa.json": results}
+
+
+def part1_from_assets(assets_dir: str, root: str) -> tuple[str, dict[str, str]]:
+    """Part 1 as committed: a copy of its assets (so that publishing into the same folder cannot clobber them) and
+    the aligned model built from it, checked against the manifest's digest.
+
+    Returns:
+        As `train_part1`: the aligned model, and part 1's settings, run summaries and evaluation from the assets.
+    """
+    copy = os.path.join(root, "part1-assets")
+    if not os.path.isfile(os.path.join(copy, MANIFEST)):
+        staging = copy + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(assets_dir, staging)
+        os.replace(staging, copy)
+    manifest = read_manifest(copy)
+    if "settings/reasoner.json" in manifest["files"]:  # building them would give the SFT'd model, not the aligned one
+        raise ValueError(f"{assets_dir} holds part 2's trained parts (settings/reasoner.json), not part 1's: train "
+                         "part 1 (leave out --part1_assets) or pass the assets of a part-1 run")
+    aligned = build_model(copy, os.path.join(root, "vision-answers", "model"))
+    carried = [name for name in manifest["files"] if name.startswith(("settings/", "runs/")) or name == "easy_vqa.json"]
+    return aligned, {name: os.path.join(copy, name) for name in carried}
 
 
 def write_variant_data(folder: str, sizes: Sizes, seed: int, answers: str) -> dict[str, str]:
@@ -233,7 +274,7 @@ def evaluate_variant(model: str, tasks_dir: str, output: str, name: str, traces:
 
 
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
-                 stages: dict[str, str]) -> str:  # fmt: skip
+                 part1_files: dict[str, str]) -> str:  # fmt: skip
     """Part 2: train every variant with the same embedder budget, publish the unified one as the default model (its
     assets), evaluate each variant (the unified one as published) and write the comparison into the assets.
 
@@ -293,9 +334,9 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                 "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget])  # fmt: skip
     # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16) and
     # the model rebuilt from them, which is what gets evaluated.
-    stages = {**stages, **{name: os.path.join(root, name) for name in ("vision-grid", "reasoner")},
+    stages = {**{name: os.path.join(root, name) for name in ("vision-grid", "reasoner")},
               "head": os.path.join(variants, "unified")}  # fmt: skip
-    extract_assets(models["unified"], assets_dir, extra_files=stage_files(stages, root))
+    extract_assets(models["unified"], assets_dir, extra_files={**part1_files, **stage_files(stages, root)})
     models["unified"] = build_model(assets_dir, variant_model(root, "unified"))
     qa = os.path.join(root, "eval", "easy_vqa-unified.json")
     if not os.path.isfile(qa):
