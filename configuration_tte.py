@@ -35,6 +35,9 @@ class TTEConfig(PretrainedConfig):
         max_new_tokens: bound on the generated trace length.
         think: default thinking policy: `"always"`, `"never"` or `"queries"` (queries think, documents don't).
         normalize: L2-normalise embeddings.
+        use_prefix_cache: compute the keys and values of each task family's shared template prefix (the system turn)
+            once and reuse them (exact: causal attention makes them independent of the input). Off for debugging
+            and for the benchmark's side-by-side runs.
         matryoshka_dims: dimensions accepted by `truncate_dim` (the full dimension is always accepted).
         embedding_token_id: id of the token appended after the trace; its last-layer state is the embedding.
         embedding_dim: size of the embedding; always the backbone's hidden size (set from the backbone config).
@@ -55,6 +58,7 @@ class TTEConfig(PretrainedConfig):
     max_new_tokens: int = 128
     think: Literal["always", "never", "queries"] = "queries"
     normalize: bool = True
+    use_prefix_cache: bool = True
     matryoshka_dims: list[int] | None = None
     embedding_token_id: int | None = None
     embedding_dim: int | None = None

@@ -7,6 +7,8 @@ so the trunk is not run a second time over prompt + trace.
 """
 
 import copy
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -21,6 +23,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     BatchFeature,
+    DynamicCache,
     GenerationConfig,
     PreTrainedModel,
 )
@@ -164,9 +167,74 @@ class TTEHead(nn.Module):
         self.decoder = AutoModel.from_config(head_config)
         del self.decoder.embed_tokens
 
-    def forward(self, source_states, attention_mask, position_ids) -> torch.Tensor:
-        output = self.decoder(inputs_embeds=source_states, attention_mask=attention_mask, position_ids=position_ids)
+    def forward(self, source_states, attention_mask, position_ids, cache: DynamicCache | None = None) -> torch.Tensor:
+        output = self.decoder(inputs_embeds=source_states, attention_mask=attention_mask, position_ids=position_ids,
+                              cache=cache, use_cache=cache is not None)  # fmt: skip
         return output.last_hidden_state
+
+
+KeysValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+@dataclass(frozen=True)
+class PrefixStates:
+    """The keys and values of a shared template prefix (batch 1): the trunk's layers up to the one whose outputs
+    embed (all layers, or the unified source layer's), and the unified head's layers."""
+
+    length: int
+    trunk: KeysValues
+    head: KeysValues | None
+
+    def caches(self, batch: int) -> tuple[DynamicCache, DynamicCache | None]:
+        """Fresh caches of `batch` rows over the stored tensors: a call appends to its own copy (`torch.cat`), so
+        the stored tensors are never written and concurrent calls can share them."""
+
+        def expanded(layers: KeysValues) -> DynamicCache:
+            return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in layers])
+
+        return expanded(self.trunk), expanded(self.head) if self.head is not None else None
+
+
+def keys_values(cache: DynamicCache) -> KeysValues:
+    return tuple((layer.keys, layer.values) for layer in cache.layers if layer.is_initialized)
+
+
+class PrefixCache:
+    """A bounded, thread-safe LRU of `PrefixStates`.
+
+    Keys name everything the states depend on: the prefix ids (so the task family and the prompt-set version), the
+    dtype and device, and the weights' in-place version counters (training steps, `load_state_dict`), so a cache can
+    never serve states of other weights.
+    """
+
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, PrefixStates] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, compute: Callable[[], PrefixStates]) -> PrefixStates:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        states = compute()  # outside the lock: two threads may both compute a new prefix, and get equal states
+        with self._lock:
+            self._entries[key] = states
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return states
+
+    def __reduce__(self):
+        """A copied or pickled model starts with an empty cache: entries are derived data, and a lock cannot be
+        copied."""
+        return PrefixCache, (self.max_entries,)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class TTEPreTrainedModel(PreTrainedModel):
@@ -203,6 +271,7 @@ class TTEModel(TTEPreTrainedModel):
             self.reasoner = build_generator(config.reasoner_config)
         self.external_reasoner = None
         self._processor = None
+        self._prefix_cache = PrefixCache()
         self.post_init()
 
     # ----- construction -----
@@ -380,6 +449,60 @@ class TTEModel(TTEPreTrainedModel):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **vision_inputs
             ).last_hidden_state  # post-norm
         return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, attention_mask, self.config.normalize))
+
+    # ----- the shared template prefix, computed once -----
+
+    def prefix_states(self, prefix_ids: list[int]) -> PrefixStates:
+        """The keys and values of a shared template prefix (`TTEProcessor.shared_prefix_ids`), from the model's
+        prefix cache. Causal attention makes them independent of what follows, so reusing them is exact."""
+        # Optimizer steps and load_state_dict write parameters in place, which bumps their version counters.
+        weights_version = sum(parameter._version for parameter in self.parameters())
+        key = (tuple(prefix_ids), self.dtype, self.device, weights_version)
+        return self._prefix_cache.get(key, lambda: self._compute_prefix_states(prefix_ids))
+
+    @torch.no_grad()
+    def _compute_prefix_states(self, prefix_ids: list[int]) -> PrefixStates:
+        input_ids = torch.tensor([prefix_ids], device=self.device)
+        attention_mask = torch.ones_like(input_ids)
+        position_ids = self.position_ids_for(input_ids, attention_mask)
+        trunk = DynamicCache()
+        if self.config.variant != "unified":
+            self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=trunk,
+                          use_cache=True)  # fmt: skip
+            return PrefixStates(len(prefix_ids), keys_values(trunk), None)
+        with capture_layer_output(self.source_layer(), stop=True) as captured:
+            base_model_of(self.backbone)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                         cache=trunk, use_cache=True)  # fmt: skip
+        head = DynamicCache()
+        self.head(captured[0], attention_mask, position_ids, cache=head)
+        return PrefixStates(len(prefix_ids), keys_values(trunk), keys_values(head))
+
+    def _forward_after_prefix(self, inputs: BatchFeature, prefix: PrefixStates) -> torch.Tensor:
+        """`forward` of built inputs that all start with `prefix`: only the tokens after it are run, on top of its
+        cached keys and values, at the positions they have in the whole sequence.
+
+        Left padding puts each row's tokens after the prefix in its last columns. Moving a row's pads to sit between
+        the prefix and the rest keeps every token in its column, so the rest is the batch's last columns.
+        """
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        position_ids = self.position_ids_for(input_ids, attention_mask, inputs.get("mm_token_type_ids"),
+                                             inputs.get("image_grid_thw"))  # fmt: skip
+        batch, length = input_ids.shape
+        rest_mask = attention_mask[:, : length - prefix.length]
+        rest_ids = input_ids[:, prefix.length :].masked_fill(rest_mask == 0, self.config.pad_token_id)
+        rest_positions = position_ids[..., prefix.length :]
+        mask = torch.cat([attention_mask.new_ones(batch, prefix.length), rest_mask], dim=1)
+        vision_inputs = {key: inputs[key] for key in ("pixel_values", "image_grid_thw") if inputs.get(key) is not None}
+        trunk, head = prefix.caches(batch)
+        if self.config.variant == "unified":
+            with capture_layer_output(self.source_layer(), stop=True) as captured:
+                base_model_of(self.backbone)(input_ids=rest_ids, attention_mask=mask, position_ids=rest_positions,
+                                             cache=trunk, use_cache=True, **vision_inputs)  # fmt: skip
+            hidden_states = self.head(captured[0], mask, rest_positions, cache=head)
+        else:
+            hidden_states = self.backbone(input_ids=rest_ids, attention_mask=mask, position_ids=rest_positions,
+                                          cache=trunk, use_cache=True, **vision_inputs).last_hidden_state  # fmt: skip
+        return pool_embeddings(hidden_states, rest_mask, self.config.normalize)
 
     # ----- reasoning -----
 
@@ -573,10 +696,33 @@ class TTEModel(TTEPreTrainedModel):
             for i, trace in zip(generate_rows, new_traces):
                 traces[i] = trace
         if plain_rows:
-            inputs = self._embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
-                                            [names[i] for i in plain_rows])  # fmt: skip
-            embeddings[plain_rows] = self(**inputs).embeddings
+            embeddings[plain_rows] = self._embed_given([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
+                                                       [names[i] for i in plain_rows])  # fmt: skip
         return embeddings, traces
+
+    def _embed_given(self, items, traces, where: list[str]) -> torch.Tensor:
+        """Embed inputs with given traces. With `config.use_prefix_cache` each task family's rows start from its
+        cached template prefix; a row whose tokens do not start with it (its text merged with the template's last
+        token) is run whole."""
+        if not self.config.use_prefix_cache:
+            return self(**self._embedding_inputs(items, traces, where)).embeddings
+        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
+        for task in dict.fromkeys(item.task for item in items):
+            rows = [i for i, item in enumerate(items) if item.task == task]
+            prefix_ids = self.processor.shared_prefix_ids(task)
+            inputs = self._embedding_inputs(*([values[i] for i in rows] for values in (items, traces, where)))
+            starts = [ids[mask.bool()][: len(prefix_ids)].tolist() == prefix_ids
+                      for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]  # fmt: skip
+            if prefix_ids and all(starts):
+                embeddings[rows] = self._forward_after_prefix(inputs, self.prefix_states(prefix_ids))
+            elif not prefix_ids or not any(starts):
+                embeddings[rows] = self(**inputs).embeddings
+            else:  # a few rows start otherwise: embed each kind apart
+                for kind in (True, False):
+                    part = [i for i, start in zip(rows, starts) if start == kind]
+                    rows_of = ([values[i] for i in part] for values in (items, traces, where))
+                    embeddings[part] = self._embed_given(*rows_of)
+        return embeddings
 
     def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
         """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""

@@ -392,6 +392,7 @@ class TTEProcessor(ProcessorMixin):
             logger.warning("ignoring allow_urls=True from the processor's settings: URL fetching is a per-process "
                            "choice; set processor.allow_urls = True after loading")  # fmt: skip
         self.allow_urls = False  # not an __init__ argument, so save_pretrained never writes it
+        self._shared_prefixes: dict[str, list[int]] = {}
         self.url_limits = URLFetchLimits()
         self.text_only = text_only
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
@@ -523,6 +524,25 @@ class TTEProcessor(ProcessorMixin):
         if self.text_only:  # text-only chat templates take plain string content
             messages[1]["content"] = "\n".join(part["text"] for part in messages[1]["content"])
         return self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def shared_prefix_ids(self, task: str) -> list[int]:
+        """The token ids every prompt of task family `task` starts with: the template's system turn and markup, up to
+        the first token that depends on the input (what `TTEModel` computes once and caches).
+
+        Found by tokenising probe inputs that differ from their first character on (text, instruction, image), so it
+        follows the chat template instead of assuming its layout.
+        """
+        if task not in self._shared_prefixes:
+            probes = [TTEInput(text="a", image=None, instruction=None, task=task),
+                      TTEInput(text="7", image=None, instruction="b", task=task)]  # fmt: skip
+            if not self.text_only:
+                probes.append(TTEInput(text=None, image=Image.new("RGB", (1, 1)), instruction=None, task=task))
+            rows = [self.tokenizer(self.build_prompt(probe), add_special_tokens=False)["input_ids"] for probe in probes]
+            length = 0
+            while length < min(map(len, rows)) and len({row[length] for row in rows}) == 1:
+                length += 1
+            self._shared_prefixes[task] = rows[0][:length]
+        return list(self._shared_prefixes[task])
 
     def check_trace(self, trace, where: str) -> str:
         """Validate a trace: a str without special tokens (`where` names it in errors, e.g. `"reasoning[2]"`)."""

@@ -1,0 +1,130 @@
+"""The prefix cache: each task family's shared template prefix is run once, and embeddings stay exact."""
+
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import make_image, run_concurrently
+from tests.tiny_models import BACKBONES
+from tte.modeling_tte import PrefixCache, PrefixStates
+from tte.processing_tte import TTEInput
+
+
+VARIANTS = ("unified", "student", "teacher")
+
+
+def mixed_inputs(name: str) -> list:
+    image = {"text": "what is this", "image": make_image(1)} if name != "llama" else "what is this shape"
+    return ["a red circle", image, {"image": make_image(2)} if name != "llama" else "x", "the blue square above it"]
+
+
+def embed_both_ways(model, inputs, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(without the cache, with it); the shared model's switch is put back afterwards."""
+    try:
+        model.config.use_prefix_cache = False
+        whole = model.embed(inputs, convert_to_tensor=True, **kwargs)
+        model.config.use_prefix_cache = True
+        cached = model.embed(inputs, convert_to_tensor=True, **kwargs)
+    finally:
+        model.config.use_prefix_cache = True
+    return whole, cached
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", BACKBONES)
+def test_cached_prefix_gives_the_embeddings_of_whole_sequences(tiny_tte, name, variant):
+    model = tiny_tte(name, variant)
+    inputs = mixed_inputs(name)
+    traces = ["it is red", "a shape", "", "blue and square"]
+    for kwargs in ({"think": False}, {"reasoning": traces}, {"side": "document", "think": False}):
+        whole, cached = embed_both_ways(model, inputs, **kwargs)
+        torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
+
+
+def test_prefix_runs_once_and_later_calls_feed_only_what_follows_it(tiny_tte):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "unified"))
+    fed = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, output: fed.append(args[0].shape))
+    try:
+        items = model.processor.parse_inputs(["a red circle", "the blue square above the green star"])
+        width = model.processor.build_embedding_inputs(items, ["", ""])["input_ids"].shape[1]
+        prefix = len(model.processor.shared_prefix_ids("retrieval"))
+        model.embed(["a red circle", "the blue square above the green star"], think=False)
+        assert fed == [(1, prefix), (2, width - prefix)]
+        fed.clear()
+        model.embed(["a red circle", "the blue square above the green star"], think=False)
+        assert fed == [(2, width - prefix)]
+    finally:
+        hook.remove()
+
+
+def test_each_task_family_in_a_batch_gets_its_own_prefix(tiny_tte):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "student"))
+    inputs = [{"text": "a red circle", "task": "vqa"}, "a blue square", {"text": "a star", "task": "classification"}]
+    whole, cached = embed_both_ways(model, inputs, think=False)
+    torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
+    assert len(model._prefix_cache) == 3
+
+
+def test_weights_changed_in_place_never_get_stale_prefix_states(tiny_tte):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "teacher"))
+    before = model.embed(["a red circle"], think=False, convert_to_tensor=True)
+    with torch.no_grad():
+        value = model.backbone.language_model.layers[0].self_attn.v_proj.weight
+        value.add_(torch.randn(value.shape, generator=torch.Generator().manual_seed(0)))  # as an optimizer step would
+    whole, cached = embed_both_ways(model, ["a red circle"], think=False)
+    torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
+    assert not torch.allclose(whole, before, atol=1e-2)
+
+
+def test_rows_that_do_not_start_with_the_prefix_are_embedded_whole(tiny_tte, monkeypatch):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "unified"))
+    processor = model.processor
+    items = processor.parse_inputs(["red circle", "blue square"])
+    first_row = processor.build_embedding_inputs(items[:1], [""])["input_ids"][0].tolist()
+    shared = processor.shared_prefix_ids("retrieval")
+    longer = first_row[: len(shared) + 1]  # also holds the first input's first token, which the second row lacks
+    monkeypatch.setattr(processor, "shared_prefix_ids", lambda task: list(longer))
+    whole, cached = embed_both_ways(model, ["red circle", "blue square"], think=False)
+    torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
+    assert [key[0] for key in model._prefix_cache._entries] == [tuple(longer)]
+
+
+def test_concurrent_calls_share_the_cache_and_get_their_own_embeddings(tiny_tte):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "unified"))
+    texts = [["a red circle"], ["the blue square", "a green star"], [{"text": "what is it", "image": make_image(3)}]]
+    model.config.use_prefix_cache = False
+    expected = [model.embed(batch, think=False, convert_to_tensor=True) for batch in texts]
+    model.config.use_prefix_cache = True
+    for results in run_concurrently(lambda batch: model.embed(batch, think=False, convert_to_tensor=True), texts):
+        for result, reference in zip(results, expected):
+            torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
+    assert len(model._prefix_cache) == 1
+
+
+def test_prefix_cache_is_bounded_and_evicts_the_least_recently_used():
+    cache, computed = PrefixCache(max_entries=2), []
+
+    def compute(name):
+        computed.append(name)
+        return PrefixStates(1, (), None)
+
+    for name in ("a", "b", "a", "c", "a", "b"):
+        cache.get((name,), lambda: compute(name))
+    assert computed == ["a", "b", "c", "b"] and len(cache) == 2  # "b" was evicted by "c", "a" was used last
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_shared_prefix_is_where_prompts_of_a_family_start_to_differ(tiny_tte, name):
+    processor = tiny_tte(name, "unified").processor
+    for task in ("retrieval", "vqa"):
+        prefix = processor.shared_prefix_ids(task)
+        items = [TTEInput("red circle", None, None, task), TTEInput("blue", None, "find it", task)]
+        if not processor.text_only:
+            items.append(TTEInput(None, make_image(0), None, task))
+        rows = [processor.tokenizer(processor.build_prompt(item), add_special_tokens=False)["input_ids"]
+                for item in items]  # fmt: skip
+        assert prefix and all(row[: len(prefix)] == prefix for row in rows)
+        assert len({row[len(prefix)] for row in rows}) == len(rows)  # the next token is already the input's
+        assert processor.shared_prefix_ids(task) != processor.shared_prefix_ids("classification")
