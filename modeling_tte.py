@@ -185,14 +185,21 @@ class PrefixStates:
     trunk: KeysValues
     head: KeysValues | None
 
-    def caches(self, batch: int) -> tuple[DynamicCache, DynamicCache | None]:
-        """Fresh caches of `batch` rows over the stored tensors: a call appends to its own copy (`torch.cat`), so
-        the stored tensors are never written and concurrent calls can share them."""
 
-        def expanded(layers: KeysValues) -> DynamicCache:
-            return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in layers])
-
-        return expanded(self.trunk), expanded(self.head) if self.head is not None else None
+def rows_cache(prefixes: list[KeysValues], rows: torch.Tensor, width: int) -> DynamicCache:
+    """A cache whose row i holds `prefixes[rows[i]]` right-aligned in `width` columns (the columns before it are
+    masked; `rows[i] == len(prefixes)` gives an all-masked row). Indexing makes new tensors, so a call never writes
+    the stored ones and gradients reach them."""
+    if len(prefixes) == 1 and bool((rows == 0).all()):  # one prefix for every row: a view, nothing copied
+        return DynamicCache([(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefixes[0]])
+    layers = []
+    for layer in zip(*prefixes):
+        padded = {}
+        for side in (0, 1):
+            tensors = [F.pad(kv[side], (0, 0, width - kv[side].shape[2], 0)) for kv in layer]
+            padded[side] = torch.cat([*tensors, torch.zeros_like(tensors[0])])[rows]
+        layers.append((padded[0], padded[1]))
+    return DynamicCache(layers)
 
 
 def keys_values(cache: DynamicCache) -> KeysValues:
@@ -421,6 +428,7 @@ class TTEModel(TTEPreTrainedModel):
         mm_token_type_ids: torch.IntTensor | None = None,
         source_states: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        prefix_lengths: torch.LongTensor | None = None,
         **kwargs,
     ) -> TTEEmbeddingOutput:
         r"""Embed already-built embedding inputs (`TTEProcessor.build_embedding_inputs`); gradients flow.
@@ -432,6 +440,10 @@ class TTEModel(TTEPreTrainedModel):
             source_states (`torch.Tensor` of shape `(batch, seq_len, hidden)`, *optional*): unified variant only;
                 layer L-N states already computed (by generation), so the trunk is skipped.
             position_ids (`torch.LongTensor`, *optional*): from `position_ids_for`, when the caller has them already.
+            prefix_lengths (`torch.LongTensor` of shape `(batch,)`, *optional*): from the processor: how many of each
+                row's first tokens are its task family's shared template prefix. With `config.use_prefix_cache`
+                each distinct prefix is run once (from the prefix cache when no gradient is needed) and only the
+                rest of each row is fed; the embeddings are the same.
 
         Returns:
             `TTEEmbeddingOutput` with `embeddings` of shape `(batch, embedding_dim)`, fp32.
@@ -440,6 +452,9 @@ class TTEModel(TTEPreTrainedModel):
         vision_inputs = {key: value for key, value in vision_inputs.items() if value is not None}
         if position_ids is None:
             position_ids = self.position_ids_for(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        if (self.config.use_prefix_cache and source_states is None and prefix_lengths is not None
+                and bool(prefix_lengths.any()) and not self._dropout_is_active()):  # fmt: skip
+            return self._forward_after_prefixes(input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs)
         if self.config.variant == "unified":
             if source_states is None:
                 source_states = self.source_states(input_ids, attention_mask, position_ids, **vision_inputs)
@@ -450,18 +465,29 @@ class TTEModel(TTEPreTrainedModel):
             ).last_hidden_state  # post-norm
         return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, attention_mask, self.config.normalize))
 
-    # ----- the shared template prefix, computed once -----
+    # ----- shared template prefixes, run once -----
 
-    def prefix_states(self, prefix_ids: list[int]) -> PrefixStates:
-        """The keys and values of a shared template prefix (`TTEProcessor.shared_prefix_ids`), from the model's
-        prefix cache. Causal attention makes them independent of what follows, so reusing them is exact."""
+    def _dropout_is_active(self) -> bool:
+        """Whether training draws dropout masks: a prefix run once for many rows would then share one mask among them,
+        so prefixes are only shared without it."""
+        if not self.training:
+            return False
+        text_config = self.config.backbone_config.get_text_config()
+        return bool(getattr(text_config, "attention_dropout", 0.0)) or any(
+            isinstance(module, nn.Dropout) and module.p > 0 and module.training for module in self.modules()
+        )
+
+    def prefix_states(self, prefix_ids: tuple[int, ...]) -> PrefixStates:
+        """The keys and values of a shared template prefix: from the prefix cache when no gradient is needed, else
+        computed in the graph. Causal attention makes them independent of what follows, so reusing them is exact."""
+        if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters()):
+            return self._compute_prefix_states(prefix_ids)
         # Optimizer steps and load_state_dict write parameters in place, which bumps their version counters.
         weights_version = sum(parameter._version for parameter in self.parameters())
-        key = (tuple(prefix_ids), self.dtype, self.device, weights_version)
+        key = (prefix_ids, self.dtype, self.device, weights_version)
         return self._prefix_cache.get(key, lambda: self._compute_prefix_states(prefix_ids))
 
-    @torch.no_grad()
-    def _compute_prefix_states(self, prefix_ids: list[int]) -> PrefixStates:
+    def _compute_prefix_states(self, prefix_ids: tuple[int, ...]) -> PrefixStates:
         input_ids = torch.tensor([prefix_ids], device=self.device)
         attention_mask = torch.ones_like(input_ids)
         position_ids = self.position_ids_for(input_ids, attention_mask)
@@ -477,32 +503,42 @@ class TTEModel(TTEPreTrainedModel):
         self.head(captured[0], attention_mask, position_ids, cache=head)
         return PrefixStates(len(prefix_ids), keys_values(trunk), keys_values(head))
 
-    def _forward_after_prefix(self, inputs: BatchFeature, prefix: PrefixStates) -> torch.Tensor:
-        """`forward` of built inputs that all start with `prefix`: only the tokens after it are run, on top of its
-        cached keys and values, at the positions they have in the whole sequence.
+    def _forward_after_prefixes(self, input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs):
+        """`forward` that runs each distinct prefix once and feeds each row only its tokens after its prefix, on top
+        of the prefix's keys and values, at the positions they have in the whole sequence.
 
-        Left padding puts each row's tokens after the prefix in its last columns. Moving a row's pads to sit between
-        the prefix and the rest keeps every token in its column, so the rest is the batch's last columns.
+        Left padding puts each row's tokens after its prefix in its last columns. Moving the prefix out and the pads
+        in keeps every such token in its column, so they are the batch's last `width` columns.
         """
-        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-        position_ids = self.position_ids_for(input_ids, attention_mask, inputs.get("mm_token_type_ids"),
-                                             inputs.get("image_grid_thw"))  # fmt: skip
         batch, length = input_ids.shape
-        rest_mask = attention_mask[:, : length - prefix.length]
-        rest_ids = input_ids[:, prefix.length :].masked_fill(rest_mask == 0, self.config.pad_token_id)
-        rest_positions = position_ids[..., prefix.length :]
-        mask = torch.cat([attention_mask.new_ones(batch, prefix.length), rest_mask], dim=1)
-        vision_inputs = {key: inputs[key] for key in ("pixel_values", "image_grid_thw") if inputs.get(key) is not None}
-        trunk, head = prefix.caches(batch)
+        lengths = attention_mask.sum(dim=1)
+        rest_lengths = lengths - prefix_lengths
+        width = int(rest_lengths.max())
+        columns = torch.arange(width, device=input_ids.device)
+        rest_mask = (columns >= width - rest_lengths[:, None]).to(attention_mask.dtype)
+        rest_ids = input_ids[:, length - width :].masked_fill(rest_mask == 0, self.config.pad_token_id)
+        rest_positions = position_ids[..., length - width :]
+        starts = (length - lengths).tolist()  # each row's first real column
+        prefix_of_row = [tuple(input_ids[i, start : start + n].tolist()) if n else None
+                         for i, (start, n) in enumerate(zip(starts, prefix_lengths.tolist()))]  # fmt: skip
+        distinct = list(dict.fromkeys(prefix for prefix in prefix_of_row if prefix is not None))
+        states = [self.prefix_states(prefix) for prefix in distinct]
+        rows = torch.tensor([distinct.index(p) if p is not None else len(distinct) for p in prefix_of_row],
+                            device=input_ids.device)  # fmt: skip
+        prefix_width = max(state.length for state in states)
+        prefix_mask = (torch.arange(prefix_width, device=input_ids.device) >= prefix_width - prefix_lengths[:, None])
+        mask = torch.cat([prefix_mask.to(attention_mask.dtype), rest_mask], dim=1)
+        trunk = rows_cache([state.trunk for state in states], rows, prefix_width)
         if self.config.variant == "unified":
             with capture_layer_output(self.source_layer(), stop=True) as captured:
                 base_model_of(self.backbone)(input_ids=rest_ids, attention_mask=mask, position_ids=rest_positions,
                                              cache=trunk, use_cache=True, **vision_inputs)  # fmt: skip
+            head = rows_cache([state.head for state in states], rows, prefix_width)
             hidden_states = self.head(captured[0], mask, rest_positions, cache=head)
         else:
             hidden_states = self.backbone(input_ids=rest_ids, attention_mask=mask, position_ids=rest_positions,
                                           cache=trunk, use_cache=True, **vision_inputs).last_hidden_state  # fmt: skip
-        return pool_embeddings(hidden_states, rest_mask, self.config.normalize)
+        return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, rest_mask, self.config.normalize))
 
     # ----- reasoning -----
 
@@ -696,33 +732,11 @@ class TTEModel(TTEPreTrainedModel):
             for i, trace in zip(generate_rows, new_traces):
                 traces[i] = trace
         if plain_rows:
-            embeddings[plain_rows] = self._embed_given([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
-                                                       [names[i] for i in plain_rows])  # fmt: skip
+            inputs = self._embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
+                                            [names[i] for i in plain_rows])  # fmt: skip
+            embeddings[plain_rows] = self(**inputs).embeddings
         return embeddings, traces
 
-    def _embed_given(self, items, traces, where: list[str]) -> torch.Tensor:
-        """Embed inputs with given traces. With `config.use_prefix_cache` each task family's rows start from its
-        cached template prefix; a row whose tokens do not start with it (its text merged with the template's last
-        token) is run whole."""
-        if not self.config.use_prefix_cache:
-            return self(**self._embedding_inputs(items, traces, where)).embeddings
-        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
-        for task in dict.fromkeys(item.task for item in items):
-            rows = [i for i, item in enumerate(items) if item.task == task]
-            prefix_ids = self.processor.shared_prefix_ids(task)
-            inputs = self._embedding_inputs(*([values[i] for i in rows] for values in (items, traces, where)))
-            starts = [ids[mask.bool()][: len(prefix_ids)].tolist() == prefix_ids
-                      for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]  # fmt: skip
-            if prefix_ids and all(starts):
-                embeddings[rows] = self._forward_after_prefix(inputs, self.prefix_states(prefix_ids))
-            elif not prefix_ids or not any(starts):
-                embeddings[rows] = self(**inputs).embeddings
-            else:  # a few rows start otherwise: embed each kind apart
-                for kind in (True, False):
-                    part = [i for i, start in zip(rows, starts) if start == kind]
-                    rows_of = ([values[i] for i in part] for values in (items, traces, where))
-                    embeddings[part] = self._embed_given(*rows_of)
-        return embeddings
 
     def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
         """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""

@@ -574,14 +574,26 @@ class TTEProcessor(ProcessorMixin):
         return self._encode([self.build_prompt(item) for item in items], items)
 
     def build_embedding_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
-        """Left-padded model inputs of `prompt + trace + EMBEDDING_TOKEN`; use `""` for no trace."""
+        """Left-padded model inputs of `prompt + trace + EMBEDDING_TOKEN`; use `""` for no trace.
+
+        `prefix_lengths` tells the model how many of each row's first tokens are its family's shared prefix
+        (`shared_prefix_ids`), 0 for a row whose text merged with the template's last token.
+        """
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
         texts = [
             self.build_prompt(item) + self.check_trace(trace, f"reasoning[{i}]") + EMBEDDING_TOKEN
             for i, (item, trace) in enumerate(zip(items, traces))
         ]
-        return self._encode(texts, items)
+        features = self._encode(texts, items)
+        features["prefix_lengths"] = torch.tensor([self._prefix_length(ids[mask.bool()].tolist(), item.task)
+                                                   for ids, mask, item in zip(features["input_ids"],
+                                                                              features["attention_mask"], items)])
+        return features
+
+    def _prefix_length(self, ids: list[int], task: str) -> int:
+        prefix = self.shared_prefix_ids(task)
+        return len(prefix) if ids[: len(prefix)] == prefix else 0
 
     def build_sft_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
         """Reasoner-SFT inputs: the reasoning prompt, then the trace and EOS as the only labels (-100 elsewhere).

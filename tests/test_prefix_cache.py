@@ -51,7 +51,7 @@ def test_prefix_runs_once_and_later_calls_feed_only_what_follows_it(tiny_tte):
         width = model.processor.build_embedding_inputs(items, ["", ""])["input_ids"].shape[1]
         prefix = len(model.processor.shared_prefix_ids("retrieval"))
         model.embed(["a red circle", "the blue square above the green star"], think=False)
-        assert fed == [(1, prefix), (2, width - prefix)]
+        assert fed == [(1, prefix), (2, width - prefix)]  # the prefix once, then what follows it in each row
         fed.clear()
         model.embed(["a red circle", "the blue square above the green star"], think=False)
         assert fed == [(2, width - prefix)]
@@ -59,12 +59,34 @@ def test_prefix_runs_once_and_later_calls_feed_only_what_follows_it(tiny_tte):
         hook.remove()
 
 
-def test_each_task_family_in_a_batch_gets_its_own_prefix(tiny_tte):
-    model = copy.deepcopy(tiny_tte("qwen2_vl", "student"))
-    inputs = [{"text": "a red circle", "task": "vqa"}, "a blue square", {"text": "a star", "task": "classification"}]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_task_families_mixed_in_one_batch_each_get_their_own_prefix(tiny_tte, variant):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", variant))
+    inputs = [{"text": "a red circle", "task": "vqa"}, "a blue square", {"image": make_image(4), "task": "vqa"},
+              {"text": "a star", "task": "classification"}]  # fmt: skip
     whole, cached = embed_both_ways(model, inputs, think=False)
     torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
     assert len(model._prefix_cache) == 3
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", ["qwen2_vl", "llama"])
+def test_training_forward_gives_the_gradients_of_whole_sequences(tiny_tte, name, variant):
+    model = copy.deepcopy(tiny_tte(name, variant)).train()
+    processor = model.processor
+    inputs = [{"text": "a red circle", "task": "vqa"}, "a blue square", {"text": "a star", "task": "classification"}]
+    features = processor.build_embedding_inputs(processor.parse_inputs(inputs), ["it is red", "", "five points"])
+    gradients = {}
+    for cache in (False, True):
+        model.config.use_prefix_cache = cache
+        model.zero_grad()
+        embeddings = model(**features).embeddings
+        (embeddings * torch.linspace(-1, 1, embeddings.shape[1])).sum().backward()
+        gradients[cache] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert len(model._prefix_cache) == 0  # with gradients, prefixes are computed in the graph, never cached
+    assert gradients[True].keys() == gradients[False].keys() and gradients[True]
+    for key, gradient in gradients[False].items():
+        torch.testing.assert_close(gradients[True][key], gradient, atol=1e-5, rtol=1e-4)
 
 
 def test_weights_changed_in_place_never_get_stale_prefix_states(tiny_tte):
@@ -89,6 +111,8 @@ def test_rows_that_do_not_start_with_the_prefix_are_embedded_whole(tiny_tte, mon
     whole, cached = embed_both_ways(model, ["red circle", "blue square"], think=False)
     torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
     assert [key[0] for key in model._prefix_cache._entries] == [tuple(longer)]
+    lengths = processor.build_embedding_inputs(items, ["", ""])["prefix_lengths"].tolist()
+    assert lengths == [len(longer), 0]
 
 
 def test_concurrent_calls_share_the_cache_and_get_their_own_embeddings(tiny_tte):
@@ -128,3 +152,16 @@ def test_shared_prefix_is_where_prompts_of_a_family_start_to_differ(tiny_tte, na
         assert prefix and all(row[: len(prefix)] == prefix for row in rows)
         assert len({row[len(prefix)] for row in rows}) == len(rows)  # the next token is already the input's
         assert processor.shared_prefix_ids(task) != processor.shared_prefix_ids("classification")
+
+
+def test_prefixes_are_not_shared_while_dropout_draws_masks(tiny_tte):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "teacher"))
+    model.backbone.language_model.layers[0].mlp.down_proj = torch.nn.Sequential(
+        model.backbone.language_model.layers[0].mlp.down_proj, torch.nn.Dropout(0.5))  # fmt: skip
+    fed = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, output: fed.append(args[0].shape[1]))
+    features = model.processor.build_embedding_inputs(model.processor.parse_inputs(["a", "b c"]), ["", ""])
+    model.train()(**features)
+    model.eval()(**features)
+    assert fed == [features["input_ids"].shape[1], len(model.processor.shared_prefix_ids("retrieval")),
+                   features["input_ids"].shape[1] - len(model.processor.shared_prefix_ids("retrieval"))]
