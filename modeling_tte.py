@@ -101,6 +101,20 @@ def decoder_of(model: PreTrainedModel) -> nn.Module:
     return getattr(base, "language_model", base)
 
 
+def position_ids_of(model: PreTrainedModel, input_ids, attention_mask, mm_token_type_ids=None, image_grid_thw=None):
+    """Position ids of left-padded inputs to `model` (a backbone or generator): 3D M-RoPE ids for Qwen-VL, else
+    counted from the first real token."""
+    base = base_model_of(model)
+    if hasattr(base, "get_rope_index"):
+        if mm_token_type_ids is None:
+            mm_token_type_ids = torch.zeros_like(input_ids)
+        position_ids, _ = base.get_rope_index(
+            input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
+        return position_ids
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 class _SourceLayerReached(Exception):
     """Raised by `capture_layer_output(..., stop=True)` to skip the layers above the captured one."""
 
@@ -186,20 +200,77 @@ class PrefixStates:
     head: KeysValues | None
 
 
-def rows_cache(prefixes: list[KeysValues], rows: torch.Tensor, width: int) -> DynamicCache:
-    """A cache whose row i holds `prefixes[rows[i]]` right-aligned in `width` columns (the columns before it are
-    masked; `rows[i] == len(prefixes)` gives an all-masked row). Indexing makes new tensors, so a call never writes
-    the stored ones and gradients reach them."""
-    if len(prefixes) == 1 and bool((rows == 0).all()):  # one prefix for every row: a view, nothing copied
-        return DynamicCache([(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefixes[0]])
-    layers = []
-    for layer in zip(*prefixes):
-        padded = {}
-        for side in (0, 1):
-            tensors = [F.pad(kv[side], (0, 0, width - kv[side].shape[2], 0)) for kv in layer]
-            padded[side] = torch.cat([*tensors, torch.zeros_like(tensors[0])])[rows]
-        layers.append((padded[0], padded[1]))
-    return DynamicCache(layers)
+@dataclass
+class PrefixSplit:
+    """Left-padded rows cut after their shared prefixes (`prefix_lengths`, 0 for none): each distinct prefix, and each
+    row's rest at the positions it has in the whole sequence.
+
+    Left padding puts each row's tokens after its prefix in its last columns. Moving the prefix out and the pads in
+    keeps every such token in its column, so the rests are the batch's last `rest_ids.shape[1]` columns.
+    """
+
+    prefixes: list[tuple[int, ...]]  # the distinct prefixes, in order of first use
+    rows: torch.Tensor  # (batch,): each row's index in `prefixes`; len(prefixes) for a row without one
+    prefix_mask: torch.Tensor  # (batch, longest prefix): each row's prefix right-aligned
+    rest_ids: torch.Tensor
+    rest_mask: torch.Tensor
+    rest_positions: torch.Tensor
+
+    @classmethod
+    def of(cls, input_ids, attention_mask, position_ids, prefix_lengths) -> "PrefixSplit":
+        length = input_ids.shape[1]
+        lengths = attention_mask.sum(dim=1)
+        rest_lengths = lengths - prefix_lengths
+        width = int(rest_lengths.max())
+        rest_mask = (torch.arange(width, device=input_ids.device) >= width - rest_lengths[:, None]).long()
+        starts = (length - lengths).tolist()  # each row's first real column
+        prefix_of_row = [tuple(input_ids[i, start : start + n].tolist()) if n else None
+                         for i, (start, n) in enumerate(zip(starts, prefix_lengths.tolist()))]  # fmt: skip
+        prefixes = list(dict.fromkeys(prefix for prefix in prefix_of_row if prefix is not None))
+        rows = torch.tensor([prefixes.index(p) if p is not None else len(prefixes) for p in prefix_of_row],
+                            device=input_ids.device)  # fmt: skip
+        prefix_width = max(map(len, prefixes))
+        prefix_mask = (torch.arange(prefix_width, device=input_ids.device) >= prefix_width - prefix_lengths[:, None])
+        # The masked columns of the rests keep pads or prefix tokens: text tokens, never vision placeholders.
+        rest_ids = input_ids[:, length - width :]
+        return cls(prefixes, rows, prefix_mask.long(), rest_ids, rest_mask, position_ids[..., length - width :])
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The attention mask over prefix cache + rest."""
+        return torch.cat([self.prefix_mask, self.rest_mask], dim=1)
+
+    def rest_of(self, values: torch.Tensor, fill) -> torch.Tensor:
+        """`values` (batch, whole length), e.g. labels, in the rest's columns; `fill` where a row has no rest."""
+        return values[:, values.shape[1] - self.rest_mask.shape[1] :].masked_fill(self.rest_mask == 0, fill)
+
+    def cache(self, states: list[KeysValues]) -> DynamicCache:
+        """A cache whose row i holds its prefix's keys and values (`states[i]` for `prefixes[i]`) right-aligned.
+        Indexing makes new tensors (one view when every row has the same prefix), so a call never writes the stored
+        ones, and gradients reach them."""
+        batch, width = self.prefix_mask.shape
+        if len(states) == 1 and bool((self.rows == 0).all()):
+            return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in states[0]])
+        layers = []
+        for layer in zip(*states):
+            padded = []
+            for side in (0, 1):
+                tensors = [F.pad(kv[side], (0, 0, width - kv[side].shape[2], 0)) for kv in layer]
+                padded.append(torch.cat([*tensors, torch.zeros_like(tensors[0])])[self.rows])
+            layers.append(tuple(padded))
+        return DynamicCache(layers)
+
+
+def dropout_is_active(model: nn.Module) -> bool:
+    """Whether a forward of `model` draws dropout masks: a prefix run once for many rows would then share one mask
+    among them, so prefixes are only shared without it."""
+    if not model.training:
+        return False
+    return any(
+        (isinstance(module, nn.Dropout) and module.p > 0 and module.training)
+        or (isinstance(module, PreTrainedModel) and float(getattr(module.config, "attention_dropout", 0.0) or 0.0) > 0)
+        for module in model.modules()
+    )
 
 
 def keys_values(cache: DynamicCache) -> KeysValues:
@@ -395,16 +466,7 @@ class TTEModel(TTEPreTrainedModel):
 
     def position_ids_for(self, input_ids, attention_mask, mm_token_type_ids=None, image_grid_thw=None):
         """Position ids of left-padded inputs: 3D M-RoPE ids for Qwen-VL, else counted from the first real token."""
-        base = base_model_of(self.backbone)
-        if hasattr(base, "get_rope_index"):
-            if mm_token_type_ids is None:
-                mm_token_type_ids = torch.zeros_like(input_ids)
-            position_ids, _ = base.get_rope_index(
-                input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
-                attention_mask=attention_mask,
-            )  # fmt: skip
-            return position_ids
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return position_ids_of(self.backbone, input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
 
     def source_layer(self) -> nn.Module:
         """Unified variant: the backbone decoder layer whose outputs feed the head (layer L-N by default)."""
@@ -453,7 +515,7 @@ class TTEModel(TTEPreTrainedModel):
         if position_ids is None:
             position_ids = self.position_ids_for(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
         if (self.config.use_prefix_cache and source_states is None and prefix_lengths is not None
-                and bool(prefix_lengths.any()) and not self._dropout_is_active()):  # fmt: skip
+                and bool(prefix_lengths.any()) and not dropout_is_active(self)):  # fmt: skip
             return self._forward_after_prefixes(input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs)
         if self.config.variant == "unified":
             if source_states is None:
@@ -466,16 +528,6 @@ class TTEModel(TTEPreTrainedModel):
         return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, attention_mask, self.config.normalize))
 
     # ----- shared template prefixes, run once -----
-
-    def _dropout_is_active(self) -> bool:
-        """Whether training draws dropout masks: a prefix run once for many rows would then share one mask among them,
-        so prefixes are only shared without it."""
-        if not self.training:
-            return False
-        text_config = self.config.backbone_config.get_text_config()
-        return bool(getattr(text_config, "attention_dropout", 0.0)) or any(
-            isinstance(module, nn.Dropout) and module.p > 0 and module.training for module in self.modules()
-        )
 
     def prefix_states(self, prefix_ids: tuple[int, ...]) -> PrefixStates:
         """The keys and values of a shared template prefix: from the prefix cache when no gradient is needed, else
@@ -504,41 +556,20 @@ class TTEModel(TTEPreTrainedModel):
         return PrefixStates(len(prefix_ids), keys_values(trunk), keys_values(head))
 
     def _forward_after_prefixes(self, input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs):
-        """`forward` that runs each distinct prefix once and feeds each row only its tokens after its prefix, on top
-        of the prefix's keys and values, at the positions they have in the whole sequence.
-
-        Left padding puts each row's tokens after its prefix in its last columns. Moving the prefix out and the pads
-        in keeps every such token in its column, so they are the batch's last `width` columns.
-        """
-        batch, length = input_ids.shape
-        lengths = attention_mask.sum(dim=1)
-        rest_lengths = lengths - prefix_lengths
-        width = int(rest_lengths.max())
-        columns = torch.arange(width, device=input_ids.device)
-        rest_mask = (columns >= width - rest_lengths[:, None]).to(attention_mask.dtype)
-        rest_ids = input_ids[:, length - width :].masked_fill(rest_mask == 0, self.config.pad_token_id)
-        rest_positions = position_ids[..., length - width :]
-        starts = (length - lengths).tolist()  # each row's first real column
-        prefix_of_row = [tuple(input_ids[i, start : start + n].tolist()) if n else None
-                         for i, (start, n) in enumerate(zip(starts, prefix_lengths.tolist()))]  # fmt: skip
-        distinct = list(dict.fromkeys(prefix for prefix in prefix_of_row if prefix is not None))
-        states = [self.prefix_states(prefix) for prefix in distinct]
-        rows = torch.tensor([distinct.index(p) if p is not None else len(distinct) for p in prefix_of_row],
-                            device=input_ids.device)  # fmt: skip
-        prefix_width = max(state.length for state in states)
-        prefix_mask = (torch.arange(prefix_width, device=input_ids.device) >= prefix_width - prefix_lengths[:, None])
-        mask = torch.cat([prefix_mask.to(attention_mask.dtype), rest_mask], dim=1)
-        trunk = rows_cache([state.trunk for state in states], rows, prefix_width)
+        """`forward` that runs each distinct prefix once (`prefix_states`) and each row's tokens after it
+        (`PrefixSplit`)."""
+        split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
+        states = [self.prefix_states(prefix) for prefix in split.prefixes]
+        trunk = split.cache([state.trunk for state in states])
+        rest = {"input_ids": split.rest_ids, "attention_mask": split.mask, "position_ids": split.rest_positions}
         if self.config.variant == "unified":
             with capture_layer_output(self.source_layer(), stop=True) as captured:
-                base_model_of(self.backbone)(input_ids=rest_ids, attention_mask=mask, position_ids=rest_positions,
-                                             cache=trunk, use_cache=True, **vision_inputs)  # fmt: skip
-            head = rows_cache([state.head for state in states], rows, prefix_width)
-            hidden_states = self.head(captured[0], mask, rest_positions, cache=head)
+                base_model_of(self.backbone)(**rest, cache=trunk, use_cache=True, **vision_inputs)
+            head = split.cache([state.head for state in states])
+            hidden_states = self.head(captured[0], split.mask, split.rest_positions, cache=head)
         else:
-            hidden_states = self.backbone(input_ids=rest_ids, attention_mask=mask, position_ids=rest_positions,
-                                          cache=trunk, use_cache=True, **vision_inputs).last_hidden_state  # fmt: skip
-        return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, rest_mask, self.config.normalize))
+            hidden_states = self.backbone(**rest, cache=trunk, use_cache=True, **vision_inputs).last_hidden_state
+        return TTEEmbeddingOutput(embeddings=pool_embeddings(hidden_states, split.rest_mask, self.config.normalize))
 
     # ----- reasoning -----
 
@@ -880,4 +911,4 @@ TTEModel.register_for_auto_class("AutoModel")
 TTEProcessor.register_for_auto_class("AutoProcessor")
 
 
-__all__ = ["TTEModel", "TTEPreTrainedModel", "TTEHead", "TTEEmbeddingOutput", "pool_embeddings"]
+__all__ = ["TTEModel", "TTEPreTrainedModel", "TTEHead", "TTEEmbeddingOutput", "pool_embeddings", "PrefixSplit"]

@@ -576,8 +576,7 @@ class TTEProcessor(ProcessorMixin):
     def build_embedding_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
         """Left-padded model inputs of `prompt + trace + EMBEDDING_TOKEN`; use `""` for no trace.
 
-        `prefix_lengths` tells the model how many of each row's first tokens are its family's shared prefix
-        (`shared_prefix_ids`), 0 for a row whose text merged with the template's last token.
+        `prefix_lengths` (`_with_prefix_lengths`) lets the model run each family's shared prefix once.
         """
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
@@ -585,15 +584,17 @@ class TTEProcessor(ProcessorMixin):
             self.build_prompt(item) + self.check_trace(trace, f"reasoning[{i}]") + EMBEDDING_TOKEN
             for i, (item, trace) in enumerate(zip(items, traces))
         ]
-        features = self._encode(texts, items)
-        features["prefix_lengths"] = torch.tensor([self._prefix_length(ids[mask.bool()].tolist(), item.task)
-                                                   for ids, mask, item in zip(features["input_ids"],
-                                                                              features["attention_mask"], items)])
-        return features
+        return self._with_prefix_lengths(self._encode(texts, items), items)
 
-    def _prefix_length(self, ids: list[int], task: str) -> int:
-        prefix = self.shared_prefix_ids(task)
-        return len(prefix) if ids[: len(prefix)] == prefix else 0
+    def _with_prefix_lengths(self, features: BatchFeature, items: list[TTEInput]) -> BatchFeature:
+        """Add `prefix_lengths`: how many of each row's first tokens are its family's `shared_prefix_ids` (0 for a
+        row whose text merged with the template's last token)."""
+        lengths = []
+        for ids, mask, item in zip(features["input_ids"], features["attention_mask"], items):
+            prefix = self.shared_prefix_ids(item.task)
+            lengths.append(len(prefix) if ids[mask.bool()][: len(prefix)].tolist() == prefix else 0)
+        features["prefix_lengths"] = torch.tensor(lengths)
+        return features
 
     def build_sft_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
         """Reasoner-SFT inputs: the reasoning prompt, then the trace and EOS as the only labels (-100 elsewhere).
@@ -602,7 +603,8 @@ class TTEProcessor(ProcessorMixin):
 
         Returns:
             The reasoning-prompt features with `input_ids`, `attention_mask`, `labels` (and `mm_token_type_ids`) of
-            shape `(batch, max(prompt + trace + 1))`, left-padded; the vision inputs are unchanged.
+            shape `(batch, max(prompt + trace + 1))`, left-padded, and `prefix_lengths`; the vision inputs are
+            unchanged.
         """
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
@@ -626,7 +628,7 @@ class TTEProcessor(ProcessorMixin):
             features["labels"][i, target_start:] = torch.tensor(target)
             if "mm_token_type_ids" in prompts:
                 features["mm_token_type_ids"][i, start:target_start] = prompts["mm_token_type_ids"][i][mask[i]]
-        return BatchFeature({**prompts, **features})
+        return self._with_prefix_lengths(BatchFeature({**prompts, **features}), items)
 
     def decode_trace(self, token_ids: list[int]) -> str:
         """Text of generated trace tokens (special tokens such as `<think>` are kept)."""

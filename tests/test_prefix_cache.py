@@ -165,3 +165,56 @@ def test_prefixes_are_not_shared_while_dropout_draws_masks(tiny_tte):
     model.eval()(**features)
     assert fed == [features["input_ids"].shape[1], len(model.processor.shared_prefix_ids("retrieval")),
                    features["input_ids"].shape[1] - len(model.processor.shared_prefix_ids("retrieval"))]
+
+
+def _sft_chunk(model, inputs, traces):
+    return model.processor.build_sft_inputs(model.processor.parse_inputs(inputs), traces)
+
+
+@pytest.mark.parametrize("trainable", ["vision tower", "lora"])
+def test_next_token_loss_runs_prefixes_once_with_the_loss_and_gradients_of_whole_sequences(tiny_tte, trainable):
+    from peft import LoraConfig, get_peft_model
+
+    from training.losses import next_token_loss
+
+    tte = copy.deepcopy(tiny_tte("qwen2_vl", "unified")).double()
+    chunk = _sft_chunk(tte, [{"text": "what colour?", "image": make_image(5), "task": "vqa"}, "a red circle",
+                             {"text": "which shape", "task": "vqa"}], ["red", "it is round", "a star"])  # fmt: skip
+    generator = tte.generator().train()
+    tte.requires_grad_(False)
+    if trainable == "lora":
+        generator = get_peft_model(generator, LoraConfig(r=4, lora_dropout=0.0, init_lora_weights=False,
+                                                         target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    else:
+        generator.model.visual.requires_grad_(True)
+    fed = []
+    tte.get_input_embeddings().register_forward_hook(lambda module, args, output: fed.append(tuple(args[0].shape)))
+    results = {}
+    for shared in (False, True):
+        generator.zero_grad()
+        inputs = chunk if shared else {key: value for key, value in chunk.items() if key != "prefix_lengths"}
+        loss = next_token_loss(generator, inputs)
+        loss.backward()
+        gradients = {name: p.grad.clone() for name, p in generator.named_parameters() if p.grad is not None}
+        results[shared] = loss.detach(), gradients
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-10, rtol=0)
+    assert results[True][1].keys() == results[False][1].keys() and results[True][1]
+    for name, gradient in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], gradient, atol=1e-8, rtol=1e-6)
+    width, prefixes = chunk["input_ids"].shape[1], chunk["prefix_lengths"].tolist()
+    assert fed[0] == (3, width) and sorted(fed[1:-1]) == [(1, n) for n in sorted(set(prefixes))]
+    assert fed[-1][1] == max(int(chunk["attention_mask"][i].sum()) - n for i, n in enumerate(prefixes))
+
+
+def test_next_token_loss_runs_whole_rows_while_dropout_draws_masks(tiny_tte):
+    from peft import LoraConfig, get_peft_model
+
+    from training.losses import next_token_loss
+
+    tte = copy.deepcopy(tiny_tte("qwen2_vl", "unified"))
+    chunk = _sft_chunk(tte, ["a red circle", "a blue square"], ["red", "blue"])
+    generator = get_peft_model(tte.generator(), LoraConfig(r=4, lora_dropout=0.5, target_modules=["q_proj"])).train()
+    fed = []
+    tte.get_input_embeddings().register_forward_hook(lambda module, args, output: fed.append(tuple(args[0].shape)))
+    next_token_loss(generator, chunk)
+    assert fed == [tuple(chunk["input_ids"].shape)]

@@ -13,7 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
-from transformers import BatchFeature
+from transformers import BatchFeature, DynamicCache
+
+from tte.modeling_tte import PrefixSplit, base_model_of, dropout_is_active, keys_values, position_ids_of
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -154,6 +156,35 @@ def count_label_tokens(chunk: BatchFeature) -> int:
     return int((chunk["labels"][:, 1:] != -100).sum())
 
 
+def next_token_loss(model: torch.nn.Module, chunk: BatchFeature) -> torch.Tensor:
+    """`model(**chunk).loss`, running each distinct family prefix (`prefix_lengths`) once for the chunk's rows.
+
+    The prefix's keys and values are computed in the graph, so the loss and gradients are those of whole sequences;
+    its label tokens are all after the prefix. While dropout is active the rows are run whole (a shared prefix would
+    share one dropout mask).
+    """
+    inputs = dict(chunk)
+    prefix_lengths = inputs.pop("prefix_lengths", None)
+    generator = model.module if hasattr(model, "module") else model  # DDP: the prefix pass needs no reducer
+    generator = generator.get_base_model() if hasattr(generator, "get_base_model") else generator  # peft
+    if prefix_lengths is None or not bool(prefix_lengths.any()) or dropout_is_active(generator):
+        return model(**inputs).loss
+    input_ids, attention_mask, labels = inputs.pop("input_ids"), inputs.pop("attention_mask"), inputs.pop("labels")
+    position_ids = position_ids_of(generator, input_ids, attention_mask, inputs.pop("mm_token_type_ids", None),
+                                   inputs.get("image_grid_thw"))  # fmt: skip
+    split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
+    states = []
+    for prefix in split.prefixes:
+        prefix_ids = torch.tensor([prefix], device=input_ids.device)
+        cache = DynamicCache()
+        base_model_of(generator)(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), cache=cache,
+                                 position_ids=position_ids_of(generator, prefix_ids, torch.ones_like(prefix_ids)),
+                                 use_cache=True)  # fmt: skip
+        states.append(keys_values(cache))
+    return model(input_ids=split.rest_ids, attention_mask=split.mask, position_ids=split.rest_positions,
+                 cache=split.cache(states), use_cache=True, labels=split.rest_of(labels, -100), **inputs).loss
+
+
 def next_token_step(model: torch.nn.Module, accelerator: Accelerator, chunks: list[BatchFeature]) -> dict[str, float]:
     """Accumulate the gradients of the mean next-token loss over every label token of the global batch.
 
@@ -172,11 +203,12 @@ def next_token_step(model: torch.nn.Module, accelerator: Accelerator, chunks: li
     for index, (chunk, count) in enumerate(zip(chunks, counts)):
         is_last = index == len(chunks) - 1
         with (nullcontext() if is_last else accelerator.no_sync(model)):
-            loss = model(**chunk.to(device)).loss
+            loss = next_token_loss(model, chunk.to(device))
             # Weight each chunk by its share of the global label tokens: every token counts once, on any layout.
             accelerator.backward(loss * count / total * accelerator.num_processes)
         summed += loss.detach() * count
     return {"lm_loss": (accelerator.reduce(summed, reduction="sum") / total).item()}
 
 
-__all__ = ["info_nce", "positive_columns", "gather_with_grad", "GradCache", "next_token_step", "count_label_tokens"]
+__all__ = ["info_nce", "positive_columns", "gather_with_grad", "GradCache", "next_token_loss", "next_token_step",
+           "count_label_tokens"]
