@@ -292,8 +292,10 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
         "--lr_scheduler", "cosine", "--warmup_steps", str(sizes.grid_steps // 20), "--save_steps", "100", *common,
     ])  # fmt: skip
     reasoner = training_stage("training.train_reasoner", os.path.join(root, "reasoner"), [
+        # No LoRA dropout: 200 steps of 8 see each of the ~20,000 training rows at most once, and without dropout
+        # each family's system turn runs once per chunk (training.losses.next_token_loss), 2-3x faster on CPU.
         "--model_path", grid, "--data_config", configs["sft"], "--traces", oracle_train, "--lora",
-        "--per_device_batch_size", str(sizes.sft_batch), "--chunk_size", str(sizes.sft_batch),
+        "--lora_dropout", "0", "--per_device_batch_size", str(sizes.sft_batch), "--chunk_size", str(sizes.sft_batch),
         "--max_steps", str(sizes.sft_steps),
         "--learning_rate", str(sizes.sft_lr), "--lr_scheduler", "cosine", "--warmup_steps", str(sizes.sft_steps // 20),
         "--save_steps", "100", *common,
