@@ -240,6 +240,14 @@ class PrefixSplit:
         """The attention mask over prefix cache + rest."""
         return torch.cat([self.prefix_mask, self.rest_mask], dim=1)
 
+    def prefix_ids(self, pad_token_id: int) -> torch.Tensor:
+        """(batch, longest prefix): each row's prefix ids right-aligned after pads, as `prefix_mask` marks them."""
+        ids = torch.full(self.prefix_mask.shape, pad_token_id, dtype=torch.long, device=self.rows.device)
+        for i, row in enumerate(self.rows.tolist()):
+            if row < len(self.prefixes):
+                ids[i, ids.shape[1] - len(self.prefixes[row]) :] = torch.tensor(self.prefixes[row])
+        return ids
+
     def rest_of(self, values: torch.Tensor, fill) -> torch.Tensor:
         """`values` (batch, whole length), e.g. labels, in the rest's columns; `fill` where a row has no rest."""
         return values[:, values.shape[1] - self.rest_mask.shape[1] :].masked_fill(self.rest_mask == 0, fill)
@@ -529,24 +537,29 @@ class TTEModel(TTEPreTrainedModel):
 
     # ----- shared template prefixes, run once -----
 
-    def prefix_states(self, prefix_ids: tuple[int, ...]) -> PrefixStates:
+    def prefix_states(self, prefix_ids: tuple[int, ...], for_generation: bool = False) -> PrefixStates:
         """The keys and values of a shared template prefix: from the prefix cache when no gradient is needed, else
-        computed in the graph. Causal attention makes them independent of what follows, so reusing them is exact."""
+        computed in the graph. Causal attention makes them independent of what follows, so reusing them is exact.
+
+        `for_generation`: the generator's (every layer of the reasoner, or of the unified backbone), else the
+        embedder's (up to the layer whose outputs embed, and the unified head's).
+        """
         if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters()):
-            return self._compute_prefix_states(prefix_ids)
+            return self._compute_prefix_states(prefix_ids, for_generation)
         # Optimizer steps and load_state_dict write parameters in place, which bumps their version counters.
         weights_version = sum(parameter._version for parameter in self.parameters())
-        key = (prefix_ids, self.dtype, self.device, weights_version)
-        return self._prefix_cache.get(key, lambda: self._compute_prefix_states(prefix_ids))
+        key = (prefix_ids, for_generation, self.dtype, self.device, weights_version)
+        return self._prefix_cache.get(key, lambda: self._compute_prefix_states(prefix_ids, for_generation))
 
-    def _compute_prefix_states(self, prefix_ids: tuple[int, ...]) -> PrefixStates:
+    def _compute_prefix_states(self, prefix_ids: tuple[int, ...], for_generation: bool) -> PrefixStates:
         input_ids = torch.tensor([prefix_ids], device=self.device)
         attention_mask = torch.ones_like(input_ids)
         position_ids = self.position_ids_for(input_ids, attention_mask)
         trunk = DynamicCache()
-        if self.config.variant != "unified":
-            self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=trunk,
-                          use_cache=True)  # fmt: skip
+        if for_generation or self.config.variant != "unified":
+            model = base_model_of(self.generator()) if for_generation else self.backbone
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=trunk,
+                  use_cache=True)  # fmt: skip
             return PrefixStates(len(prefix_ids), keys_values(trunk), None)
         with capture_layer_output(self.source_layer(), stop=True) as captured:
             base_model_of(self.backbone)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -554,6 +567,29 @@ class TTEModel(TTEPreTrainedModel):
         head = DynamicCache()
         self.head(captured[0], attention_mask, position_ids, cache=head)
         return PrefixStates(len(prefix_ids), keys_values(trunk), keys_values(head))
+
+    def _generation_inputs(self, inputs: BatchFeature) -> dict:
+        """`generate` arguments for reasoning inputs with `prefix_lengths`: each row's family prefix comes from the
+        prefix cache, and the prompt is laid out as the cache expects (prefix right-aligned, pads, then the rest)."""
+        inputs = dict(inputs)
+        prefix_lengths = inputs.pop("prefix_lengths")
+        if not self.config.use_prefix_cache or not bool(prefix_lengths.any()):
+            return inputs
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        position_ids = self.position_ids_for(input_ids, attention_mask, inputs.get("mm_token_type_ids"),
+                                             inputs.get("image_grid_thw"))  # fmt: skip
+        split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
+        states = [self.prefix_states(prefix, for_generation=True) for prefix in split.prefixes]
+        prompt = torch.cat([split.prefix_ids(self.config.pad_token_id), split.rest_ids], dim=1)
+        inputs.update(input_ids=prompt, attention_mask=split.mask, cache=split.cache([state.trunk for state in states]))
+        # Qwen-VL keeps the last call's M-RoPE offsets and reuses them whenever the cache is not empty; a prefilled
+        # cache must not look like a continued generation, so they are computed again from this prompt.
+        if hasattr(base_model_of(self.generator()), "rope_deltas"):
+            base_model_of(self.generator()).rope_deltas = None
+        if "mm_token_type_ids" in inputs:  # prefixes are text
+            rest_types = split.rest_of(inputs["mm_token_type_ids"], 0)
+            inputs["mm_token_type_ids"] = torch.cat([torch.zeros_like(split.prefix_mask), rest_types], dim=1)
+        return inputs
 
     def _forward_after_prefixes(self, input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs):
         """`forward` that runs each distinct prefix once (`prefix_states`) and each row's tokens after it
@@ -649,15 +685,15 @@ class TTEModel(TTEPreTrainedModel):
             `(traces, state)`: the trace strings, and (when `capture`) what the unified single pass needs.
         """
         processor = self.processor
-        inputs = processor.build_reasoning_inputs(items).to(self.device)
+        inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=not capture).to(self.device)
         where = where or [f"inputs[{i}]" for i in range(len(items))]
         max_new_tokens = self.trace_budget(inputs["attention_mask"], max_new_tokens, where)
         generator = self.generator()
+        # The unified single pass reads the prompt's states from this prefill, so it gets the whole prompt.
+        prompt = inputs if capture else self._generation_inputs(inputs)
         with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
-            output = generator.generate(
-                **inputs, generation_config=self.generator_generation_config(max_new_tokens)
-            )
-        prompt_length = inputs["input_ids"].shape[1]
+            output = generator.generate(**prompt, generation_config=self.generator_generation_config(max_new_tokens))
+        prompt_length = prompt["input_ids"].shape[1]
         generated = output.sequences[:, prompt_length:]
         lengths, cut = self._trace_lengths(generated)
         trace_ids = [row[:n] for row, n in zip(generated.tolist(), lengths)]

@@ -569,9 +569,11 @@ class TTEProcessor(ProcessorMixin):
             raise ValueError(f"{len(items) - len(images)} of {len(items)} items have no image")
         return self.image_processor(images=images, size=self._image_size(), return_tensors="pt")
 
-    def build_reasoning_inputs(self, items: list[TTEInput]) -> BatchFeature:
-        """Left-padded model inputs of the reasoning prompts."""
-        return self._encode([self.build_prompt(item) for item in items], items)
+    def build_reasoning_inputs(self, items: list[TTEInput], with_prefix_lengths: bool = False) -> BatchFeature:
+        """Left-padded model inputs of the reasoning prompts (and `prefix_lengths` if asked, for `TTEModel`, which
+        takes it out before `generate`)."""
+        features = self._encode([self.build_prompt(item) for item in items], items)
+        return self._with_prefix_lengths(features, items) if with_prefix_lengths else features
 
     def build_embedding_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
         """Left-padded model inputs of `prompt + trace + EMBEDDING_TOKEN`; use `""` for no trace.

@@ -218,3 +218,27 @@ def test_next_token_loss_runs_whole_rows_while_dropout_draws_masks(tiny_tte):
     tte.get_input_embeddings().register_forward_hook(lambda module, args, output: fed.append(tuple(args[0].shape)))
     next_token_loss(generator, chunk)
     assert fed == [tuple(chunk["input_ids"].shape)]
+
+
+@pytest.mark.parametrize("variant", ["student", "unified"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_generation_from_cached_prefixes_writes_the_same_traces(tiny_tte, name, variant):
+    model = copy.deepcopy(tiny_tte(name, variant, max_new_tokens=8))
+    inputs = ["a red circle", {"text": "what is above it", "task": "vqa"}]
+    inputs += [{"text": "what", "image": make_image(6), "task": "vqa"}] if name != "llama" else ["the star"]
+    items = model.processor.parse_inputs(inputs)
+    fed = []
+    model.generator().get_input_embeddings().register_forward_hook(
+        lambda module, args, output: fed.append(tuple(args[0].shape)))  # fmt: skip
+    traces, text_traces = {}, {}
+    for cache in (False, True):
+        model.config.use_prefix_cache = cache
+        fed.clear()
+        traces[cache], _ = model.generate_traces(items)
+        text_traces[cache], _ = model.generate_traces(items[:2])  # Qwen-VL keeps the last call's M-RoPE offsets
+    assert traces[True] == traces[False] and text_traces[True] == text_traces[False]
+    whole = model.processor.build_reasoning_inputs(items, with_prefix_lengths=True)
+    rest = int((whole["attention_mask"].sum(dim=1) - whole["prefix_lengths"]).max())
+    prefixes = sorted({len(model.processor.shared_prefix_ids(item.task)) for item in items})
+    prefill = next(shape for shape in fed if shape[0] == 3)
+    assert sorted(fed[: fed.index(prefill)]) == [(1, n) for n in prefixes] and prefill == (3, rest)
