@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import make_image, run_concurrently
+from tests.conftest import make_image, run_concurrently, tiny_export_model
 from tests.tiny_models import BACKBONES
 from tte.modeling_tte import PrefixCache, PrefixStates
 from tte.processing_tte import TTEInput
@@ -242,3 +242,23 @@ def test_generation_from_cached_prefixes_writes_the_same_traces(tiny_tte, name, 
     prefixes = sorted({len(model.processor.shared_prefix_ids(item.task)) for item in items})
     prefill = next(shape for shape in fed if shape[0] == 3)
     assert sorted(fed[: fed.index(prefill)]) == [(1, n) for n in prefixes] and prefill == (3, rest)
+
+
+def test_endpoint_handler_and_sentence_transformers_use_the_cache_and_give_the_uncached_vectors(export_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from tests.test_handler import load_handler
+
+    texts = ["a red square", {"text": "what is on the table ?", "image": make_image(8), "task": "vqa"}]
+    reference = copy.deepcopy(tiny_export_model())
+    reference.config.use_prefix_cache = False
+    handler = load_handler(export_folder)
+    reply = handler({"inputs": ["a red square", "a blue circle"], "parameters": {"think": False}})
+    torch.testing.assert_close(torch.tensor(reply), reference.embed(["a red square", "a blue circle"], think=False,
+                                                                    convert_to_tensor=True), atol=1e-5, rtol=0)  # fmt: skip
+    assert len(handler.model._prefix_cache) == 1
+    st = SentenceTransformer(export_folder, trust_remote_code=True, device="cpu")
+    vectors = st.encode_document(texts, convert_to_tensor=True)
+    torch.testing.assert_close(vectors, reference.embed(texts, side="document", convert_to_tensor=True), atol=1e-5,
+                               rtol=0)  # fmt: skip
+    assert len(st[0].model._prefix_cache) == 2
