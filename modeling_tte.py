@@ -281,6 +281,14 @@ def dropout_is_active(model: nn.Module) -> bool:
     )
 
 
+def right_aligned(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """`(batch, mask width, hidden)`: each row's states in its last columns, as left padding places its tokens."""
+    states = rows[0].new_zeros(mask.shape[0], mask.shape[1], rows[0].shape[-1])
+    for i, row in enumerate(rows):
+        states[i, mask.shape[1] - row.shape[0] :] = row
+    return states
+
+
 def keys_values(cache: DynamicCache) -> KeysValues:
     return tuple((layer.keys, layer.values) for layer in cache.layers if layer.is_initialized)
 
@@ -581,14 +589,14 @@ class TTEModel(TTEPreTrainedModel):
         split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
         states = [self.prefix_states(prefix, for_generation=True) for prefix in split.prefixes]
         prompt = torch.cat([split.prefix_ids(self.config.pad_token_id), split.rest_ids], dim=1)
-        inputs.update(input_ids=prompt, attention_mask=split.mask, cache=split.cache([state.trunk for state in states]))
-        # Qwen-VL keeps the last call's M-RoPE offsets and reuses them whenever the cache is not empty; a prefilled
-        # cache must not look like a continued generation, so they are computed again from this prompt.
-        if hasattr(base_model_of(self.generator()), "rope_deltas"):
-            base_model_of(self.generator()).rope_deltas = None
         if "mm_token_type_ids" in inputs:  # prefixes are text
             rest_types = split.rest_of(inputs["mm_token_type_ids"], 0)
             inputs["mm_token_type_ids"] = torch.cat([torch.zeros_like(split.prefix_mask), rest_types], dim=1)
+        inputs.update(input_ids=prompt, attention_mask=split.mask)
+        # The whole prompt's positions, as generate computes them without a cache: given a non-empty cache, Qwen-VL's
+        # generate would instead reuse the M-RoPE offsets that the model's last call (in any thread) left on it.
+        inputs["position_ids"] = self.generator()._prepare_position_ids_for_generation(prompt, dict(inputs))
+        inputs["cache"] = split.cache([state.trunk for state in states])
         return inputs
 
     def _forward_after_prefixes(self, input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs):
@@ -685,12 +693,11 @@ class TTEModel(TTEPreTrainedModel):
             `(traces, state)`: the trace strings, and (when `capture`) what the unified single pass needs.
         """
         processor = self.processor
-        inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=not capture).to(self.device)
+        inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
         where = where or [f"inputs[{i}]" for i in range(len(items))]
         max_new_tokens = self.trace_budget(inputs["attention_mask"], max_new_tokens, where)
         generator = self.generator()
-        # The unified single pass reads the prompt's states from this prefill, so it gets the whole prompt.
-        prompt = inputs if capture else self._generation_inputs(inputs)
+        prompt = self._generation_inputs(inputs)  # with the prefix cache: prefixes cached, then only the rests
         with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
             output = generator.generate(**prompt, generation_config=self.generator_generation_config(max_new_tokens))
         prompt_length = prompt["input_ids"].shape[1]
@@ -700,7 +707,10 @@ class TTEModel(TTEPreTrainedModel):
         traces = [processor.decode_trace(ids) for ids in trace_ids]
         if not capture:
             return traces, None
-        state = {"inputs": inputs, "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}
+        # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
+        first_fed = prompt_length - captured[0].shape[1]
+        state = {"inputs": inputs, "prompt_mask": prompt["attention_mask"], "first_fed": first_fed,
+                 "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}  # fmt: skip
         return traces, state
 
     def reason(
@@ -734,8 +744,9 @@ class TTEModel(TTEPreTrainedModel):
     def _missing_source_states(self, state: dict, fed_length: int, position_ids) -> torch.Tensor:
         """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
         one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
-        reasoning_mask = state["inputs"]["attention_mask"]
+        reasoning_mask = state["prompt_mask"]  # over the generation cache's columns
         batch, prompt_length = reasoning_mask.shape
+        fed_length += state["first_fed"]
         fed_mask = torch.zeros(batch, fed_length, dtype=reasoning_mask.dtype, device=self.device)
         fed_mask[:, :prompt_length] = reasoning_mask
         new_ids = torch.full((batch, 2), self.config.pad_token_id, dtype=torch.long, device=self.device)
@@ -752,20 +763,19 @@ class TTEModel(TTEPreTrainedModel):
             )  # fmt: skip
         return captured[0]
 
-    def _single_pass_source_states(self, state: dict, embedding_inputs, position_ids) -> torch.Tensor:
-        """Assemble layer L-N states of prompt + trace + embedding token from what generation captured."""
-        captured = torch.cat(state["captured"], dim=1)  # (batch, prompt + generated - 1, hidden)
+    def _single_pass_source_rows(self, state: dict, position_ids) -> list[torch.Tensor]:
+        """Each row's layer L-N states of what follows its cached prefix (or of all of it) + trace + embedding token,
+        from what generation captured."""
+        captured = torch.cat(state["captured"], dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
         missing = self._missing_source_states(state, captured.shape[1], position_ids)
-        reasoning_mask = state["inputs"]["attention_mask"]
-        prompt_length = reasoning_mask.shape[1]
-        mask = embedding_inputs["attention_mask"]
-        source = captured.new_zeros(mask.shape[0], mask.shape[1], captured.shape[-1])
+        fed_mask = state["prompt_mask"][:, state["first_fed"] :]
+        fed_width = fed_mask.shape[1]
+        rows = []
         for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
-            pads = int((reasoning_mask[i] == 0).sum())
-            fed = captured[i, pads : prompt_length + len(trace_ids) - int(cut)]
-            row = torch.cat([fed, missing[i, 1 - int(cut) :]], dim=0)
-            source[i, mask.shape[1] - row.shape[0] :] = row  # left padding, as the processor pads
-        return source
+            pads = int((fed_mask[i] == 0).sum())
+            fed = captured[i, pads : fed_width + len(trace_ids) - int(cut)]
+            rows.append(torch.cat([fed, missing[i, 1 - int(cut) :]], dim=0))
+        return rows
 
     # ----- embed: the public API -----
 
@@ -827,8 +837,15 @@ class TTEModel(TTEPreTrainedModel):
         position_ids = self.position_ids_for(
             inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
         )
-        source = self._single_pass_source_states(state, inputs, position_ids)
-        return self(**inputs, source_states=source, position_ids=position_ids).embeddings
+        if state["first_fed"] == 0:
+            source = right_aligned(self._single_pass_source_rows(state, position_ids), inputs["attention_mask"])
+            return self(**inputs, source_states=source, position_ids=position_ids).embeddings
+        # The prefixes came from the cache: the head runs the rests over its own cached prefix keys and values.
+        split = PrefixSplit.of(inputs["input_ids"], inputs["attention_mask"], position_ids, inputs["prefix_lengths"])
+        head = split.cache([self.prefix_states(prefix).head for prefix in split.prefixes])
+        source = right_aligned(self._single_pass_source_rows(state, position_ids), split.rest_mask)
+        hidden_states = self.head(source, split.mask, split.rest_positions, cache=head)
+        return pool_embeddings(hidden_states, split.rest_mask, self.config.normalize)
 
     def _check_truncate_dim(self, truncate_dim: int | None) -> None:
         if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)):

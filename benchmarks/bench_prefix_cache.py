@@ -61,6 +61,19 @@ def seconds_per_step(step, repeats: int) -> dict[bool, float]:
     return {shared: min(values) for shared, values in times.items()}
 
 
+def thinking_queries(model, args) -> None:
+    """Thinking queries (a 32-token trace each): the prefill is the only part the prefix cache shortens."""
+    texts = documents(model.processor.tokenizer, args.batch, 20, seed=2)
+
+    def step(shared: bool):
+        model.config.use_prefix_cache = shared
+        model.encode_query(texts, think=True, max_new_tokens=32, batch_size=args.batch)
+
+    whole, shared = seconds_per_step(step, args.repeats).values()
+    print(f"\nthinking queries (20 tokens, 32-token traces), batch {args.batch}: {whole:.2f} s without the cache, "
+          f"{shared:.2f} s with it (ratio {whole / shared:.2f})\n")
+
+
 def training_steps(model, batch: int, repeats: int) -> None:
     from PIL import Image
 
@@ -139,6 +152,7 @@ def main() -> None:
         peer = f"{max(rates['minilm']):.1f}" if rates["minilm"] else "not installed"
         ratio = with_cache / without
         print(f"| {tokens} | {without:.2f} | {with_cache:.2f} | {ratio:.2f} | {difference:.1e} | {peer} |")
+    thinking_queries(model, args)
     model.config.use_prefix_cache = True
     training_steps(model, min(args.batch, 8), args.repeats)
 

@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import re
@@ -61,13 +62,18 @@ def test_unified_single_pass_equals_recomputation(tiny_tte, name):
     assert np.abs(single_pass - recomputed).max() <= 1e-4
 
 
-def test_unified_single_pass_does_not_rerun_trunk(tiny_tte):
-    model = tiny_tte("qwen2_vl", "unified")
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_unified_single_pass_does_not_rerun_trunk(tiny_tte, prefix_cache):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "unified"))
+    model.config.use_prefix_cache = prefix_cache
     inputs = mixed_inputs("qwen2_vl")
+    model.embed(inputs)  # the prefixes, when cached, are computed once here
     seq_lengths, _ = trunk_steps(model, lambda: model.embed(inputs))
-    prompt_length = model.processor.build_reasoning_inputs(model.processor.parse_inputs(inputs))["input_ids"].shape[1]
-    # prefill over the prompts, one step per generated token, one step for (cut token +) embedding token
-    assert seq_lengths[0] == prompt_length
+    prompts = model.processor.build_reasoning_inputs(model.processor.parse_inputs(inputs), with_prefix_lengths=True)
+    rests = prompts["attention_mask"].sum(dim=1) - prompts["prefix_lengths"]
+    # prefill over the prompts (their rests after the cached prefixes), one step per generated token, one step for
+    # (cut token +) embedding token
+    assert seq_lengths[0] == (int(rests.max()) if prefix_cache else prompts["input_ids"].shape[1])
     assert seq_lengths[-1] == 2 and set(seq_lengths[1:-1]) == {1}
     assert len(seq_lengths) <= model.config.max_new_tokens + 1
 

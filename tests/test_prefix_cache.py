@@ -262,3 +262,27 @@ def test_endpoint_handler_and_sentence_transformers_use_the_cache_and_give_the_u
     torch.testing.assert_close(vectors, reference.embed(texts, side="document", convert_to_tensor=True), atol=1e-5,
                                rtol=0)  # fmt: skip
     assert len(st[0].model._prefix_cache) == 2
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_unified_single_pass_from_cached_prefixes_gives_the_uncached_embeddings_and_traces(tiny_tte, name):
+    model = copy.deepcopy(tiny_tte(name, "unified"))
+    inputs = mixed_inputs(name) + [{"text": "what is above the star", "task": "vqa"}]
+    results = {}
+    for cache in (False, True):
+        model.config.use_prefix_cache = cache
+        results[cache] = model.embed(inputs, think=True, return_reasoning=True, convert_to_tensor=True)
+    assert results[True][1] == results[False][1] and all(results[True][1])
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=0)
+
+
+def test_concurrent_generation_from_cached_prefixes_equals_single_threaded(tiny_tte):
+    model = copy.deepcopy(tiny_tte("qwen2_vl", "student", max_new_tokens=6))
+    batches = [["a red circle"], [{"text": "what", "image": make_image(9), "task": "vqa"}, "the blue square"],
+               [{"image": make_image(10)}, "a star", {"text": "which", "task": "vqa"}]]  # fmt: skip
+    expected = [model.embed(batch, think=True, return_reasoning=True, convert_to_tensor=True) for batch in batches]
+    call = lambda batch: model.embed(batch, think=True, return_reasoning=True, convert_to_tensor=True)  # noqa: E731
+    for results in run_concurrently(call, batches):
+        for (vectors, traces), (wanted, wanted_traces) in zip(results, expected):
+            assert traces == wanted_traces
+            torch.testing.assert_close(vectors, wanted, atol=1e-6, rtol=0)
