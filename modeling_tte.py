@@ -293,6 +293,17 @@ def keys_values(cache: DynamicCache) -> KeysValues:
     return tuple((layer.keys, layer.values) for layer in cache.layers if layer.is_initialized)
 
 
+def prefix_keys_values(model: PreTrainedModel, prefix_ids: tuple[int, ...]) -> KeysValues:
+    """The keys and values of every layer of `model` (a backbone or generator; its LM head is not run) over one
+    prefix, in the graph when gradients are on."""
+    input_ids = torch.tensor([prefix_ids], device=model.device)
+    attention_mask = torch.ones_like(input_ids)
+    cache = DynamicCache()
+    base_model_of(model)(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
+                         position_ids=position_ids_of(model, input_ids, attention_mask))  # fmt: skip
+    return keys_values(cache)
+
+
 class PrefixCache:
     """A bounded, thread-safe LRU of `PrefixStates`.
 
@@ -322,10 +333,6 @@ class PrefixCache:
         """A copied or pickled model starts with an empty cache: entries are derived data, and a lock cannot be
         copied."""
         return PrefixCache, (self.max_entries,)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -560,15 +567,13 @@ class TTEModel(TTEPreTrainedModel):
         return self._prefix_cache.get(key, lambda: self._compute_prefix_states(prefix_ids, for_generation))
 
     def _compute_prefix_states(self, prefix_ids: tuple[int, ...], for_generation: bool) -> PrefixStates:
+        if for_generation or self.config.variant != "unified":
+            model = self.generator() if for_generation else self.backbone
+            return PrefixStates(len(prefix_ids), prefix_keys_values(model, prefix_ids), None)
         input_ids = torch.tensor([prefix_ids], device=self.device)
         attention_mask = torch.ones_like(input_ids)
         position_ids = self.position_ids_for(input_ids, attention_mask)
         trunk = DynamicCache()
-        if for_generation or self.config.variant != "unified":
-            model = base_model_of(self.generator()) if for_generation else self.backbone
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=trunk,
-                  use_cache=True)  # fmt: skip
-            return PrefixStates(len(prefix_ids), keys_values(trunk), None)
         with capture_layer_output(self.source_layer(), stop=True) as captured:
             base_model_of(self.backbone)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                          cache=trunk, use_cache=True)  # fmt: skip
@@ -813,7 +818,6 @@ class TTEModel(TTEPreTrainedModel):
                                             [names[i] for i in plain_rows])  # fmt: skip
             embeddings[plain_rows] = self(**inputs).embeddings
         return embeddings, traces
-
 
     def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
         """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""

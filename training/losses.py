@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
-from transformers import BatchFeature, DynamicCache
+from transformers import BatchFeature
 
-from tte.modeling_tte import PrefixSplit, base_model_of, dropout_is_active, keys_values, position_ids_of
+from tte.modeling_tte import PrefixSplit, dropout_is_active, position_ids_of, prefix_keys_values
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -173,14 +173,7 @@ def next_token_loss(model: torch.nn.Module, chunk: BatchFeature) -> torch.Tensor
     position_ids = position_ids_of(generator, input_ids, attention_mask, inputs.pop("mm_token_type_ids", None),
                                    inputs.get("image_grid_thw"))  # fmt: skip
     split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
-    states = []
-    for prefix in split.prefixes:
-        prefix_ids = torch.tensor([prefix], device=input_ids.device)
-        cache = DynamicCache()
-        base_model_of(generator)(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), cache=cache,
-                                 position_ids=position_ids_of(generator, prefix_ids, torch.ones_like(prefix_ids)),
-                                 use_cache=True)  # fmt: skip
-        states.append(keys_values(cache))
+    states = [prefix_keys_values(generator, prefix) for prefix in split.prefixes]
     return model(input_ids=split.rest_ids, attention_mask=split.mask, position_ids=split.rest_positions,
                  cache=split.cache(states), use_cache=True, labels=split.rest_of(labels, -100), **inputs).loss
 
