@@ -695,7 +695,8 @@ class TTEModel(TTEPreTrainedModel):
         `trace_budget` (`where` names the items in its errors; default `inputs[i]`).
 
         Returns:
-            `(traces, state)`: the trace strings, and (when `capture`) what the unified single pass needs.
+            `(traces, trace_ids, state)`: the trace strings, the generated token ids (what an embedding of the trace
+            is fed: `TTEProcessor.build_embedding_inputs`), and (when `capture`) what the unified single pass needs.
         """
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
@@ -711,12 +712,12 @@ class TTEModel(TTEPreTrainedModel):
         trace_ids = [row[:n] for row, n in zip(generated.tolist(), lengths)]
         traces = [processor.decode_trace(ids) for ids in trace_ids]
         if not capture:
-            return traces, None
+            return traces, trace_ids, None
         # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
         first_fed = prompt_length - captured[0].shape[1]
         state = {"inputs": inputs, "prompt_mask": prompt["attention_mask"], "first_fed": first_fed,
                  "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}  # fmt: skip
-        return traces, state
+        return traces, trace_ids, state
 
     def reason(
         self, items: list[TTEInput], max_new_tokens: int | None = None, where: list[str] | None = None
@@ -734,17 +735,18 @@ class TTEModel(TTEPreTrainedModel):
             )
         return self.generate_traces(items, max_new_tokens, where=where)[0]
 
-    # ----- unified single pass -----
+    def _reasoner_traces(self, items, max_new_tokens: int | None, where: list[str]) -> tuple[list[str], list[list[int]]]:
+        """`reason`'s traces with the token ids they are embedded with: the built-in reasoner's generated ids, an
+        external reasoner's texts tokenised."""
+        if self.external_reasoner is None and self.config.variant != "teacher":
+            traces, trace_ids, _ = self.generate_traces(items, max_new_tokens, where=where)
+            self._check_generated(trace_ids, where)
+            return traces, trace_ids
+        traces = self.reason(items, max_new_tokens, where)
+        return traces, [self.processor.trace_token_ids(trace, f"the reasoner's trace for {name}")
+                        for trace, name in zip(traces, where)]  # fmt: skip
 
-    def _round_trips(self, state: dict, embedding_inputs) -> bool:
-        """Whether re-tokenising prompt + decoded trace gives exactly the generated ids (then states can be reused)."""
-        reasoning_ids, reasoning_mask = state["inputs"]["input_ids"], state["inputs"]["attention_mask"]
-        for i, trace_ids in enumerate(state["trace_ids"]):
-            expected = reasoning_ids[i][reasoning_mask[i].bool()].tolist() + trace_ids + [self.config.embedding_token_id]
-            actual = embedding_inputs["input_ids"][i][embedding_inputs["attention_mask"][i].bool()].tolist()
-            if expected != actual:
-                return False
-        return True
+    # ----- unified single pass -----
 
     def _missing_source_states(self, state: dict, fed_length: int, position_ids) -> torch.Tensor:
         """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
@@ -795,29 +797,42 @@ class TTEModel(TTEPreTrainedModel):
         return policy == "always" or (policy == "queries" and side == "query")
 
     @torch.no_grad()
-    def _embed_batch(self, items, traces, generate_rows, max_new_tokens, start: int) -> tuple[torch.Tensor, list[str]]:
-        """Embed one batch (inputs `start`...); rows in `generate_rows` get a new trace, the others use `traces[i]`."""
-        traces = list(traces)
+    def _embed_batch(self, items, trace_ids, generate_rows, max_new_tokens, start: int):
+        """Embed one batch (inputs `start`...): rows in `generate_rows` get a new trace, the others are embedded with
+        `trace_ids[i]`.
+
+        Returns:
+            The embeddings, and the new traces of `generate_rows` as texts and as the token ids they were embedded
+            with (the generated ids: see `TTEProcessor.build_embedding_inputs`).
+        """
+        trace_ids = list(trace_ids)
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
         names = [f"inputs[{start + i}]" for i in range(len(items))]
+        new_traces, new_ids = [], []
         if generate_rows:
             chosen, chosen_names = [items[i] for i in generate_rows], [names[i] for i in generate_rows]
             if self.config.variant == "unified" and self.external_reasoner is None:
-                new_traces, state = self.generate_traces(chosen, max_new_tokens, capture=True, where=chosen_names)
-                embeddings[generate_rows] = self._embed_with_state(chosen, new_traces, state, chosen_names)
+                new_traces, new_ids, state = self.generate_traces(chosen, max_new_tokens, capture=True,
+                                                                  where=chosen_names)  # fmt: skip
+                self._check_generated(new_ids, chosen_names)
+                embeddings[generate_rows] = self._embed_with_state(chosen, new_ids, state, chosen_names)
             else:
-                new_traces = self.reason(chosen, max_new_tokens, where=chosen_names)
-                for name, trace in zip(chosen_names, new_traces):
-                    self.processor.check_trace(trace, f"the reasoner's trace for {name}")
+                new_traces, new_ids = self._reasoner_traces(chosen, max_new_tokens, chosen_names)
                 plain_rows = list(range(len(items)))
-            for i, trace in zip(generate_rows, new_traces):
-                traces[i] = trace
+            for i, ids in zip(generate_rows, new_ids):
+                trace_ids[i] = ids
         if plain_rows:
-            inputs = self._embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
+            inputs = self._embedding_inputs([items[i] for i in plain_rows], [trace_ids[i] for i in plain_rows],
                                             [names[i] for i in plain_rows])  # fmt: skip
             embeddings[plain_rows] = self(**inputs).embeddings
-        return embeddings, traces
+        return embeddings, new_traces, new_ids
+
+    def _check_generated(self, trace_ids: list[list[int]], where: list[str]) -> None:
+        """Refuse a generated trace holding a reserved token, as a given one (an image token would not match the
+        image's features)."""
+        for ids, name in zip(trace_ids, where):
+            self.processor.check_trace(ids, f"the reasoner's trace for {name}")
 
     def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
         """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""
@@ -830,14 +845,10 @@ class TTEModel(TTEPreTrainedModel):
                                  "trace")  # fmt: skip
         return inputs.to(self.device)
 
-    def _embed_with_state(self, items, traces, state, where: list[str]) -> torch.Tensor:
-        """Unified single pass: reuse the layer L-N states captured while generating."""
-        inputs = self._embedding_inputs(items, traces, where)
-        if not self._round_trips(state, inputs):
-            # The decoded trace re-tokenises differently (rare for trained models): recompute from the text so the
-            # embedding is always a function of (input, trace text).
-            logger.warning_once("a generated trace did not round-trip through the tokenizer; recomputing its batch")
-            return self(**inputs).embeddings
+    def _embed_with_state(self, items, trace_ids, state, where: list[str]) -> torch.Tensor:
+        """Unified single pass: reuse the layer L-N states captured while generating. The embedding inputs are the
+        reasoning prompts' ids + the generated ids + the embedding token, so they continue the generation exactly."""
+        inputs = self._embedding_inputs(items, trace_ids, where)
         position_ids = self.position_ids_for(
             inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
         )
@@ -857,8 +868,9 @@ class TTEModel(TTEPreTrainedModel):
         if truncate_dim is not None and truncate_dim not in self.config.matryoshka_dims:
             raise ValueError(f"truncate_dim={truncate_dim} is not one of matryoshka_dims={self.config.matryoshka_dims}")
 
-    def _given_traces(self, reasoning, items: list[TTEInput]) -> list[str | None]:
-        """Precomputed traces: from `reasoning=` (one per input) or from each input's own `reasoning` key."""
+    def _given_traces(self, reasoning, items: list[TTEInput]) -> list[str | list[int] | None]:
+        """Precomputed traces (texts or token ids): from `reasoning=` (one per input) or from each input's own
+        `reasoning` key."""
         if reasoning is None:
             return [item.reasoning for item in items]
         if isinstance(reasoning, str):
@@ -880,8 +892,8 @@ class TTEModel(TTEPreTrainedModel):
         task: str | None = None,
         side: str = "query",
         think: bool | str | None = None,
-        reasoning: list[str | None] | str | None = None,
-        return_reasoning: bool = False,
+        reasoning: list[str | list[int] | None] | str | None = None,
+        return_reasoning: bool | str = False,
         max_new_tokens: int | None = None,
         batch_size: int = 8,
         truncate_dim: int | None = None,
@@ -899,8 +911,12 @@ class TTEModel(TTEPreTrainedModel):
             side: `"query"` or `"document"`; decides thinking under the `"queries"` policy.
             think: `True`/`False` or `"always"`/`"never"`/`"queries"`; default `config.think`.
             reasoning: precomputed traces, one per input (`None` entries are generated if they think); a dict input
-                may carry its own as `"reasoning"`.
-            return_reasoning: also return the traces used (`""` where none).
+                may carry its own as `"reasoning"`. A trace is a text, tokenised on its own, or its token ids as
+                `return_reasoning="ids"` gave them, fed as they are.
+            return_reasoning: also return the traces used (`""` where none): `True` for their texts, `"ids"` for the
+                token ids each was embedded with. A generated trace is embedded from the ids that were generated,
+                which its decoded text need not tokenise back to; passing those ids back as `reasoning=` reproduces
+                its embedding exactly.
             max_new_tokens: trace length bound (default `config.max_new_tokens`); a trace cut there still gets the
                 embedding token. A bound larger than the context window leaves after a batch's longest prompt is
                 lowered to what fits (a warning says so).
@@ -910,7 +926,7 @@ class TTEModel(TTEPreTrainedModel):
             show_progress_bar: show a tqdm bar over batches.
 
         Returns:
-            `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning=True`.
+            `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning`.
 
         Raises:
             ValueError / TypeError: bad inputs, naming the offending item; among them an input that does not fit the
@@ -925,10 +941,13 @@ class TTEModel(TTEPreTrainedModel):
         if max_new_tokens is not None:
             check_count("max_new_tokens", max_new_tokens)
         check_count("batch_size", batch_size)
+        if return_reasoning not in (False, True, "ids"):
+            raise ValueError(f"return_reasoning={return_reasoning!r} must be True, False or 'ids'")
         self._check_truncate_dim(truncate_dim)
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._given_traces(reasoning, items)
-        traces = [trace if trace is not None else "" for trace in given]
+        traces = [self.processor.decode_trace(trace) if isinstance(trace, list) else trace or "" for trace in given]
+        trace_ids = [self.processor.trace_token_ids(trace or "", f"reasoning[{i}]") for i, trace in enumerate(given)]
         generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
         chunks = []
         starts = range(0, len(items), batch_size)
@@ -939,9 +958,11 @@ class TTEModel(TTEPreTrainedModel):
         for start in starts:
             stop = start + batch_size
             rows = [i for i in range(start, min(stop, len(items))) if generate[i]]
-            embeddings, traces[start:stop] = self._embed_batch(
-                items[start:stop], traces[start:stop], [i - start for i in rows], max_new_tokens, start
+            embeddings, new_traces, new_ids = self._embed_batch(
+                items[start:stop], trace_ids[start:stop], [i - start for i in rows], max_new_tokens, start
             )
+            for i, trace, ids in zip(rows, new_traces, new_ids):
+                traces[i], trace_ids[i] = trace, ids
             chunks.append(embeddings)
         embeddings = torch.cat(chunks)
         if truncate_dim is not None:
@@ -952,6 +973,8 @@ class TTEModel(TTEPreTrainedModel):
             result = embeddings
         else:
             result = embeddings.cpu().numpy()
+        if return_reasoning == "ids":
+            return result, trace_ids
         return (result, traces) if return_reasoning else result
 
     def encode_query(self, inputs, **kwargs):
