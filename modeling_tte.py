@@ -201,6 +201,19 @@ class PrefixStates:
 
 
 @dataclass
+class CapturedGeneration:
+    """What one `generate_traces(capture=True)` call fed and captured, for the unified single pass; each call has its
+    own, so concurrent calls never share one."""
+
+    prompt_mask: torch.Tensor  # (batch, columns of the generation cache's prompt)
+    first_fed: int  # the first prompt column generation fed (after the cached prefixes)
+    trace_ids: list[list[int]]  # each row's trace, up to its stop token
+    cut: list[bool]  # the trace hit the bound: its last token was generated but never fed
+    cache: DynamicCache
+    captured: list[torch.Tensor]  # layer L-N outputs of each fed step
+
+
+@dataclass
 class PrefixSplit:
     """Left-padded rows cut after their shared prefixes (`prefix_lengths`, 0 for none): each distinct prefix, and each
     row's rest at the positions it has in the whole sequence.
@@ -696,7 +709,7 @@ class TTEModel(TTEPreTrainedModel):
 
         Returns:
             `(traces, trace_ids, state)`: the trace strings, the generated token ids (what an embedding of the trace
-            is fed: `TTEProcessor.build_embedding_inputs`), and (when `capture`) what the unified single pass needs.
+            is fed: `TTEProcessor.build_embedding_inputs`), and (when `capture`) the `CapturedGeneration`.
         """
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
@@ -715,8 +728,7 @@ class TTEModel(TTEPreTrainedModel):
             return traces, trace_ids, None
         # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
         first_fed = prompt_length - captured[0].shape[1]
-        state = {"inputs": inputs, "prompt_mask": prompt["attention_mask"], "first_fed": first_fed,
-                 "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}  # fmt: skip
+        state = CapturedGeneration(prompt["attention_mask"], first_fed, trace_ids, cut, output.cache, captured)
         return traces, trace_ids, state
 
     def reason(
@@ -735,7 +747,7 @@ class TTEModel(TTEPreTrainedModel):
             )
         return self.generate_traces(items, max_new_tokens, where=where)[0]
 
-    def _reasoner_traces(self, items, max_new_tokens: int | None, where: list[str]) -> tuple[list[str], list[list[int]]]:
+    def _reasoner_traces(self, items, max_new_tokens: int | None, where: list[str]) -> tuple[list[str], list[list]]:
         """`reason`'s traces with the token ids they are embedded with: the built-in reasoner's generated ids, an
         external reasoner's texts tokenised."""
         if self.external_reasoner is None and self.config.variant != "teacher":
@@ -748,17 +760,17 @@ class TTEModel(TTEPreTrainedModel):
 
     # ----- unified single pass -----
 
-    def _missing_source_states(self, state: dict, fed_length: int, position_ids) -> torch.Tensor:
+    def _missing_source_states(self, state: CapturedGeneration, fed_length: int, position_ids) -> torch.Tensor:
         """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
         one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
-        reasoning_mask = state["prompt_mask"]  # over the generation cache's columns
+        reasoning_mask = state.prompt_mask  # over the generation cache's columns
         batch, prompt_length = reasoning_mask.shape
-        fed_length += state["first_fed"]
+        fed_length += state.first_fed
         fed_mask = torch.zeros(batch, fed_length, dtype=reasoning_mask.dtype, device=self.device)
         fed_mask[:, :prompt_length] = reasoning_mask
         new_ids = torch.full((batch, 2), self.config.pad_token_id, dtype=torch.long, device=self.device)
         new_mask = torch.zeros(batch, 2, dtype=reasoning_mask.dtype, device=self.device)
-        for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
+        for i, (trace_ids, cut) in enumerate(zip(state.trace_ids, state.cut)):
             fed_mask[i, prompt_length : prompt_length + len(trace_ids) - int(cut)] = 1  # eos and later pads stay masked
             if cut:
                 new_ids[i, 0], new_mask[i, 0] = trace_ids[-1], 1
@@ -766,19 +778,19 @@ class TTEModel(TTEPreTrainedModel):
         with capture_layer_output(self.source_layer()) as captured:
             self.backbone(
                 input_ids=new_ids, attention_mask=torch.cat([fed_mask, new_mask], dim=1),
-                position_ids=position_ids[..., -2:], cache=state["cache"], use_cache=True,
+                position_ids=position_ids[..., -2:], cache=state.cache, use_cache=True,
             )  # fmt: skip
         return captured[0]
 
-    def _single_pass_source_rows(self, state: dict, position_ids) -> list[torch.Tensor]:
+    def _single_pass_source_rows(self, state: CapturedGeneration, position_ids) -> list[torch.Tensor]:
         """Each row's layer L-N states of what follows its cached prefix (or of all of it) + trace + embedding token,
         from what generation captured."""
-        captured = torch.cat(state["captured"], dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
+        captured = torch.cat(state.captured, dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
         missing = self._missing_source_states(state, captured.shape[1], position_ids)
-        fed_mask = state["prompt_mask"][:, state["first_fed"] :]
+        fed_mask = state.prompt_mask[:, state.first_fed :]
         fed_width = fed_mask.shape[1]
         rows = []
-        for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
+        for i, (trace_ids, cut) in enumerate(zip(state.trace_ids, state.cut)):
             pads = int((fed_mask[i] == 0).sum())
             fed = captured[i, pads : fed_width + len(trace_ids) - int(cut)]
             rows.append(torch.cat([fed, missing[i, 1 - int(cut) :]], dim=0))
@@ -796,10 +808,21 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
         return policy == "always" or (policy == "queries" and side == "query")
 
+    @staticmethod
+    def _batching_order(items: list[TTEInput], trace_ids: list[list[int]], generate: list[bool]) -> list[int]:
+        """Input indices in batching order: inputs that think together, images together, longest first (a stable
+        sort), so that a batch pads little and a generation batch holds only rows that generate. `embed` returns
+        results in input order."""
+
+        def length(i: int) -> int:  # characters, a cheap stand-in for tokens
+            return len(items[i].text or "") + len(items[i].instruction or "") + 4 * len(trace_ids[i])
+
+        return sorted(range(len(items)), key=lambda i: (not generate[i], items[i].image is None, -length(i)))
+
     @torch.no_grad()
-    def _embed_batch(self, items, trace_ids, generate_rows, max_new_tokens, start: int):
-        """Embed one batch (inputs `start`...): rows in `generate_rows` get a new trace, the others are embedded with
-        `trace_ids[i]`.
+    def _embed_batch(self, items, trace_ids, generate_rows, max_new_tokens, names: list[str]):
+        """Embed one batch (`names[i]` names `items[i]` in errors): rows in `generate_rows` get a new trace, the
+        others are embedded with `trace_ids[i]`.
 
         Returns:
             The embeddings, and the new traces of `generate_rows` as texts and as the token ids they were embedded
@@ -808,7 +831,6 @@ class TTEModel(TTEPreTrainedModel):
         trace_ids = list(trace_ids)
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
-        names = [f"inputs[{start + i}]" for i in range(len(items))]
         new_traces, new_ids = [], []
         if generate_rows:
             chosen, chosen_names = [items[i] for i in generate_rows], [names[i] for i in generate_rows]
@@ -852,7 +874,7 @@ class TTEModel(TTEPreTrainedModel):
         position_ids = self.position_ids_for(
             inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
         )
-        if state["first_fed"] == 0:
+        if state.first_fed == 0:
             source = right_aligned(self._single_pass_source_rows(state, position_ids), inputs["attention_mask"])
             return self(**inputs, source_states=source, position_ids=position_ids).embeddings
         # The prefixes came from the cache: the head runs the rests over its own cached prefix keys and values.
@@ -949,22 +971,21 @@ class TTEModel(TTEPreTrainedModel):
         traces = [self.processor.decode_trace(trace) if isinstance(trace, list) else trace or "" for trace in given]
         trace_ids = [self.processor.trace_token_ids(trace or "", f"reasoning[{i}]") for i, trace in enumerate(given)]
         generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
-        chunks = []
-        starts = range(0, len(items), batch_size)
+        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
+        order = self._batching_order(items, trace_ids, generate)
+        batches = [order[start : start + batch_size] for start in range(0, len(items), batch_size)]
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="Embedding")
-        for start in starts:
-            stop = start + batch_size
-            rows = [i for i in range(start, min(stop, len(items))) if generate[i]]
-            embeddings, new_traces, new_ids = self._embed_batch(
-                items[start:stop], trace_ids[start:stop], [i - start for i in rows], max_new_tokens, start
-            )
-            for i, trace, ids in zip(rows, new_traces, new_ids):
-                traces[i], trace_ids[i] = trace, ids
-            chunks.append(embeddings)
-        embeddings = torch.cat(chunks)
+            batches = tqdm(batches, desc="Embedding")
+        for batch in batches:
+            thinking = [j for j, i in enumerate(batch) if generate[i]]
+            embeddings[batch], new_traces, new_ids = self._embed_batch(
+                [items[i] for i in batch], [trace_ids[i] for i in batch], thinking, max_new_tokens,
+                [f"inputs[{i}]" for i in batch],
+            )  # fmt: skip
+            for j, trace, ids in zip(thinking, new_traces, new_ids):
+                traces[batch[j]], trace_ids[batch[j]] = trace, ids
         if truncate_dim is not None:
             embeddings = embeddings[:, :truncate_dim]
             if self.config.normalize:

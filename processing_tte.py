@@ -78,6 +78,11 @@ class TTEInput:
     reasoning: str | list[int] | None = None  # a precomputed trace for this input: its text or token ids
 
 
+# A fast tokenizer keeps its padding and truncation settings on its Rust backend, and every call sets them again
+# (padded for a batch, unpadded for a trace), so two threads tokenising at once can pad with each other's settings.
+# One lock for every tokenizer call of every processor: they take microseconds next to a forward.
+_TOKENIZER_LOCK = threading.RLock()
+
 MAX_ASPECT_RATIO = 200  # Qwen-VL's image processor refuses more, without naming the image
 
 
@@ -537,7 +542,9 @@ class TTEProcessor(ProcessorMixin):
                       TTEInput(text="7", image=None, instruction="b", task=task)]  # fmt: skip
             if not self.text_only:
                 probes.append(TTEInput(text=None, image=Image.new("RGB", (1, 1)), instruction=None, task=task))
-            rows = [self.tokenizer(self.build_prompt(probe), add_special_tokens=False)["input_ids"] for probe in probes]
+            with _TOKENIZER_LOCK:
+                rows = [self.tokenizer(self.build_prompt(probe), add_special_tokens=False)["input_ids"]
+                        for probe in probes]  # fmt: skip
             length = 0
             while length < min(map(len, rows)) and len({row[length] for row in rows}) == 1:
                 length += 1
@@ -571,7 +578,10 @@ class TTEProcessor(ProcessorMixin):
         """The ids a trace is fed as: token ids as given (a generated trace is the ids that were generated), a text
         tokenised on its own, as a reasoner generates it after the prompt."""
         trace = self.check_trace(trace, where)
-        return trace if isinstance(trace, list) else self.tokenizer(trace, add_special_tokens=False)["input_ids"]
+        if isinstance(trace, list):
+            return trace
+        with _TOKENIZER_LOCK:
+            return self.tokenizer(trace, add_special_tokens=False)["input_ids"]
 
     def _encode(self, texts: list[str], items: list[TTEInput]) -> BatchFeature:
         images = [item.image for item in items if item.image is not None]
@@ -580,7 +590,8 @@ class TTEProcessor(ProcessorMixin):
         if images:
             kwargs["images"] = images
             kwargs["size"] = self._image_size()
-        return self(text=texts, **kwargs)
+        with _TOKENIZER_LOCK:
+            return self(text=texts, **kwargs)
 
     def _image_size(self) -> dict:
         return {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}

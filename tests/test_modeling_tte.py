@@ -267,6 +267,20 @@ def test_save_and_load_restores_weights_bit_for_bit(tiny_tte, tmp_path):
     assert all(torch.equal(tensor, expected[key]) for key, tensor in loaded.state_dict().items())
 
 
+def test_embed_batches_thinking_inputs_together_longest_first_and_returns_input_order(tiny_tte, monkeypatch):
+    model = tiny_tte("qwen2_vl", "unified")
+    inputs = ["a", {"text": "what is on the table ?", "think": False}, make_image(1), "the red square on the table",
+              {"text": "a cat", "think": False}]  # fmt: skip
+    batches, embed_batch = [], model._embed_batch
+    monkeypatch.setattr(model, "_embed_batch", lambda *args: batches.append(args[-1]) or embed_batch(*args))
+    vectors, traces = model.embed(inputs, batch_size=2, return_reasoning=True)
+    assert batches == [["inputs[2]", "inputs[3]"], ["inputs[0]", "inputs[1]"], ["inputs[4]"]]
+    monkeypatch.undo()
+    alone = [model.embed([item], return_reasoning=True) for item in inputs]
+    assert np.abs(vectors - np.concatenate([vector for vector, _ in alone])).max() <= 1e-4
+    assert traces == [trace for _, (trace,) in alone] and traces[1] == traces[4] == ""
+
+
 BPE_INPUTS = ["a red square", "the blue circle on the table", "what colour is the cat ?", "find the green triangle",
               "two yellow shapes", "a dog under a tree", "the picture of a bus", "seven blue squares"]  # fmt: skip
 
@@ -274,7 +288,8 @@ BPE_INPUTS = ["a red square", "the blue circle on the table", "what colour is th
 @pytest.mark.parametrize("name", ["qwen2_vl", "llama"])
 def test_unified_single_pass_embeds_generated_ids_that_do_not_round_trip(name):
     model = build_tte(name, "unified", bpe=True, max_new_tokens=12)
-    inputs = BPE_INPUTS if name == "llama" else BPE_INPUTS[:6] + [make_image(3), {"text": "a cat", "image": make_image(5)}]
+    images = [make_image(3), {"text": "a cat", "image": make_image(5)}]
+    inputs = BPE_INPUTS if name == "llama" else BPE_INPUTS[:6] + images
     traces, trace_ids, _ = model.generate_traces(model.processor.parse_inputs(inputs))
     tokenizer = model.processor.tokenizer
     retokenised = [tokenizer(trace, add_special_tokens=False)["input_ids"] for trace in traces]
