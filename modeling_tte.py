@@ -201,6 +201,19 @@ class PrefixStates:
 
 
 @dataclass
+class CapturedGeneration:
+    """What one `generate_traces(capture=True)` call fed and captured, for the unified single pass; each call has its
+    own, so concurrent calls never share one."""
+
+    prompt_mask: torch.Tensor  # (batch, columns of the generation cache's prompt)
+    first_fed: int  # the first prompt column generation fed (after the cached prefixes)
+    trace_ids: list[list[int]]  # each row's trace, up to its stop token
+    cut: list[bool]  # the trace hit the bound: its last token was generated but never fed
+    cache: DynamicCache
+    captured: list[torch.Tensor]  # layer L-N outputs of each fed step
+
+
+@dataclass
 class PrefixSplit:
     """Left-padded rows cut after their shared prefixes (`prefix_lengths`, 0 for none): each distinct prefix, and each
     row's rest at the positions it has in the whole sequence.
@@ -695,7 +708,8 @@ class TTEModel(TTEPreTrainedModel):
         `trace_budget` (`where` names the items in its errors; default `inputs[i]`).
 
         Returns:
-            `(traces, state)`: the trace strings, and (when `capture`) what the unified single pass needs.
+            `(traces, trace_ids, state)`: the trace strings, the generated token ids (what an embedding of the trace
+            is fed: `TTEProcessor.build_embedding_inputs`), and (when `capture`) the `CapturedGeneration`.
         """
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
@@ -711,12 +725,11 @@ class TTEModel(TTEPreTrainedModel):
         trace_ids = [row[:n] for row, n in zip(generated.tolist(), lengths)]
         traces = [processor.decode_trace(ids) for ids in trace_ids]
         if not capture:
-            return traces, None
+            return traces, trace_ids, None
         # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
         first_fed = prompt_length - captured[0].shape[1]
-        state = {"inputs": inputs, "prompt_mask": prompt["attention_mask"], "first_fed": first_fed,
-                 "trace_ids": trace_ids, "cut": cut, "cache": output.cache, "captured": captured}  # fmt: skip
-        return traces, state
+        state = CapturedGeneration(prompt["attention_mask"], first_fed, trace_ids, cut, output.cache, captured)
+        return traces, trace_ids, state
 
     def reason(
         self, items: list[TTEInput], max_new_tokens: int | None = None, where: list[str] | None = None
@@ -734,29 +747,30 @@ class TTEModel(TTEPreTrainedModel):
             )
         return self.generate_traces(items, max_new_tokens, where=where)[0]
 
+    def _reasoner_traces(self, items, max_new_tokens: int | None, where: list[str]) -> tuple[list[str], list[list]]:
+        """`reason`'s traces with the token ids they are embedded with: the built-in reasoner's generated ids, an
+        external reasoner's texts tokenised."""
+        if self.external_reasoner is None and self.config.variant != "teacher":
+            traces, trace_ids, _ = self.generate_traces(items, max_new_tokens, where=where)
+            self._check_generated(trace_ids, where)
+            return traces, trace_ids
+        traces = self.reason(items, max_new_tokens, where)
+        return traces, [self.processor.trace_token_ids(trace, f"the reasoner's trace for {name}")
+                        for trace, name in zip(traces, where)]  # fmt: skip
+
     # ----- unified single pass -----
 
-    def _round_trips(self, state: dict, embedding_inputs) -> bool:
-        """Whether re-tokenising prompt + decoded trace gives exactly the generated ids (then states can be reused)."""
-        reasoning_ids, reasoning_mask = state["inputs"]["input_ids"], state["inputs"]["attention_mask"]
-        for i, trace_ids in enumerate(state["trace_ids"]):
-            expected = reasoning_ids[i][reasoning_mask[i].bool()].tolist() + trace_ids + [self.config.embedding_token_id]
-            actual = embedding_inputs["input_ids"][i][embedding_inputs["attention_mask"][i].bool()].tolist()
-            if expected != actual:
-                return False
-        return True
-
-    def _missing_source_states(self, state: dict, fed_length: int, position_ids) -> torch.Tensor:
+    def _missing_source_states(self, state: CapturedGeneration, fed_length: int, position_ids) -> torch.Tensor:
         """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
         one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
-        reasoning_mask = state["prompt_mask"]  # over the generation cache's columns
+        reasoning_mask = state.prompt_mask  # over the generation cache's columns
         batch, prompt_length = reasoning_mask.shape
-        fed_length += state["first_fed"]
+        fed_length += state.first_fed
         fed_mask = torch.zeros(batch, fed_length, dtype=reasoning_mask.dtype, device=self.device)
         fed_mask[:, :prompt_length] = reasoning_mask
         new_ids = torch.full((batch, 2), self.config.pad_token_id, dtype=torch.long, device=self.device)
         new_mask = torch.zeros(batch, 2, dtype=reasoning_mask.dtype, device=self.device)
-        for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
+        for i, (trace_ids, cut) in enumerate(zip(state.trace_ids, state.cut)):
             fed_mask[i, prompt_length : prompt_length + len(trace_ids) - int(cut)] = 1  # eos and later pads stay masked
             if cut:
                 new_ids[i, 0], new_mask[i, 0] = trace_ids[-1], 1
@@ -764,19 +778,19 @@ class TTEModel(TTEPreTrainedModel):
         with capture_layer_output(self.source_layer()) as captured:
             self.backbone(
                 input_ids=new_ids, attention_mask=torch.cat([fed_mask, new_mask], dim=1),
-                position_ids=position_ids[..., -2:], cache=state["cache"], use_cache=True,
+                position_ids=position_ids[..., -2:], cache=state.cache, use_cache=True,
             )  # fmt: skip
         return captured[0]
 
-    def _single_pass_source_rows(self, state: dict, position_ids) -> list[torch.Tensor]:
+    def _single_pass_source_rows(self, state: CapturedGeneration, position_ids) -> list[torch.Tensor]:
         """Each row's layer L-N states of what follows its cached prefix (or of all of it) + trace + embedding token,
         from what generation captured."""
-        captured = torch.cat(state["captured"], dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
+        captured = torch.cat(state.captured, dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
         missing = self._missing_source_states(state, captured.shape[1], position_ids)
-        fed_mask = state["prompt_mask"][:, state["first_fed"] :]
+        fed_mask = state.prompt_mask[:, state.first_fed :]
         fed_width = fed_mask.shape[1]
         rows = []
-        for i, (trace_ids, cut) in enumerate(zip(state["trace_ids"], state["cut"])):
+        for i, (trace_ids, cut) in enumerate(zip(state.trace_ids, state.cut)):
             pads = int((fed_mask[i] == 0).sum())
             fed = captured[i, pads : fed_width + len(trace_ids) - int(cut)]
             rows.append(torch.cat([fed, missing[i, 1 - int(cut) :]], dim=0))
@@ -794,30 +808,53 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
         return policy == "always" or (policy == "queries" and side == "query")
 
+    @staticmethod
+    def _batching_order(items: list[TTEInput], trace_ids: list[list[int]], generate: list[bool]) -> list[int]:
+        """Input indices in batching order: inputs that think together, images together, longest first (a stable
+        sort), so that a batch pads little and a generation batch holds only rows that generate. `embed` returns
+        results in input order."""
+
+        def length(i: int) -> int:  # characters, a cheap stand-in for tokens
+            return len(items[i].text or "") + len(items[i].instruction or "") + 4 * len(trace_ids[i])
+
+        return sorted(range(len(items)), key=lambda i: (not generate[i], items[i].image is None, -length(i)))
+
     @torch.no_grad()
-    def _embed_batch(self, items, traces, generate_rows, max_new_tokens, start: int) -> tuple[torch.Tensor, list[str]]:
-        """Embed one batch (inputs `start`...); rows in `generate_rows` get a new trace, the others use `traces[i]`."""
-        traces = list(traces)
+    def _embed_batch(self, items, trace_ids, generate_rows, max_new_tokens, names: list[str]):
+        """Embed one batch (`names[i]` names `items[i]` in errors): rows in `generate_rows` get a new trace, the
+        others are embedded with `trace_ids[i]`.
+
+        Returns:
+            The embeddings, and the new traces of `generate_rows` as texts and as the token ids they were embedded
+            with (the generated ids: see `TTEProcessor.build_embedding_inputs`).
+        """
+        trace_ids = list(trace_ids)
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
-        names = [f"inputs[{start + i}]" for i in range(len(items))]
+        new_traces, new_ids = [], []
         if generate_rows:
             chosen, chosen_names = [items[i] for i in generate_rows], [names[i] for i in generate_rows]
             if self.config.variant == "unified" and self.external_reasoner is None:
-                new_traces, state = self.generate_traces(chosen, max_new_tokens, capture=True, where=chosen_names)
-                embeddings[generate_rows] = self._embed_with_state(chosen, new_traces, state, chosen_names)
+                new_traces, new_ids, state = self.generate_traces(chosen, max_new_tokens, capture=True,
+                                                                  where=chosen_names)  # fmt: skip
+                self._check_generated(new_ids, chosen_names)
+                embeddings[generate_rows] = self._embed_with_state(chosen, new_ids, state, chosen_names)
             else:
-                new_traces = self.reason(chosen, max_new_tokens, where=chosen_names)
-                for name, trace in zip(chosen_names, new_traces):
-                    self.processor.check_trace(trace, f"the reasoner's trace for {name}")
+                new_traces, new_ids = self._reasoner_traces(chosen, max_new_tokens, chosen_names)
                 plain_rows = list(range(len(items)))
-            for i, trace in zip(generate_rows, new_traces):
-                traces[i] = trace
+            for i, ids in zip(generate_rows, new_ids):
+                trace_ids[i] = ids
         if plain_rows:
-            inputs = self._embedding_inputs([items[i] for i in plain_rows], [traces[i] for i in plain_rows],
+            inputs = self._embedding_inputs([items[i] for i in plain_rows], [trace_ids[i] for i in plain_rows],
                                             [names[i] for i in plain_rows])  # fmt: skip
             embeddings[plain_rows] = self(**inputs).embeddings
-        return embeddings, traces
+        return embeddings, new_traces, new_ids
+
+    def _check_generated(self, trace_ids: list[list[int]], where: list[str]) -> None:
+        """Refuse a generated trace holding a reserved token, as a given one (an image token would not match the
+        image's features)."""
+        for ids, name in zip(trace_ids, where):
+            self.processor.check_trace(ids, f"the reasoner's trace for {name}")
 
     def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
         """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""
@@ -830,18 +867,14 @@ class TTEModel(TTEPreTrainedModel):
                                  "trace")  # fmt: skip
         return inputs.to(self.device)
 
-    def _embed_with_state(self, items, traces, state, where: list[str]) -> torch.Tensor:
-        """Unified single pass: reuse the layer L-N states captured while generating."""
-        inputs = self._embedding_inputs(items, traces, where)
-        if not self._round_trips(state, inputs):
-            # The decoded trace re-tokenises differently (rare for trained models): recompute from the text so the
-            # embedding is always a function of (input, trace text).
-            logger.warning_once("a generated trace did not round-trip through the tokenizer; recomputing its batch")
-            return self(**inputs).embeddings
+    def _embed_with_state(self, items, trace_ids, state, where: list[str]) -> torch.Tensor:
+        """Unified single pass: reuse the layer L-N states captured while generating. The embedding inputs are the
+        reasoning prompts' ids + the generated ids + the embedding token, so they continue the generation exactly."""
+        inputs = self._embedding_inputs(items, trace_ids, where)
         position_ids = self.position_ids_for(
             inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
         )
-        if state["first_fed"] == 0:
+        if state.first_fed == 0:
             source = right_aligned(self._single_pass_source_rows(state, position_ids), inputs["attention_mask"])
             return self(**inputs, source_states=source, position_ids=position_ids).embeddings
         # The prefixes came from the cache: the head runs the rests over its own cached prefix keys and values.
@@ -857,8 +890,9 @@ class TTEModel(TTEPreTrainedModel):
         if truncate_dim is not None and truncate_dim not in self.config.matryoshka_dims:
             raise ValueError(f"truncate_dim={truncate_dim} is not one of matryoshka_dims={self.config.matryoshka_dims}")
 
-    def _given_traces(self, reasoning, items: list[TTEInput]) -> list[str | None]:
-        """Precomputed traces: from `reasoning=` (one per input) or from each input's own `reasoning` key."""
+    def _given_traces(self, reasoning, items: list[TTEInput]) -> list[str | list[int] | None]:
+        """Precomputed traces (texts or token ids): from `reasoning=` (one per input) or from each input's own
+        `reasoning` key."""
         if reasoning is None:
             return [item.reasoning for item in items]
         if isinstance(reasoning, str):
@@ -880,8 +914,8 @@ class TTEModel(TTEPreTrainedModel):
         task: str | None = None,
         side: str = "query",
         think: bool | str | None = None,
-        reasoning: list[str | None] | str | None = None,
-        return_reasoning: bool = False,
+        reasoning: list[str | list[int] | None] | str | None = None,
+        return_reasoning: bool | str = False,
         max_new_tokens: int | None = None,
         batch_size: int = 8,
         truncate_dim: int | None = None,
@@ -899,8 +933,12 @@ class TTEModel(TTEPreTrainedModel):
             side: `"query"` or `"document"`; decides thinking under the `"queries"` policy.
             think: `True`/`False` or `"always"`/`"never"`/`"queries"`; default `config.think`.
             reasoning: precomputed traces, one per input (`None` entries are generated if they think); a dict input
-                may carry its own as `"reasoning"`.
-            return_reasoning: also return the traces used (`""` where none).
+                may carry its own as `"reasoning"`. A trace is a text, tokenised on its own, or its token ids as
+                `return_reasoning="ids"` gave them, fed as they are.
+            return_reasoning: also return the traces used (`""` where none): `True` for their texts, `"ids"` for the
+                token ids each was embedded with. A generated trace is embedded from the ids that were generated,
+                which its decoded text need not tokenise back to; passing those ids back as `reasoning=` reproduces
+                its embedding exactly.
             max_new_tokens: trace length bound (default `config.max_new_tokens`); a trace cut there still gets the
                 embedding token. A bound larger than the context window leaves after a batch's longest prompt is
                 lowered to what fits (a warning says so).
@@ -910,7 +948,7 @@ class TTEModel(TTEPreTrainedModel):
             show_progress_bar: show a tqdm bar over batches.
 
         Returns:
-            `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning=True`.
+            `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning`.
 
         Raises:
             ValueError / TypeError: bad inputs, naming the offending item; among them an input that does not fit the
@@ -925,25 +963,29 @@ class TTEModel(TTEPreTrainedModel):
         if max_new_tokens is not None:
             check_count("max_new_tokens", max_new_tokens)
         check_count("batch_size", batch_size)
+        if return_reasoning not in (False, True, "ids"):
+            raise ValueError(f"return_reasoning={return_reasoning!r} must be True, False or 'ids'")
         self._check_truncate_dim(truncate_dim)
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._given_traces(reasoning, items)
-        traces = [trace if trace is not None else "" for trace in given]
+        traces = [self.processor.decode_trace(trace) if isinstance(trace, list) else trace or "" for trace in given]
+        trace_ids = [self.processor.trace_token_ids(trace or "", f"reasoning[{i}]") for i, trace in enumerate(given)]
         generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
-        chunks = []
-        starts = range(0, len(items), batch_size)
+        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
+        order = self._batching_order(items, trace_ids, generate)
+        batches = [order[start : start + batch_size] for start in range(0, len(items), batch_size)]
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="Embedding")
-        for start in starts:
-            stop = start + batch_size
-            rows = [i for i in range(start, min(stop, len(items))) if generate[i]]
-            embeddings, traces[start:stop] = self._embed_batch(
-                items[start:stop], traces[start:stop], [i - start for i in rows], max_new_tokens, start
-            )
-            chunks.append(embeddings)
-        embeddings = torch.cat(chunks)
+            batches = tqdm(batches, desc="Embedding")
+        for batch in batches:
+            thinking = [j for j, i in enumerate(batch) if generate[i]]
+            embeddings[batch], new_traces, new_ids = self._embed_batch(
+                [items[i] for i in batch], [trace_ids[i] for i in batch], thinking, max_new_tokens,
+                [f"inputs[{i}]" for i in batch],
+            )  # fmt: skip
+            for j, trace, ids in zip(thinking, new_traces, new_ids):
+                traces[batch[j]], trace_ids[batch[j]] = trace, ids
         if truncate_dim is not None:
             embeddings = embeddings[:, :truncate_dim]
             if self.config.normalize:
@@ -952,6 +994,8 @@ class TTEModel(TTEPreTrainedModel):
             result = embeddings
         else:
             result = embeddings.cpu().numpy()
+        if return_reasoning == "ids":
+            return result, trace_ids
         return (result, traces) if return_reasoning else result
 
     def encode_query(self, inputs, **kwargs):

@@ -75,8 +75,13 @@ class TTEInput:
     instruction: str | None
     task: str
     think: bool | None = None  # per-input override of the thinking policy
-    reasoning: str | None = None  # a precomputed trace for this input
+    reasoning: str | list[int] | None = None  # a precomputed trace for this input: its text or token ids
 
+
+# A fast tokenizer keeps its padding and truncation settings on its Rust backend, and every call sets them again
+# (padded for a batch, unpadded for a trace), so two threads tokenising at once can pad with each other's settings.
+# One lock for every tokenizer call of every processor: they take microseconds next to a forward.
+_TOKENIZER_LOCK = threading.RLock()
 
 MAX_ASPECT_RATIO = 200  # Qwen-VL's image processor refuses more, without naming the image
 
@@ -464,7 +469,7 @@ class TTEProcessor(ProcessorMixin):
             raise TypeError(f"{where}['think']: must be a bool, got {type(think).__name__}")
         reasoning = item.get("reasoning")
         if reasoning is not None:
-            self.check_trace(reasoning, f"{where}['reasoning']")
+            reasoning = self.check_trace(reasoning, f"{where}['reasoning']")
         if "task" in item:
             task = self._check_task(item["task"], where)
         return TTEInput(text, image, item_instruction, task, think, reasoning)
@@ -537,18 +542,46 @@ class TTEProcessor(ProcessorMixin):
                       TTEInput(text="7", image=None, instruction="b", task=task)]  # fmt: skip
             if not self.text_only:
                 probes.append(TTEInput(text=None, image=Image.new("RGB", (1, 1)), instruction=None, task=task))
-            rows = [self.tokenizer(self.build_prompt(probe), add_special_tokens=False)["input_ids"] for probe in probes]
+            with _TOKENIZER_LOCK:
+                rows = [self.tokenizer(self.build_prompt(probe), add_special_tokens=False)["input_ids"]
+                        for probe in probes]  # fmt: skip
             length = 0
             while length < min(map(len, rows)) and len({row[length] for row in rows}) == 1:
                 length += 1
             self._shared_prefixes[task] = rows[0][:length]
         return list(self._shared_prefixes[task])
 
-    def check_trace(self, trace, where: str) -> str:
-        """Validate a trace: a str without special tokens (`where` names it in errors, e.g. `"reasoning[2]"`)."""
+    def check_trace(self, trace, where: str) -> str | list[int]:
+        """Validate a trace (`where` names it in errors, e.g. `"reasoning[2]"`): a str without special tokens, or a
+        list of token ids (as `embed(..., return_reasoning="ids")` returns them) without reserved ids."""
+        if isinstance(trace, (list, tuple)):
+            return self._check_trace_ids(trace, where)
         if not isinstance(trace, str):
-            raise TypeError(f"{where}: trace must be a str, got {type(trace).__name__}")
+            raise TypeError(f"{where}: trace must be a str or a list of token ids, got {type(trace).__name__}")
         return self._check_reserved(trace, where, "trace")
+
+    def _check_trace_ids(self, ids, where: str) -> list[int]:
+        vocabulary = len(self.tokenizer)
+        # The unknown token is what tokenising an unknown word gives, not a control id: a text's ids may hold it.
+        reserved = set(self.tokenizer.convert_tokens_to_ids(self.forbidden_text_tokens)) - {self.tokenizer.unk_token_id}
+        for j, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+                raise TypeError(f"{where}[{j}]: a trace's token ids must be ints, got {type(token).__name__}")
+            if not 0 <= token < vocabulary:
+                raise ValueError(f"{where}[{j}]: token id {token} is outside the vocabulary (0..{vocabulary - 1})")
+            if token in reserved:
+                raise ValueError(f"{where}[{j}]: token id {token} is the reserved token "
+                                 f"{self.tokenizer.convert_ids_to_tokens(int(token))!r}, which no trace may contain")  # fmt: skip
+        return [int(token) for token in ids]
+
+    def trace_token_ids(self, trace, where: str) -> list[int]:
+        """The ids a trace is fed as: token ids as given (a generated trace is the ids that were generated), a text
+        tokenised on its own, as a reasoner generates it after the prompt."""
+        trace = self.check_trace(trace, where)
+        if isinstance(trace, list):
+            return trace
+        with _TOKENIZER_LOCK:
+            return self.tokenizer(trace, add_special_tokens=False)["input_ids"]
 
     def _encode(self, texts: list[str], items: list[TTEInput]) -> BatchFeature:
         images = [item.image for item in items if item.image is not None]
@@ -557,7 +590,8 @@ class TTEProcessor(ProcessorMixin):
         if images:
             kwargs["images"] = images
             kwargs["size"] = self._image_size()
-        return self(text=texts, **kwargs)
+        with _TOKENIZER_LOCK:
+            return self(text=texts, **kwargs)
 
     def _image_size(self) -> dict:
         return {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}
@@ -575,18 +609,18 @@ class TTEProcessor(ProcessorMixin):
         features = self._encode([self.build_prompt(item) for item in items], items)
         return self._with_prefix_lengths(features, items) if with_prefix_lengths else features
 
-    def build_embedding_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
-        """Left-padded model inputs of `prompt + trace + EMBEDDING_TOKEN`; use `""` for no trace.
+    def build_embedding_inputs(self, items: list[TTEInput], traces: list[str | list[int]]) -> BatchFeature:
+        """Left-padded model inputs of the reasoning prompt, the trace and EMBEDDING_TOKEN; use `""` for no trace.
 
-        `prefix_lengths` (`_with_prefix_lengths`) lets the model run each family's shared prefix once.
+        A trace is fed as its token ids (`trace_token_ids`): a generated trace as the ids that were generated, so the
+        embedding input continues the generation exactly, and a given text tokenised on its own. `prefix_lengths`
+        (`_with_prefix_lengths`) lets the model run each family's shared prefix once.
         """
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
-        texts = [
-            self.build_prompt(item) + self.check_trace(trace, f"reasoning[{i}]") + EMBEDDING_TOKEN
-            for i, (item, trace) in enumerate(zip(items, traces))
-        ]
-        return self._with_prefix_lengths(self._encode(texts, items), items)
+        tails = [self.trace_token_ids(trace, f"reasoning[{i}]") + [self.embedding_token_id]
+                 for i, trace in enumerate(traces)]  # fmt: skip
+        return self._after_prompts(items, tails, labelled=False)
 
     def _with_prefix_lengths(self, features: BatchFeature, items: list[TTEInput]) -> BatchFeature:
         """Add `prefix_lengths`: how many of each row's first tokens are its family's `shared_prefix_ids` (0 for a
@@ -601,7 +635,7 @@ class TTEProcessor(ProcessorMixin):
     def build_sft_inputs(self, items: list[TTEInput], traces: list[str]) -> BatchFeature:
         """Reasoner-SFT inputs: the reasoning prompt, then the trace and EOS as the only labels (-100 elsewhere).
 
-        The trace is tokenised on its own, as generation produces it after the prompt ids.
+        The trace is tokenised on its own (`trace_token_ids`), as generation produces it after the prompt ids.
 
         Returns:
             The reasoning-prompt features with `input_ids`, `attention_mask`, `labels` (and `mm_token_type_ids`) of
@@ -610,26 +644,33 @@ class TTEProcessor(ProcessorMixin):
         """
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
+        tails = [self.trace_token_ids(trace, f"reasoning[{i}]") + [self.tokenizer.eos_token_id]
+                 for i, trace in enumerate(traces)]  # fmt: skip
+        return self._after_prompts(items, tails, labelled=True)
+
+    def _after_prompts(self, items: list[TTEInput], tails: list[list[int]], labelled: bool) -> BatchFeature:
+        """Each item's reasoning-prompt ids followed by `tails[i]` (text tokens), left-padded, with `prefix_lengths`,
+        and with the tails as the only `labels` when `labelled`; the vision inputs are the prompts'."""
         prompts = self.build_reasoning_inputs(items)
-        checked = [self.check_trace(trace, f"reasoning[{i}]") for i, trace in enumerate(traces)]
-        targets = [ids + [self.tokenizer.eos_token_id] for ids in self.tokenizer(checked, add_special_tokens=False)["input_ids"]]
         mask = prompts["attention_mask"].bool()
-        prompt_rows = [prompts["input_ids"][i][mask[i]].tolist() for i in range(len(targets))]
-        width = max(len(prompt) + len(target) for prompt, target in zip(prompt_rows, targets))
+        prompt_rows = [prompts["input_ids"][i][mask[i]].tolist() for i in range(len(items))]
+        width = max(len(prompt) + len(tail) for prompt, tail in zip(prompt_rows, tails))
         features = {
-            "input_ids": torch.full((len(targets), width), self.tokenizer.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(targets), width), dtype=torch.long),
-            "labels": torch.full((len(targets), width), -100, dtype=torch.long),
+            "input_ids": torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
         }
+        if labelled:
+            features["labels"] = torch.full((len(items), width), -100, dtype=torch.long)
         if "mm_token_type_ids" in prompts:
-            features["mm_token_type_ids"] = torch.zeros((len(targets), width), dtype=torch.long)  # trace tokens: text
-        for i, (prompt, target) in enumerate(zip(prompt_rows, targets)):
-            start, target_start = width - len(prompt) - len(target), width - len(target)
-            features["input_ids"][i, start:] = torch.tensor(prompt + target)
+            features["mm_token_type_ids"] = torch.zeros((len(items), width), dtype=torch.long)  # tails: text
+        for i, (prompt, tail) in enumerate(zip(prompt_rows, tails)):
+            start, tail_start = width - len(prompt) - len(tail), width - len(tail)
+            features["input_ids"][i, start:] = torch.tensor(prompt + tail)
             features["attention_mask"][i, start:] = 1
-            features["labels"][i, target_start:] = torch.tensor(target)
+            if labelled:
+                features["labels"][i, tail_start:] = torch.tensor(tail)
             if "mm_token_type_ids" in prompts:
-                features["mm_token_type_ids"][i, start:target_start] = prompts["mm_token_type_ids"][i][mask[i]]
+                features["mm_token_type_ids"][i, start:tail_start] = prompts["mm_token_type_ids"][i][mask[i]]
         return self._with_prefix_lengths(BatchFeature({**prompts, **features}), items)
 
     def decode_trace(self, token_ids: list[int]) -> str:

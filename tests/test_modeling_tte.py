@@ -267,15 +267,79 @@ def test_save_and_load_restores_weights_bit_for_bit(tiny_tte, tmp_path):
     assert all(torch.equal(tensor, expected[key]) for key, tensor in loaded.state_dict().items())
 
 
-def test_unified_recomputes_when_trace_does_not_round_trip(tiny_tte):
+def test_embed_batches_thinking_inputs_together_longest_first_and_returns_input_order(tiny_tte, monkeypatch):
     model = tiny_tte("qwen2_vl", "unified")
-    items = model.processor.parse_inputs(["a red square", make_image(4)])
-    traces, state = model.generate_traces(items, capture=True)
-    # As a BPE tokenizer can: the generated ids differ from the ids that re-tokenising the decoded text gives.
-    state["trace_ids"][0] = state["trace_ids"][0][:-1] + [model.processor.tokenizer.unk_token_id]
-    embeddings = model._embed_with_state(items, traces, state, ["inputs[0]", "inputs[1]"])
-    recomputed = model.embed(["a red square", make_image(4)], reasoning=traces, convert_to_tensor=True)
-    assert torch.abs(embeddings - recomputed).max() <= 1e-5
+    inputs = ["a", {"text": "what is on the table ?", "think": False}, make_image(1), "the red square on the table",
+              {"text": "a cat", "think": False}]  # fmt: skip
+    batches, embed_batch = [], model._embed_batch
+    monkeypatch.setattr(model, "_embed_batch", lambda *args: batches.append(args[-1]) or embed_batch(*args))
+    vectors, traces = model.embed(inputs, batch_size=2, return_reasoning=True)
+    assert batches == [["inputs[2]", "inputs[3]"], ["inputs[0]", "inputs[1]"], ["inputs[4]"]]
+    monkeypatch.undo()
+    alone = [model.embed([item], return_reasoning=True) for item in inputs]
+    assert np.abs(vectors - np.concatenate([vector for vector, _ in alone])).max() <= 1e-4
+    assert traces == [trace for _, (trace,) in alone] and traces[1] == traces[4] == ""
+
+
+BPE_INPUTS = ["a red square", "the blue circle on the table", "what colour is the cat ?", "find the green triangle",
+              "two yellow shapes", "a dog under a tree", "the picture of a bus", "seven blue squares"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "llama"])
+def test_unified_single_pass_embeds_generated_ids_that_do_not_round_trip(name):
+    model = build_tte(name, "unified", bpe=True, max_new_tokens=12)
+    images = [make_image(3), {"text": "a cat", "image": make_image(5)}]
+    inputs = BPE_INPUTS if name == "llama" else BPE_INPUTS[:6] + images
+    traces, trace_ids, _ = model.generate_traces(model.processor.parse_inputs(inputs))
+    tokenizer = model.processor.tokenizer
+    retokenised = [tokenizer(trace, add_special_tokens=False)["input_ids"] for trace in traces]
+    assert any(again != ids for again, ids in zip(retokenised, trace_ids))  # what a BPE tokenizer does, and SmolLM2's
+    seq_lengths, (single_pass, returned) = trunk_steps(model, lambda: model.embed(inputs, return_reasoning="ids"))
+    assert returned == trace_ids
+    assert seq_lengths[-1] == 2  # the whole batch stayed in the single pass: its last trunk step is 2 tokens
+    from_ids = model.embed(inputs, reasoning=trace_ids)  # the generated ids, fed whole through the trunk
+    assert np.abs(single_pass - from_ids).max() <= 1e-4
+    _, texts = model.embed(inputs, reasoning=trace_ids, return_reasoning=True)
+    assert texts == traces
+
+
+def test_student_embeds_its_reasoners_generated_ids():
+    model = build_tte("qwen2_vl", "student", bpe=True, max_new_tokens=12)
+    _, trace_ids, _ = model.generate_traces(model.processor.parse_inputs(BPE_INPUTS))
+    embeddings, returned = model.embed(BPE_INPUTS, return_reasoning="ids")
+    assert returned == trace_ids
+    assert np.abs(embeddings - model.embed(BPE_INPUTS, reasoning=trace_ids)).max() <= 1e-5
+
+
+def test_given_trace_text_is_tokenised_on_its_own_and_ids_are_fed_as_given():
+    processor = build_tte("qwen2_vl", "teacher", bpe=True).processor
+    items = processor.parse_inputs(["a red square", make_image(2)])
+    text_ids = processor.tokenizer(TRACE, add_special_tokens=False)["input_ids"]
+    given_ids = [text_ids[1], text_ids[0], *text_ids[2:]]  # any ids, as a generator may produce them
+    inputs = processor.build_embedding_inputs(items, [TRACE, given_ids])
+    prompts = processor.build_reasoning_inputs(items)
+    for i, tail in enumerate([text_ids, given_ids]):
+        prompt = prompts["input_ids"][i][prompts["attention_mask"][i].bool()].tolist()
+        row = inputs["input_ids"][i][inputs["attention_mask"][i].bool()].tolist()
+        assert row == prompt + tail + [processor.embedding_token_id]
+
+
+def test_trace_ids_are_checked_and_errors_name_the_token(tiny_tte):
+    model = tiny_tte("qwen2_vl", "teacher")
+    pad = model.processor.image_token_id
+    red, square = model.processor.tokenizer("red square", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match=r"reasoning\[1\]\[2\]: token id \d+ is the reserved token '<\|image_pad\|>'"):
+        model.embed(["a", "b"], reasoning=[[red, square], [red, square, pad]])
+    with pytest.raises(ValueError, match=r"reasoning\[0\]\[0\]: token id 100000 is outside the vocabulary"):
+        model.embed(["a"], reasoning=[[100000]])
+    with pytest.raises(TypeError, match=r"reasoning\[0\]\[1\]: a trace's token ids must be ints, got str"):
+        model.embed(["a"], reasoning=[[red, "5"]])
+    with pytest.raises(TypeError, match=r"reasoning\[0\]: trace must be a str or a list of token ids, got int"):
+        model.embed(["a", "b"], reasoning=[4, 5])
+    with pytest.raises(ValueError, match=r"inputs\[0\]\['reasoning'\]\[0\]: token id -1 is outside"):
+        model.embed([{"text": "a", "reasoning": [-1]}])
+    with pytest.raises(ValueError, match=r"return_reasoning='text' must be True, False or 'ids'"):
+        model.embed(["a"], reasoning=[TRACE], return_reasoning="text")
 
 
 def test_recomputation_stops_at_the_source_layer(tiny_tte):

@@ -234,8 +234,8 @@ def test_generation_from_cached_prefixes_writes_the_same_traces(tiny_tte, name, 
     for cache in (False, True):
         model.config.use_prefix_cache = cache
         fed.clear()
-        traces[cache], _ = model.generate_traces(items)
-        text_traces[cache], _ = model.generate_traces(items[:2])  # Qwen-VL keeps the last call's M-RoPE offsets
+        traces[cache] = model.generate_traces(items)[0]
+        text_traces[cache] = model.generate_traces(items[:2])[0]  # Qwen-VL keeps the last call's M-RoPE offsets
     assert traces[True] == traces[False] and text_traces[True] == text_traces[False]
     whole = model.processor.build_reasoning_inputs(items, with_prefix_lengths=True)
     rest = int((whole["attention_mask"].sum(dim=1) - whole["prefix_lengths"]).max())

@@ -8,7 +8,7 @@ import warnings
 import pytest
 from PIL import Image
 
-from tests.conftest import loopback_http, make_image
+from tests.conftest import loopback_http, make_image, run_concurrently
 from tests.tiny_models import build_processor
 from tte.processing_tte import EMBEDDING_TOKEN, PROMPT_SETS, TASK_FAMILIES, TTEProcessor, URLFetchLimits, load_image
 
@@ -357,3 +357,14 @@ def test_huge_header_is_refused_naming_the_item_before_decoding(processor):
 def test_extreme_aspect_ratio_is_refused_naming_the_item(processor):
     with pytest.raises(ValueError, match=r"inputs\[1\]\['image'\]: image is 1000x4, aspect ratio 250.0 over 200"):
         processor.parse_inputs(["a", Image.new("RGB", (1000, 4))])
+
+
+def test_concurrent_inputs_equal_sequential_ones():
+    # A fast tokenizer's padding settings are shared state: threads building batches of different widths and
+    # unpadded traces at once must each get their own padding (the processor serialises its tokenizer calls).
+    processor = build_processor("qwen2_vl")
+    jobs = [(["a", " ".join(["red"] * n)], ["", " ".join(["blue"] * (5 - n % 5))]) for n in range(1, 9)]
+    build = lambda job: processor.build_embedding_inputs(processor.parse_inputs(job[0]), job[1])["input_ids"]
+    expected = [build(job) for job in jobs]
+    for results in run_concurrently(build, jobs, rounds=20):
+        assert all(result.equal(wanted) for result, wanted in zip(results, expected))

@@ -1,11 +1,12 @@
 """Tiny random-weight backbones and locally trained tokenizers for tests (no Hub access needed).
 
-Nothing here is a trained model: every weight is random. The tokenizer is a word-level tokenizer trained on a small
-local corpus, so decoding generated ids and encoding the text again gives the same ids.
+Nothing here is a trained model: every weight is random. The default tokenizer is a word-level tokenizer trained on a
+small local corpus, so decoding generated ids and encoding the text again gives the same ids; `bpe=True` gives a
+byte-level BPE tokenizer (as SmolLM2's and Qwen's), for which it often does not.
 """
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
@@ -42,13 +43,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(with_embedding_token: bool = True) -> PreTrainedTokenizerFast:
-    """Train a word-level tokenizer on the prompt set and a few words (without `<|emb|>`, as a stock backbone's)."""
+def build_tokenizer(with_embedding_token: bool = True, bpe: bool = False) -> PreTrainedTokenizerFast:
+    """Train a word-level (or byte-level BPE) tokenizer on the prompt set and a few words (without `<|emb|>`, as a
+    stock backbone's)."""
     special_tokens = SPECIAL_TOKENS if with_embedding_token else SPECIAL_TOKENS[:-1]
     corpus = [prompt for prompts in PROMPT_SETS.values() for prompt in prompts.values()] + [CORPUS_EXTRA]
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=special_tokens))
+    if bpe:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special_tokens,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    else:
+        tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=special_tokens)
+    tokenizer.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="[UNK]",
@@ -57,7 +67,6 @@ def build_tokenizer(with_embedding_token: bool = True) -> PreTrainedTokenizerFas
         additional_special_tokens=special_tokens[2:],
         chat_template=CHAT_TEMPLATE,
     )
-
 
 def _text_kwargs(tokenizer, num_layers: int, max_position_embeddings: int) -> dict:
     return {
@@ -117,24 +126,24 @@ def build_backbone(name: str, tokenizer, num_layers: int = 4, seed: int = 0, max
     return auto_class.from_config(config, attn_implementation="sdpa").eval()
 
 
-def build_processor(name: str):
+def build_processor(name: str, bpe: bool = False):
     """A `TTEProcessor` with a small pixel budget (text-only for the llama backbone)."""
     from tte.processing_tte import TTEProcessor
 
     image_processor = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
                                             min_pixels=28 * 28, max_pixels=56 * 56)  # fmt: skip
     video_processor = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-    return TTEProcessor(image_processor=image_processor, tokenizer=build_tokenizer(), video_processor=video_processor,
-                        chat_template=CHAT_TEMPLATE, max_pixels=56 * 56, text_only=name == "llama")  # fmt: skip
+    return TTEProcessor(image_processor=image_processor, tokenizer=build_tokenizer(bpe=bpe),
+                        video_processor=video_processor, chat_template=CHAT_TEMPLATE, max_pixels=56 * 56, text_only=name == "llama")  # fmt: skip
 
 
 def build_tte(name: str = "qwen2_vl", variant: str = "unified", num_layers: int = 4, head_num_layers: int = 2,
-              max_new_tokens: int = 6, seed: int = 0, max_position_embeddings: int = 4096,
+              max_new_tokens: int = 6, seed: int = 0, max_position_embeddings: int = 4096, bpe: bool = False,
               **config_kwargs):  # fmt: skip
     """A tiny random-weight `TTEModel` with its processor attached (`max_position_embeddings`: its context window)."""
     from tte.modeling_tte import TTEModel
 
-    processor = build_processor(name)
+    processor = build_processor(name, bpe)
     backbone = build_backbone(name, processor.tokenizer, num_layers, seed, max_position_embeddings)
     reasoner = (build_backbone(name, processor.tokenizer, num_layers, seed + 1, max_position_embeddings)
                 if variant == "student" else None)  # fmt: skip
