@@ -1,9 +1,10 @@
 """Think-Then-Embed (TTE) model: reason about an input, then embed input + trace.
 
 `TTEModel.forward` turns already-built embedding inputs into L2-normalised vectors (with gradients, for training).
-`TTEModel.embed` orchestrates inference: parse inputs -> build reasoning inputs -> generate traces -> build embedding
-inputs -> forward. In the unified variant the generation step also captures the hidden states that the head needs,
-so the trunk is not run a second time over prompt + trace.
+`TTEModel.embed` orchestrates inference as a chain over one `EmbedCall`: `_start_call` (parse the inputs, take given
+traces as checked token ids, decide who thinks) -> `_batches` (who thinks together, longest first) -> `_embed_batch`
+(generate traces, build the embedding inputs, forward, pool) -> `_truncated`. In the unified variant the generation
+step also captures the hidden states that the head needs, so the trunk is not run a second time over prompt + trace.
 """
 
 import copy
@@ -315,6 +316,22 @@ def prefix_keys_values(model: PreTrainedModel, prefix_ids: tuple[int, ...]) -> K
     base_model_of(model)(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                          position_ids=position_ids_of(model, input_ids, attention_mask))  # fmt: skip
     return keys_values(cache)
+
+
+@dataclass
+class EmbedCall:
+    """One `embed` call: its parsed inputs, who thinks, and per input the trace it is embedded with (given, or
+    generated during the call) and its embedding. Each call has its own, so concurrent calls share nothing."""
+
+    items: list[TTEInput]
+    generate: list[bool]  # whether the input gets a new trace in this call
+    trace_ids: list[list[int]]  # checked once: given traces when the call starts, generated ones when generated
+    trace_texts: list[str | None]  # None for a trace given as ids: decoded only if the traces are returned as text
+    embeddings: torch.Tensor  # (inputs, embedding_dim), in input order
+
+    @staticmethod
+    def name(i: int) -> str:
+        return f"inputs[{i}]"
 
 
 class PrefixCache:
@@ -808,47 +825,58 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
         return policy == "always" or (policy == "queries" and side == "query")
 
+    def _start_call(self, inputs, instruction, task, side: str, think, reasoning) -> EmbedCall:
+        """Parse the inputs, take each given trace as its token ids (checked here, once) and decide who thinks."""
+        items = self.processor.parse_inputs(inputs, instruction, task)
+        given = self._given_traces(reasoning, items)
+        trace_ids = [[] if trace is None else self.processor.trace_token_ids(trace, f"reasoning[{i}]")
+                     for i, trace in enumerate(given)]  # fmt: skip
+        texts = [None if isinstance(trace, list) else trace or "" for trace in given]
+        generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
+        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
+        return EmbedCall(items, generate, trace_ids, texts, embeddings)
+
     @staticmethod
-    def _batching_order(items: list[TTEInput], trace_ids: list[list[int]], generate: list[bool]) -> list[int]:
-        """Input indices in batching order: inputs that think together, images together, longest first (a stable
-        sort), so that a batch pads little and a generation batch holds only rows that generate. `embed` returns
-        results in input order."""
+    def _batches(call: EmbedCall, batch_size: int, show_progress_bar: bool):
+        """Input indices in batches of `batch_size`: inputs that think together, images together, longest first (a
+        stable sort), so that a batch pads little and a generation batch holds only rows that generate. The
+        embeddings go back to input order through `call.embeddings`."""
 
         def length(i: int) -> int:  # characters, a cheap stand-in for tokens
-            return len(items[i].text or "") + len(items[i].instruction or "") + 4 * len(trace_ids[i])
+            item = call.items[i]
+            return len(item.text or "") + len(item.instruction or "") + 4 * len(call.trace_ids[i])
 
-        return sorted(range(len(items)), key=lambda i: (not generate[i], items[i].image is None, -length(i)))
+        order = sorted(range(len(call.items)), key=lambda i: (not call.generate[i], call.items[i].image is None,
+                                                              -length(i)))  # fmt: skip
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="Embedding")
+        return batches
 
     @torch.no_grad()
-    def _embed_batch(self, items, trace_ids, generate_rows, max_new_tokens, names: list[str]):
-        """Embed one batch (`names[i]` names `items[i]` in errors): rows in `generate_rows` get a new trace, the
-        others are embedded with `trace_ids[i]`.
-
-        Returns:
-            The embeddings, and the new traces of `generate_rows` as texts and as the token ids they were embedded
-            with (the generated ids: see `TTEProcessor.build_embedding_inputs`).
-        """
-        trace_ids = list(trace_ids)
-        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
-        plain_rows = [i for i in range(len(items)) if i not in set(generate_rows)]
-        new_traces, new_ids = [], []
-        if generate_rows:
-            chosen, chosen_names = [items[i] for i in generate_rows], [names[i] for i in generate_rows]
+    def _embed_batch(self, call: EmbedCall, batch: list[int], max_new_tokens: int | None) -> None:
+        """Embed the inputs `batch` of `call` into `call.embeddings`; those that think get a new trace first, which
+        is recorded in `call` with the token ids it is embedded with (the generated ids: see
+        `TTEProcessor.build_embedding_inputs`)."""
+        thinking = [i for i in batch if call.generate[i]]
+        plain = [i for i in batch if not call.generate[i]]
+        if thinking:
+            items, names = [call.items[i] for i in thinking], [call.name(i) for i in thinking]
             if self.config.variant == "unified" and self.external_reasoner is None:
-                new_traces, new_ids, state = self.generate_traces(chosen, max_new_tokens, capture=True,
-                                                                  where=chosen_names)  # fmt: skip
-                self._check_generated(new_ids, chosen_names)
-                embeddings[generate_rows] = self._embed_with_state(chosen, new_ids, state, chosen_names)
+                texts, trace_ids, state = self.generate_traces(items, max_new_tokens, capture=True, where=names)
+                self._check_generated(trace_ids, names)
+                call.embeddings[thinking] = self._embed_with_state(items, trace_ids, state, names)
             else:
-                new_traces, new_ids = self._reasoner_traces(chosen, max_new_tokens, chosen_names)
-                plain_rows = list(range(len(items)))
-            for i, ids in zip(generate_rows, new_ids):
-                trace_ids[i] = ids
-        if plain_rows:
-            inputs = self._embedding_inputs([items[i] for i in plain_rows], [trace_ids[i] for i in plain_rows],
-                                            [names[i] for i in plain_rows])  # fmt: skip
-            embeddings[plain_rows] = self(**inputs).embeddings
-        return embeddings, new_traces, new_ids
+                texts, trace_ids = self._reasoner_traces(items, max_new_tokens, names)
+                plain = batch
+            for i, text, ids in zip(thinking, texts, trace_ids):
+                call.trace_texts[i], call.trace_ids[i] = text, ids
+        if plain:
+            inputs = self._embedding_inputs([call.items[i] for i in plain], [call.trace_ids[i] for i in plain],
+                                            [call.name(i) for i in plain])  # fmt: skip
+            call.embeddings[plain] = self(**inputs).embeddings
 
     def _check_generated(self, trace_ids: list[list[int]], where: list[str]) -> None:
         """Refuse a generated trace holding a reserved token, as a given one (an image token would not match the
@@ -856,9 +884,10 @@ class TTEModel(TTEPreTrainedModel):
         for ids, name in zip(trace_ids, where):
             self.processor.check_trace(ids, f"the reasoner's trace for {name}")
 
-    def _embedding_inputs(self, items, traces, where: list[str]) -> BatchFeature:
-        """`build_embedding_inputs` on the model's device, refusing an input the context window cannot hold."""
-        inputs = self.processor.build_embedding_inputs(items, traces)
+    def _embedding_inputs(self, items, trace_ids: list[list[int]], where: list[str]) -> BatchFeature:
+        """The embedding inputs of already checked trace ids on the model's device, refusing an input the context
+        window cannot hold."""
+        inputs = self.processor.build_embedding_inputs_of_ids(items, trace_ids)
         window = self.context_window
         for name, length in zip(where, inputs["attention_mask"].sum(dim=1).tolist()):
             if length > window:
@@ -902,10 +931,7 @@ class TTEModel(TTEPreTrainedModel):
         for i, (trace, item) in enumerate(zip(reasoning, items)):
             if trace is not None and item.reasoning is not None:
                 raise ValueError(f"inputs[{i}]: a trace is given both in reasoning= and in the input's 'reasoning'")
-        return [
-            self.processor.check_trace(trace, f"reasoning[{i}]") if trace is not None else item.reasoning
-            for i, (trace, item) in enumerate(zip(reasoning, items))
-        ]
+        return [trace if trace is not None else item.reasoning for trace, item in zip(reasoning, items)]
 
     def embed(
         self,
@@ -966,37 +992,26 @@ class TTEModel(TTEPreTrainedModel):
         if return_reasoning not in (False, True, "ids"):
             raise ValueError(f"return_reasoning={return_reasoning!r} must be True, False or 'ids'")
         self._check_truncate_dim(truncate_dim)
-        items = self.processor.parse_inputs(inputs, instruction, task)
-        given = self._given_traces(reasoning, items)
-        traces = [self.processor.decode_trace(trace) if isinstance(trace, list) else trace or "" for trace in given]
-        trace_ids = [self.processor.trace_token_ids(trace or "", f"reasoning[{i}]") for i, trace in enumerate(given)]
-        generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
-        embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
-        order = self._batching_order(items, trace_ids, generate)
-        batches = [order[start : start + batch_size] for start in range(0, len(items), batch_size)]
-        if show_progress_bar:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="Embedding")
-        for batch in batches:
-            thinking = [j for j, i in enumerate(batch) if generate[i]]
-            embeddings[batch], new_traces, new_ids = self._embed_batch(
-                [items[i] for i in batch], [trace_ids[i] for i in batch], thinking, max_new_tokens,
-                [f"inputs[{i}]" for i in batch],
-            )  # fmt: skip
-            for j, trace, ids in zip(thinking, new_traces, new_ids):
-                traces[batch[j]], trace_ids[batch[j]] = trace, ids
-        if truncate_dim is not None:
-            embeddings = embeddings[:, :truncate_dim]
-            if self.config.normalize:
-                embeddings = F.normalize(embeddings, dim=-1)
-        if convert_to_tensor or not convert_to_numpy:
-            result = embeddings
-        else:
-            result = embeddings.cpu().numpy()
+        call = self._start_call(inputs, instruction, task, side, think, reasoning)
+        for batch in self._batches(call, batch_size, show_progress_bar):
+            self._embed_batch(call, batch, max_new_tokens)
+        embeddings = self._truncated(call.embeddings, truncate_dim)
+        result = embeddings if convert_to_tensor or not convert_to_numpy else embeddings.cpu().numpy()
         if return_reasoning == "ids":
-            return result, trace_ids
-        return (result, traces) if return_reasoning else result
+            return result, call.trace_ids
+        return (result, self._trace_texts(call)) if return_reasoning else result
+
+    def _truncated(self, embeddings: torch.Tensor, truncate_dim: int | None) -> torch.Tensor:
+        """Matryoshka truncation, re-normalised (the pooled vectors were normalised at full size)."""
+        if truncate_dim is None:
+            return embeddings
+        embeddings = embeddings[:, :truncate_dim]
+        return F.normalize(embeddings, dim=-1) if self.config.normalize else embeddings
+
+    def _trace_texts(self, call: EmbedCall) -> list[str]:
+        """Each input's trace as text (`""` where none); traces given as ids are decoded only here, when asked."""
+        return [self.processor.decode_trace(ids) if text is None else text
+                for text, ids in zip(call.trace_texts, call.trace_ids)]  # fmt: skip
 
     def encode_query(self, inputs, **kwargs):
         """`embed` for queries: thinks under the default `"queries"` policy."""

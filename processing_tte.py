@@ -398,6 +398,7 @@ class TTEProcessor(ProcessorMixin):
                            "choice; set processor.allow_urls = True after loading")  # fmt: skip
         self.allow_urls = False  # not an __init__ argument, so save_pretrained never writes it
         self._shared_prefixes: dict[str, list[int]] = {}
+        self._reserved_ids_cache: tuple[tuple[int, int], frozenset[int]] | None = None
         self.url_limits = URLFetchLimits()
         self.text_only = text_only
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
@@ -562,8 +563,7 @@ class TTEProcessor(ProcessorMixin):
 
     def _check_trace_ids(self, ids, where: str) -> list[int]:
         vocabulary = len(self.tokenizer)
-        # The unknown token is what tokenising an unknown word gives, not a control id: a text's ids may hold it.
-        reserved = set(self.tokenizer.convert_tokens_to_ids(self.forbidden_text_tokens)) - {self.tokenizer.unk_token_id}
+        reserved = self._reserved_trace_ids()
         for j, token in enumerate(ids):
             if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
                 raise TypeError(f"{where}[{j}]: a trace's token ids must be ints, got {type(token).__name__}")
@@ -573,6 +573,16 @@ class TTEProcessor(ProcessorMixin):
                 raise ValueError(f"{where}[{j}]: token id {token} is the reserved token "
                                  f"{self.tokenizer.convert_ids_to_tokens(int(token))!r}, which no trace may contain")  # fmt: skip
         return [int(token) for token in ids]
+
+    def _reserved_trace_ids(self) -> frozenset[int]:
+        """The ids of `forbidden_text_tokens`, computed once per vocabulary (adding tokens to the tokenizer changes its
+        size, and so the key). The unknown token is what tokenising an unknown word gives, not a control id: a text's
+        ids may hold it."""
+        key = (len(self.tokenizer), len(self.tokenizer.added_tokens_decoder))
+        if self._reserved_ids_cache is None or self._reserved_ids_cache[0] != key:
+            ids = set(self.tokenizer.convert_tokens_to_ids(self.forbidden_text_tokens)) - {self.tokenizer.unk_token_id}
+            self._reserved_ids_cache = (key, frozenset(ids))
+        return self._reserved_ids_cache[1]
 
     def trace_token_ids(self, trace, where: str) -> list[int]:
         """The ids a trace is fed as: token ids as given (a generated trace is the ids that were generated), a text
@@ -618,8 +628,14 @@ class TTEProcessor(ProcessorMixin):
         """
         if len(traces) != len(items):
             raise ValueError(f"got {len(traces)} traces for {len(items)} inputs")
-        tails = [self.trace_token_ids(trace, f"reasoning[{i}]") + [self.embedding_token_id]
-                 for i, trace in enumerate(traces)]  # fmt: skip
+        return self.build_embedding_inputs_of_ids(
+            items, [self.trace_token_ids(trace, f"reasoning[{i}]") for i, trace in enumerate(traces)]
+        )
+
+    def build_embedding_inputs_of_ids(self, items: list[TTEInput], trace_ids: list[list[int]]) -> BatchFeature:
+        """`build_embedding_inputs` for traces that `trace_token_ids` (or `check_trace`) already took as checked ids:
+        they are not checked again."""
+        tails = [ids + [self.embedding_token_id] for ids in trace_ids]
         return self._after_prompts(items, tails, labelled=False)
 
     def _with_prefix_lengths(self, features: BatchFeature, items: list[TTEInput]) -> BatchFeature:

@@ -272,7 +272,8 @@ def test_embed_batches_thinking_inputs_together_longest_first_and_returns_input_
     inputs = ["a", {"text": "what is on the table ?", "think": False}, make_image(1), "the red square on the table",
               {"text": "a cat", "think": False}]  # fmt: skip
     batches, embed_batch = [], model._embed_batch
-    monkeypatch.setattr(model, "_embed_batch", lambda *args: batches.append(args[-1]) or embed_batch(*args))
+    monkeypatch.setattr(model, "_embed_batch", lambda call, batch, *rest: batches.append([call.name(i) for i in batch])
+                        or embed_batch(call, batch, *rest))  # fmt: skip
     vectors, traces = model.embed(inputs, batch_size=2, return_reasoning=True)
     assert batches == [["inputs[2]", "inputs[3]"], ["inputs[0]", "inputs[1]"], ["inputs[4]"]]
     monkeypatch.undo()
@@ -322,6 +323,27 @@ def test_given_trace_text_is_tokenised_on_its_own_and_ids_are_fed_as_given():
         prompt = prompts["input_ids"][i][prompts["attention_mask"][i].bool()].tolist()
         row = inputs["input_ids"][i][inputs["attention_mask"][i].bool()].tolist()
         assert row == prompt + tail + [processor.embedding_token_id]
+
+
+def test_each_trace_is_checked_once_per_embed_call(tiny_tte, monkeypatch):
+    model = tiny_tte("qwen2_vl", "unified")
+    given_ids = model.processor.tokenizer("red square", add_special_tokens=False)["input_ids"]
+    checked, check = [], model.processor.check_trace
+    monkeypatch.setattr(model.processor, "check_trace", lambda trace, where: checked.append(where) or check(trace, where))
+    model.embed(["a", "b", "c"], reasoning=["it is red", given_ids, None], think=True)
+    assert sorted(checked) == ["reasoning[0]", "reasoning[1]", "the reasoner's trace for inputs[2]"]
+
+
+def test_given_trace_ids_are_decoded_only_when_texts_are_returned(tiny_tte, monkeypatch):
+    model = tiny_tte("qwen2_vl", "unified")
+    given_ids = model.processor.tokenizer("red square", add_special_tokens=False)["input_ids"]
+    decoded, decode = [], model.processor.decode_trace
+    monkeypatch.setattr(model.processor, "decode_trace", lambda ids: decoded.append(ids) or decode(ids))
+    model.embed(["a", "b"], reasoning=[given_ids, "it is red"])
+    model.embed(["a", "b"], reasoning=[given_ids, "it is red"], return_reasoning="ids")
+    assert decoded == []
+    _, traces = model.embed(["a", "b"], reasoning=[given_ids, "it is red"], return_reasoning=True)
+    assert decoded == [given_ids] and traces == [decode(given_ids), "it is red"]
 
 
 def test_trace_ids_are_checked_and_errors_name_the_token(tiny_tte):
