@@ -1,0 +1,33 @@
+"""The benchmark suite runs end to end on a tiny unified model with a real BPE tokenizer and reports every ratio.
+
+Only that it runs and what it reports is tested here: its timings are measured by running it (README, Performance).
+"""
+
+import json
+import math
+import os
+import runpy
+import sys
+
+from tests.tiny_models import build_tte
+
+
+SUITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "suite.py")
+
+
+def test_suite_reports_every_ratio_with_its_setting_and_goal(tmp_path, monkeypatch):
+    model = build_tte("qwen2_vl", "unified", bpe=True, max_new_tokens=4)
+    model.save_pretrained(tmp_path / "unified")
+    output = tmp_path / "suite.json"
+    arguments = ["--model", str(tmp_path / "unified"), "--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "3",
+                 "--batch", "4", "--documents", "8", "--corpus", "40", "--repeats", "1", "--copy-mib", "8",
+                 "--output", str(output)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["suite.py", *arguments])
+    runpy.run_path(SUITE, run_name="__main__")
+    rows = json.loads(output.read_text())["rows"]
+    assert [row["name"] for row in rows] == ["P1", "P1", "P1", "P2", "P2", "P3", "P4", "P5", "floor", "peer", "memory"]
+    assert [row["setting"] for row in rows][:3] == [f"unified embed(think) / generate, batch {b}" for b in (1, 8, 32)]
+    for row in rows:
+        assert row["goal"] and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+        assert row["ratio"] == row["ours"] / row["reference"]
+    assert (tmp_path / "cache" / "student" / "config.json").is_file()  # the twin is built by training.init_model
