@@ -274,6 +274,50 @@ def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
     return sources
 
 
+def write_one_shape_sft(scenes_dir: str, num_images: int, store_dir: str) -> list[dict]:
+    """Part 1's one-shape data as reasoner-SFT rows, with the oracle's traces, so that an SFT on grid scenes keeps
+    the single-shape skills that part 1 taught (the easy-VQA control, and the default model's descriptions).
+
+    Reads the first `num_images` images of `training.scenes.write_alignment_source`'s `scenes_dir`: their colour,
+    shape and yes/no questions as asked there (the `vqa` family, the question as text) go to
+    `one-shape-questions.jsonl`, and a description request per image (the instruction `describe the image.` under the
+    default `retrieval` family, as `training.eval_easy_vqa` asks it) to `one-shape-descriptions.jsonl`. Ids are
+    prefixed with `one-shape-` so that they never meet a scene task's in the store. Each row's trace, appended to the
+    oracle's store at `store_dir`: `<think>The image shows a <colour> <shape>.</think> The answer is <answer>.`
+
+    Returns:
+        Data-config source entries (paths relative to `scenes_dir`'s parent), weighted by their row counts.
+    """
+    with open(os.path.join(scenes_dir, "scenes.jsonl")) as handle:
+        scenes = {graph["image"]: graph for graph in map(json.loads, handle.read().splitlines()[:num_images])}
+    with open(os.path.join(scenes_dir, "rows.jsonl")) as handle:
+        rows = [row for row in map(json.loads, handle) if row["qry_image_path"] in scenes]
+    questions, descriptions, traces = [], [], []
+    for row in rows:
+        (shape,) = scenes[row["qry_image_path"]]["objects"]
+        seen = f"The image shows a {shape['colour']} {shape['shape']}."
+        kind = row["id"].rsplit("-", 1)[1]
+        if kind == "caption":
+            row = {"id": f"one-shape-{row['id']}", "qry_inst": CAPTION_QUESTION, "qry": "",
+                   "qry_image_path": row["qry_image_path"], "pos_text": row["pos_text"]}  # fmt: skip
+            descriptions.append(row)
+        else:
+            row = {**row, "id": f"one-shape-{row['id']}"}
+            questions.append(row)
+        traces.append((row["id"], TRACE_SIDE, oracle_trace_of(seen, row["pos_text"])))
+    store = oracle_store(store_dir)
+    store.append(1, traces)  # shard 0 holds the scene tasks' traces
+    store.close()
+    sources = []
+    for name, family, family_rows in (("questions", "vqa", questions), ("descriptions", "retrieval", descriptions)):
+        path = os.path.join(scenes_dir, f"one-shape-{name}.jsonl")
+        write_atomic(path, "".join(json.dumps(row) + "\n" for row in family_rows))
+        folder = os.path.basename(os.path.normpath(scenes_dir))
+        sources.append({"name": f"one-shape-{name}", "path": os.path.join(folder, os.path.basename(path)),
+                        "image_dir": folder, "task": family, "weight": float(len(family_rows))})  # fmt: skip
+    return sources
+
+
 def write_test_tasks(folder: str, rows_per_task: int, seed: int, control_images: int = 0) -> list[str]:
     """One `tte_eval` user task per kind (`folder/scene-<kind>/`), each scene holding a held-out combination, the
     easy-VQA control task on `control_images` test images (`write_easy_vqa_control`, none when 0), and the oracle's

@@ -1,6 +1,7 @@
 """Scene tasks of the variant comparison: grid scenes, correct answers, held-out splits and the oracle's traces."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -17,10 +18,11 @@ from training.scene_tasks import (
     cell_of,
     distractors,
     grid_scene,
+    write_one_shape_sft,
     write_test_tasks,
     write_train_sources,
 )
-from training.scenes import COLOURS, Scene, SceneObject, render
+from training.scenes import CAPTION_QUESTION, COLOURS, Scene, SceneObject, render, write_alignment_source
 from training.traces import TraceStore
 from tte_eval.user_tasks import load_user_tasks
 
@@ -111,6 +113,34 @@ def test_training_sources_load_and_every_row_has_an_oracle_trace(tmp_path):
     for line in (tmp_path / "perception.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert not any(name in row["pos_text"] for name in held_out)
+
+
+def test_one_shape_sft_rows_ask_as_the_easy_vqa_evaluation_does_and_join_the_oracle_store(tmp_path):
+    write_alignment_source(str(tmp_path / "scenes"), 5, seed=0)
+    write_train_sources(str(tmp_path / "train"), 3, seed=0)
+    scene_traces = TraceStore(str(tmp_path / "train" / "oracle-traces")).read()
+    sources = write_one_shape_sft(str(tmp_path / "scenes"), 4, str(tmp_path / "train" / "oracle-traces"))
+    config = tmp_path / "sft.yaml"
+    config.write_text(json.dumps({"sources": sources}))
+    examples = PairDataset(load_sources(str(config)))
+    traces = TraceStore(str(tmp_path / "train" / "oracle-traces")).read()
+    assert [(s["name"], s["task"], s["weight"]) for s in sources] == [("one-shape-questions", "vqa", 12.0),
+                                                                      ("one-shape-descriptions", "retrieval", 4.0)]
+    graphs = [json.loads(line) for line in (tmp_path / "scenes" / "scenes.jsonl").read_text().splitlines()]
+    images = {graph["image"]: graph["objects"][0] for graph in graphs[:4]}
+    for i in range(len(examples)):
+        example = examples[i]
+        row = example.inputs["query"]
+        assert example.id.startswith("one-shape-") and (example.id, "query") not in scene_traces
+        shape = images[os.path.relpath(row["image"], tmp_path / "scenes")]
+        trace = traces[(example.id, "query")]
+        assert trace.startswith(f"<think>The image shows a {shape['colour']} {shape['shape']}.</think> The answer is ")
+        if example.id.endswith("-caption"):  # as training.eval_easy_vqa asks for a description
+            assert row.get("instruction") == CAPTION_QUESTION and not row.get("text")
+            assert trace.endswith(f"The answer is a {shape['colour']} {shape['shape']}.")
+        else:
+            assert row["text"].endswith("?") and not row.get("instruction")
+    assert set(scene_traces.items()) <= set(traces.items())  # the scene tasks' traces are kept
 
 
 def test_test_tasks_hold_out_combinations_and_rank_the_right_answer_first(tmp_path):

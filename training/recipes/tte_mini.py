@@ -48,7 +48,7 @@ from training.assets import (COMPARISON, INIT_SETTINGS, MANIFEST, add_asset_file
                              read_manifest)
 from training.checkpoint import latest_checkpoint, prune_training_state, write_atomic
 from training.compare_variants import variant_model
-from training.scene_tasks import KINDS, SceneTaskArgs, write_scene_tasks
+from training.scene_tasks import KINDS, SceneTaskArgs, write_one_shape_sft, write_scene_tasks
 from training.scenes import write_alignment_source
 
 
@@ -87,6 +87,7 @@ class Sizes:
     sft_steps: int = 300
     sft_batch: int = 8
     sft_lr: float = 2e-4
+    one_shape_sft_images: int = 1500  # part 1's images whose 4 rows join the SFT (6,000 of ~26,000 rows)
     embed_rows: int = 1600  # the embedder's data: every variant trains on the same rows
     # 150 x 16 pairs at 3e-4 (1.5 epochs): the oracle teacher's InfoNCE loss stays near chance (ln 16 = 2.77) for
     # the first ~20 steps and reaches ~1.0 by step 60, so the 32 steps of the first run left every embedder untrained.
@@ -100,8 +101,9 @@ class Sizes:
 
 
 SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2,
-              scene_images=30, test_rows=2, control_images=1, grid_steps=2, sft_steps=2, sft_batch=2, embed_rows=70,
-              embed_steps=2, embed_batch=2, max_new_tokens=8, latency_queries=2, qa_images=2)  # fmt: skip
+              scene_images=30, test_rows=2, control_images=1, grid_steps=2, sft_steps=2, sft_batch=2,
+              one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, max_new_tokens=8, latency_queries=2,
+              qa_images=2)  # fmt: skip
 
 
 def run_stage(module: str, arguments: list[str]) -> None:
@@ -245,7 +247,12 @@ def write_variant_data(folder: str, sizes: Sizes, seed: int, answers: str) -> di
         write_atomic(os.path.join(folder, path), "".join(rows))
         embed_sources.append({**source, "path": path, "weight": float(len(rows))})
     write_atomic(configs["grid"], yaml.safe_dump({"sources": [grid, *one_shape]}))
-    write_atomic(configs["sft"], yaml.safe_dump({"sources": sources}))
+    # The SFT also sees part 1's one-shape questions and descriptions, with the oracle's traces: on grid scenes alone
+    # it forgot them (easy-VQA: shape 0 %, descriptions 46.5 %, after the 2026-12-02 run), and the default model is
+    # this SFT'd backbone.
+    one_shape = write_one_shape_sft(os.path.join(folder, "scenes"), sizes.one_shape_sft_images,
+                                    os.path.join(folder, train, "oracle-traces"))  # fmt: skip
+    write_atomic(configs["sft"], yaml.safe_dump({"sources": [*sources, *one_shape]}))
     write_atomic(configs["embed"], yaml.safe_dump({"sources": embed_sources}))
     return configs
 
