@@ -231,6 +231,15 @@ def oracle_store(folder: str) -> TraceStore:
     return TraceStore.create(folder, make_manifest(ORACLE_REASONER, PROMPT_SET_VERSION, {"oracle": "scene graph"}))
 
 
+def write_oracle_traces(folder: str, shard: int, traces: list[tuple[str, str, str]]) -> None:
+    """Append the oracle's `(id, side, trace)` entries that the store at `folder` does not hold yet, so that writing
+    the data again after a crash (the recipe reruns a step whose outputs are incomplete) adds no duplicate."""
+    store = oracle_store(folder)
+    held = store.read()
+    store.append(shard, [entry for entry in traces if entry[:2] not in held])
+    store.close()
+
+
 def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
     """Render `num_images` training scenes (1-3 shapes, held-out combinations excluded) and write one MMEB-train
     source per ECR family (`<family>.jsonl`: every kind of query each scene allows), the oracle's traces of every
@@ -262,9 +271,7 @@ def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
                 row.update(qry_image_path=path, pos_text=query.answer)
             rows[family].append(row)
             traces.append((row["id"], TRACE_SIDE, query.trace))
-    store = oracle_store(os.path.join(folder, "oracle-traces"))
-    store.append(0, traces)
-    store.close()
+    write_oracle_traces(os.path.join(folder, "oracle-traces"), 0, traces)
     write_atomic(os.path.join(folder, "perception.jsonl"), "".join(json.dumps(r) + "\n" for r in perception))
     sources = []
     for family, family_rows in rows.items():
@@ -305,9 +312,7 @@ def write_one_shape_sft(scenes_dir: str, num_images: int, store_dir: str) -> lis
             row = {**row, "id": f"one-shape-{row['id']}"}
             questions.append(row)
         traces.append((row["id"], TRACE_SIDE, oracle_trace_of(seen, row["pos_text"])))
-    store = oracle_store(store_dir)
-    store.append(1, traces)  # shard 0 holds the scene tasks' traces
-    store.close()
+    write_oracle_traces(store_dir, 1, traces)  # shard 0 holds the scene tasks' traces
     sources = []
     for name, family, family_rows in (("questions", "vqa", questions), ("descriptions", "retrieval", descriptions)):
         path = os.path.join(scenes_dir, f"one-shape-{name}.jsonl")
@@ -357,9 +362,7 @@ def write_test_tasks(folder: str, rows_per_task: int, seed: int, control_images:
         control = os.path.join(folder, "easy-vqa-control")
         traces += [(key, TRACE_SIDE, trace) for key, trace in write_easy_vqa_control(control, control_images)]
         written.append(control)
-    store = oracle_store(os.path.join(folder, "oracle-traces"))
-    store.append(0, traces)
-    store.close()
+    write_oracle_traces(os.path.join(folder, "oracle-traces"), 0, traces)
     return written
 
 

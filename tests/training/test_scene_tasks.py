@@ -143,6 +143,23 @@ def test_one_shape_sft_rows_ask_as_the_easy_vqa_evaluation_does_and_join_the_ora
     assert set(scene_traces.items()) <= set(traces.items())  # the scene tasks' traces are kept
 
 
+def test_writing_the_data_again_after_a_crash_adds_no_duplicate_trace(tmp_path):
+    # The recipe writes the data again when a run stopped before its last data file: the oracle's store then holds
+    # the traces already, and reading it must not find any twice.
+    write_alignment_source(str(tmp_path / "scenes"), 3, seed=0)
+    store = str(tmp_path / "train" / "oracle-traces")
+    write_train_sources(str(tmp_path / "train"), 3, seed=0)
+    write_one_shape_sft(str(tmp_path / "scenes"), 3, store)
+    first = TraceStore(store).read()
+    write_train_sources(str(tmp_path / "train"), 3, seed=0)
+    write_one_shape_sft(str(tmp_path / "scenes"), 3, store)
+    assert TraceStore(store).read() == first
+    write_test_tasks(str(tmp_path / "test"), 2, seed=1)
+    test_traces = TraceStore(str(tmp_path / "test" / "oracle-traces")).read()
+    write_test_tasks(str(tmp_path / "test"), 2, seed=1)
+    assert TraceStore(str(tmp_path / "test" / "oracle-traces")).read() == test_traces
+
+
 def test_test_tasks_hold_out_combinations_and_rank_the_right_answer_first(tmp_path):
     folders = write_test_tasks(str(tmp_path), rows_per_task=4, seed=5)
     assert len(folders) == len(KINDS)
