@@ -313,13 +313,12 @@ def write_one_shape_sft(scenes_dir: str, num_images: int, store_dir: str) -> lis
             questions.append(row)
         traces.append((row["id"], TRACE_SIDE, oracle_trace_of(seen, row["pos_text"])))
     write_oracle_traces(store_dir, 1, traces)  # shard 0 holds the scene tasks' traces
-    sources = []
+    sources, folder = [], os.path.basename(os.path.normpath(scenes_dir))
     for name, family, family_rows in (("questions", "vqa", questions), ("descriptions", "retrieval", descriptions)):
-        path = os.path.join(scenes_dir, f"one-shape-{name}.jsonl")
-        write_atomic(path, "".join(json.dumps(row) + "\n" for row in family_rows))
-        folder = os.path.basename(os.path.normpath(scenes_dir))
-        sources.append({"name": f"one-shape-{name}", "path": os.path.join(folder, os.path.basename(path)),
-                        "image_dir": folder, "task": family, "weight": float(len(family_rows))})  # fmt: skip
+        filename = f"one-shape-{name}.jsonl"
+        write_atomic(os.path.join(scenes_dir, filename), "".join(json.dumps(row) + "\n" for row in family_rows))
+        sources.append({"name": f"one-shape-{name}", "path": os.path.join(folder, filename), "image_dir": folder,
+                        "task": family, "weight": float(len(family_rows))})  # fmt: skip
     return sources
 
 
