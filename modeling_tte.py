@@ -28,6 +28,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
 )
+from transformers.generation.streamers import BaseStreamer
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 from transformers.utils import ModelOutput, logging
 
@@ -328,6 +329,7 @@ class EmbedCall:
     trace_ids: list[list[int]]  # checked once: given traces when the call starts, generated ones when generated
     trace_texts: list[str | None]  # None for a trace given as ids: decoded only if the traces are returned as text
     embeddings: torch.Tensor  # (inputs, embedding_dim), in input order
+    streamer: BaseStreamer | None = None  # receives the one generated trace's tokens as they come
 
     @staticmethod
     def name(i: int) -> str:
@@ -719,10 +721,11 @@ class TTEModel(TTEPreTrainedModel):
     @torch.no_grad()
     def generate_traces(
         self, items: list[TTEInput], max_new_tokens: int | None = None, capture: bool = False,
-        where: list[str] | None = None,
+        where: list[str] | None = None, streamer: BaseStreamer | None = None,
     ):  # fmt: skip
         """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy), bounded by
-        `trace_budget` (`where` names the items in its errors; default `inputs[i]`).
+        `trace_budget` (`where` names the items in its errors; default `inputs[i]`). A `streamer` (transformers'
+        `BaseStreamer`, for one input) receives the tokens as they are generated.
 
         Returns:
             `(traces, trace_ids, state)`: the trace strings, the generated token ids (what an embedding of the trace
@@ -735,7 +738,8 @@ class TTEModel(TTEPreTrainedModel):
         generator = self.generator()
         prompt = self._generation_inputs(inputs)  # with the prefix cache: prefixes cached, then only the rests
         with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
-            output = generator.generate(**prompt, generation_config=self.generator_generation_config(max_new_tokens))
+            output = generator.generate(**prompt, generation_config=self.generator_generation_config(max_new_tokens),
+                                        streamer=streamer)  # fmt: skip
         prompt_length = prompt["input_ids"].shape[1]
         generated = output.sequences[:, prompt_length:]
         lengths, cut = self._trace_lengths(generated)
@@ -764,11 +768,13 @@ class TTEModel(TTEPreTrainedModel):
             )
         return self.generate_traces(items, max_new_tokens, where=where)[0]
 
-    def _reasoner_traces(self, items, max_new_tokens: int | None, where: list[str]) -> tuple[list[str], list[list]]:
+    def _reasoner_traces(
+        self, items, max_new_tokens: int | None, where: list[str], streamer: BaseStreamer | None = None
+    ) -> tuple[list[str], list[list]]:
         """`reason`'s traces with the token ids they are embedded with: the built-in reasoner's generated ids, an
         external reasoner's texts tokenised."""
         if self.external_reasoner is None and self.config.variant != "teacher":
-            traces, trace_ids, _ = self.generate_traces(items, max_new_tokens, where=where)
+            traces, trace_ids, _ = self.generate_traces(items, max_new_tokens, where=where, streamer=streamer)
             self._check_generated(trace_ids, where)
             return traces, trace_ids
         traces = self.reason(items, max_new_tokens, where)
@@ -825,7 +831,7 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
         return policy == "always" or (policy == "queries" and side == "query")
 
-    def _start_call(self, inputs, instruction, task, side: str, think, reasoning) -> EmbedCall:
+    def _start_call(self, inputs, instruction, task, side: str, think, reasoning, streamer) -> EmbedCall:
         """Parse the inputs, take each given trace as its token ids (checked here, once) and decide who thinks."""
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._given_traces(reasoning, items)
@@ -834,7 +840,17 @@ class TTEModel(TTEPreTrainedModel):
         texts = [None if isinstance(trace, list) else trace or "" for trace in given]
         generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
-        return EmbedCall(items, generate, trace_ids, texts, embeddings)
+        if streamer is not None:
+            self._check_streamable(sum(generate))
+        return EmbedCall(items, generate, trace_ids, texts, embeddings, streamer)
+
+    def _check_streamable(self, thinking: int) -> None:
+        if self.external_reasoner is not None or self.config.variant == "teacher":
+            raise ValueError("streamer= streams the built-in reasoner's tokens; this model's traces come from an "
+                             "external reasoner or are given")  # fmt: skip
+        if thinking > 1:
+            raise ValueError(f"streamer= streams one trace, but {thinking} inputs think in this call; embed them one "
+                             "at a time, or without a streamer")  # fmt: skip
 
     @staticmethod
     def _batches(call: EmbedCall, batch_size: int, show_progress_bar: bool):
@@ -865,11 +881,12 @@ class TTEModel(TTEPreTrainedModel):
         if thinking:
             items, names = [call.items[i] for i in thinking], [call.name(i) for i in thinking]
             if self.config.variant == "unified" and self.external_reasoner is None:
-                texts, trace_ids, state = self.generate_traces(items, max_new_tokens, capture=True, where=names)
+                texts, trace_ids, state = self.generate_traces(items, max_new_tokens, capture=True, where=names,
+                                                               streamer=call.streamer)  # fmt: skip
                 self._check_generated(trace_ids, names)
                 call.embeddings[thinking] = self._embed_with_state(items, trace_ids, state, names)
             else:
-                texts, trace_ids = self._reasoner_traces(items, max_new_tokens, names)
+                texts, trace_ids = self._reasoner_traces(items, max_new_tokens, names, call.streamer)
                 plain = batch
             for i, text, ids in zip(thinking, texts, trace_ids):
                 call.trace_texts[i], call.trace_ids[i] = text, ids
@@ -948,6 +965,7 @@ class TTEModel(TTEPreTrainedModel):
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         show_progress_bar: bool = False,
+        streamer: BaseStreamer | None = None,
     ):
         r"""Embed texts, images and text+image pairs, thinking first where the policy says so.
 
@@ -972,6 +990,9 @@ class TTEModel(TTEPreTrainedModel):
             truncate_dim: Matryoshka dimension (one of `config.matryoshka_dims`); re-normalised after truncation.
             convert_to_numpy / convert_to_tensor: output type (numpy by default; tensor wins if both).
             show_progress_bar: show a tqdm bar over batches.
+            streamer: a transformers streamer (e.g. `TextIteratorStreamer(processor.tokenizer, skip_prompt=True)`)
+                that receives the trace's tokens as the built-in reasoner generates them, for a call where one input
+                thinks (a demo shows the trace while it is written). The embedding is the same with or without it.
 
         Returns:
             `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning`.
@@ -992,7 +1013,7 @@ class TTEModel(TTEPreTrainedModel):
         if return_reasoning not in (False, True, "ids"):
             raise ValueError(f"return_reasoning={return_reasoning!r} must be True, False or 'ids'")
         self._check_truncate_dim(truncate_dim)
-        call = self._start_call(inputs, instruction, task, side, think, reasoning)
+        call = self._start_call(inputs, instruction, task, side, think, reasoning, streamer)
         for batch in self._batches(call, batch_size, show_progress_bar):
             self._embed_batch(call, batch, max_new_tokens)
         embeddings = self._truncated(call.embeddings, truncate_dim)

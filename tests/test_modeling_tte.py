@@ -334,6 +334,40 @@ def test_each_trace_is_checked_once_per_embed_call(tiny_tte, monkeypatch):
     assert sorted(checked) == ["reasoning[0]", "reasoning[1]", "the reasoner's trace for inputs[2]"]
 
 
+class CollectingStreamer:
+    """A transformers streamer (`put` / `end`) that keeps every token id it is given, in order."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append(value.reshape(-1).tolist())
+
+    def end(self):
+        self.ended = True
+
+
+@pytest.mark.parametrize("variant", ["unified", "student"])
+def test_a_streamer_receives_the_trace_as_generated_and_changes_no_embedding(tiny_tte, variant):
+    model = tiny_tte("qwen2_vl", variant)
+    streamer = CollectingStreamer()
+    vector, trace_ids = model.embed(["a red square"], think=True, return_reasoning="ids", streamer=streamer)
+    assert streamer.ended and len(streamer.puts) >= 1 + len(trace_ids[0])  # the prompt, then one put per new token
+    streamed = [token for put in streamer.puts[1:] for token in put]
+    assert streamed[: len(trace_ids[0])] == trace_ids[0]
+    assert np.abs(vector - model.embed(["a red square"], think=True)).max() == 0
+
+
+def test_a_streamer_is_refused_where_it_cannot_stream_one_trace(tiny_tte):
+    with pytest.raises(ValueError, match="streams one trace, but 2 inputs think in this call"):
+        tiny_tte("qwen2_vl", "unified").embed(["a", "b"], think=True, streamer=CollectingStreamer())
+    with pytest.raises(ValueError, match="streams the built-in reasoner's tokens"):
+        tiny_tte("qwen2_vl", "teacher").embed(["a"], reasoning=["red"], streamer=CollectingStreamer())
+    streamer = CollectingStreamer()  # one input thinks among several: fine
+    tiny_tte("qwen2_vl", "unified").embed(["a", {"text": "b", "think": True}], think=False, streamer=streamer)
+    assert streamer.ended
+
+
 def test_given_trace_ids_are_decoded_only_when_texts_are_returned(tiny_tte, monkeypatch):
     model = tiny_tte("qwen2_vl", "unified")
     given_ids = model.processor.tokenizer("red square", add_special_tokens=False)["input_ids"]
