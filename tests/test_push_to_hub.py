@@ -12,7 +12,8 @@ import pytest
 from training.push_to_hub import main
 
 
-REPO = r"/api/models/(?P<repo>[^/]+/[^/]+)"
+REPO = r"/api/(?P<kind>models|spaces)/(?P<repo>[^/]+/[^/]+)"
+SPACE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "space")
 
 
 class FakeHub:
@@ -51,13 +52,16 @@ class FakeHub:
             if repo in self.repos:
                 return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo}"}
             private = payload.get("visibility") == "private"
-            self.repos[repo] = {"private": private, "branches": {"main": {}}, "commits": []}
+            self.repos[repo] = {"private": private, "branches": {"main": {}}, "commits": [],
+                                "type": payload.get("type", "model"), "sdk": payload.get("sdk")}  # fmt: skip
             return 200, {"url": f"{self.url}/{repo}"}
         if path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}
         match = re.fullmatch(REPO + r"/(?P<action>branch|preupload|commit)/(?P<revision>[^/]+)", path)
         if match is None or match["repo"] not in self.repos:
             return 404, {"error": f"not found: {path}"}
+        if match["kind"] != self.repos[match["repo"]].get("type", "model") + "s":
+            return 404, {"error": f"{match['repo']} is not a {match['kind'][:-1]} repository"}
         branches = self.repos[match["repo"]]["branches"]
         if match["action"] == "branch":
             branches.setdefault(match["revision"], dict(branches["main"]))
@@ -126,3 +130,49 @@ def test_push_help_lists_its_settings(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert all(flag in usage for flag in ("--folder", "--repo_id", "--revision", "--private", "--dry_run"))
+
+
+def test_push_space_creates_a_gradio_space_with_its_app_and_examples(fake_hub):
+    main(["--folder", SPACE, "--repo_id", "tte-org/tte-mini-demo", "--repo_type", "space",
+          "--commit_message", "TTE-mini demo", "--endpoint", fake_hub.url])  # fmt: skip
+    repo = fake_hub.repos["tte-org/tte-mini-demo"]
+    assert repo["type"] == "space" and repo["sdk"] == "gradio" and repo["commits"] == ["TTE-mini demo"]
+    uploaded = repo["branches"]["main"]
+    assert {"README.md", "app.py", "requirements.txt", "examples/examples.json"} <= set(uploaded)
+    assert uploaded["app.py"] == open(os.path.join(SPACE, "app.py"), "rb").read()
+    examples = json.loads(uploaded["examples/examples.json"])
+    assert all(f"examples/{example['image']}" in uploaded for example in examples)
+
+
+def test_space_dry_run_lists_the_space_files_and_uploads_nothing(fake_hub, capsys):
+    main(["--folder", SPACE, "--repo_id", "tte-org/demo", "--repo_type", "space", "--dry_run",
+          "--endpoint", fake_hub.url])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "repo tte-org/demo (space, public if created), branch main" in out
+    assert f"  app.py  {os.path.getsize(os.path.join(SPACE, 'app.py')):,} bytes" in out
+    assert fake_hub.requests == []
+
+
+def make_space(folder, readme: str = "---\nsdk: gradio\napp_file: app.py\n---\n# demo\n") -> str:
+    (folder / "README.md").write_text(readme)
+    (folder / "app.py").write_text("print('hi')\n")
+    (folder / "requirements.txt").write_text("gradio\n")
+    return str(folder)
+
+
+def test_push_refuses_a_space_folder_with_files_a_space_does_not_take(fake_hub, tmp_path):
+    folder = make_space(tmp_path)
+    (tmp_path / ".env").write_text("HF_TOKEN=secret\n")
+    with pytest.raises(ValueError, match=r"files a Space upload does not take: \['.env'\]"):
+        main(["--folder", folder, "--repo_id", "tte-org/x", "--repo_type", "space", "--endpoint", fake_hub.url])
+    assert fake_hub.requests == []
+
+
+def test_push_refuses_a_space_whose_readme_does_not_name_gradio_and_its_app(fake_hub, tmp_path):
+    folder = make_space(tmp_path, "---\nsdk: docker\napp_file: app.py\n---\n")
+    with pytest.raises(ValueError, match="sdk: gradio.*sdk='docker'"):
+        main(["--folder", folder, "--repo_id", "tte-org/x", "--repo_type", "space", "--endpoint", fake_hub.url])
+    (tmp_path / "README.md").write_text("# no YAML\n")
+    with pytest.raises(ValueError, match="no YAML block"):
+        main(["--folder", folder, "--repo_id", "tte-org/x", "--repo_type", "space", "--endpoint", fake_hub.url])
+    assert fake_hub.requests == []
