@@ -43,6 +43,14 @@ def tiny_tte_folder(tmp_path_factory, tiny_tte):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def tte_mini(tmp_path_factory) -> str:
+    """The default model, TTE-mini, built from its committed trained parts (assets/tte-mini) once per session."""
+    from training.assets import build_model
+
+    return build_model(os.path.join(REPO_ROOT, "assets", "tte-mini"), str(tmp_path_factory.mktemp("models") / "tte-mini"))
+
+
 def make_image(seed: int = 0, size: tuple[int, int] = (50, 40)) -> Image.Image:
     pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
@@ -138,7 +146,7 @@ WITHOUT_REPO_PRELUDE = """
 import importlib.util, sys
 sys.meta_path = [finder for finder in sys.meta_path if "__editable__" not in getattr(finder, "__module__", "")]
 sys.path = [path for path in sys.path if path not in ("", ".") and not path.startswith({repo!r})]
-for name in ("tte", "training", "tte_eval", "tests"):
+for name in ("tte", "training", "tte_eval", "tests", "scripts"):
     if importlib.util.find_spec(name) is not None:
         raise SystemExit(f"repository package {{name!r}} is importable")
 """

@@ -8,7 +8,7 @@ import yaml
 from transformers import AutoModel
 
 from tests.tiny_models import build_backbone_config, build_tokenizer
-from training.export import ALLOWED_FILES, ExportArgs, check_export_folder, main, render_card
+from training.export import ALLOWED_FILES, FIGURE, ExportArgs, check_export_folder, main, render_card
 from tte.configuration_tte import TTEConfig
 
 
@@ -37,7 +37,7 @@ def write_results(path) -> dict:
 
 def test_export_writes_only_allowed_files_and_reloads_cleanly(export_folder):
     names = set(check_export_folder(export_folder))
-    assert names == ALLOWED_FILES - {"model.safetensors.index.json"}
+    assert names == ALLOWED_FILES - {"model.safetensors.index.json", FIGURE}  # no plot was given
     model, info = AutoModel.from_pretrained(export_folder, trust_remote_code=True, output_loading_info=True)
     assert (info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"]) == (set(), set(), set())
     config = json.load(open(os.path.join(export_folder, "config.json")))
@@ -109,6 +109,23 @@ def test_export_refuses_inconsistent_arguments_and_unfinished_folders(export_fol
     (tmp_path / "full" / "old.txt").unlink()
     with pytest.raises(ValueError, match=r"missing files \[.*'config.json'.*'model.safetensors'\]"):
         check_export_folder(str(tmp_path / "full"))
+
+
+def test_export_copies_the_figure_and_refuses_one_that_is_not_a_png(export_folder, tmp_path):
+    from training.compare_variants import draw_plot
+
+    plot = tmp_path / "plot.png"
+    draw_plot([{"variant": "a", "think": "never", "tokens": 0.0, "score": 1.0}], "t").savefig(plot)
+    out = tmp_path / "out"
+    main(["--checkpoint", export_folder, "--output_dir", str(out), "--repo_id", "o/x", "--weights", "random",
+          "--figure", str(plot)])  # fmt: skip
+    assert FIGURE in check_export_folder(str(out))  # in the sha256 manifest too
+    assert (out / FIGURE).read_bytes() == plot.read_bytes()
+    (tmp_path / "plot.txt").write_text("not a picture")
+    with pytest.raises(ValueError, match=r"--figure .*plot.txt: not a PNG file"):
+        main(["--checkpoint", export_folder, "--output_dir", str(tmp_path / "out2"), "--repo_id", "o/x",
+              "--weights", "random", "--figure", str(tmp_path / "plot.txt")])  # fmt: skip
+    assert not (tmp_path / "out2").exists()
 
 
 def test_export_help_lists_its_settings(capsys):

@@ -33,11 +33,12 @@ from transformers import HfArgumentParser
 
 from training import build_backbone, init_model
 from training.checkpoint import sha256_of, write_atomic
-from training.export import CODE_FILES, ROOT, ExportArgs, export, render_card
+from training.export import CODE_FILES, FIGURE, ROOT, ExportArgs, export, render_card
 
 
 MANIFEST, WEIGHTS, WEIGHT_FILE = "manifest.json", "weights.safetensors", "model.safetensors"
 COMPARISON = "results/comparison.md"  # training.compare_variants' table, in the card verbatim
+PLOT = f"results/{FIGURE}"  # training.compare_variants' plot, shown in the card
 ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
 LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
 MAX_DELTA_RANK = 64
@@ -164,7 +165,7 @@ def add_asset_files(assets_dir: str, files: dict[str, str], manifest: dict | Non
     manifest = manifest or read_manifest(assets_dir)
     for name, source in files.items():
         os.makedirs(os.path.dirname(os.path.join(assets_dir, name)) or assets_dir, exist_ok=True)
-        with open(source) as handle:
+        with open(source, "rb") as handle:  # bytes: results are text, the plot is a PNG
             write_atomic(os.path.join(assets_dir, name), handle.read())
     listed = {**manifest["files"], **{name: sha256_of(os.path.join(assets_dir, name)) for name in files}}
     manifest = {**manifest, "files": dict(sorted(listed.items()))}
@@ -192,7 +193,8 @@ def export_args(assets_dir: str, manifest: dict, checkpoint: str, output_dir: st
     """How `build_model` exports: the card is filled from the assets' settings, results and comparison files."""
     settings = sorted(os.path.join(assets_dir, name) for name in manifest["files"] if name.startswith("settings/"))
     optional = {key: os.path.join(assets_dir, name) for key, name in (("qa_results", "easy_vqa.json"),
-                                                                       ("comparison", COMPARISON))}  # fmt: skip
+                                                                       ("comparison", COMPARISON),
+                                                                       ("figure", PLOT))}  # fmt: skip
     return ExportArgs(checkpoint=checkpoint, output_dir=output_dir, repo_id=repo_id, weights="trained",
                       training_settings=settings, card_template="tte-mini",
                       **{key: path if name_of(path, assets_dir) in manifest["files"] else None
@@ -204,14 +206,17 @@ def name_of(path: str, assets_dir: str) -> str:
 
 
 def is_up_to_date(folder: str, manifest: dict, args: ExportArgs) -> bool:
-    """Whether `folder` already holds the manifest's weights, this repository's current model code and the card the
-    assets make."""
+    """Whether `folder` already holds the manifest's weights, this repository's current model code, the card the
+    assets make and their plot."""
     weights = os.path.join(folder, WEIGHT_FILE)
     if not os.path.isfile(weights) or state_digest(load_file(weights)) != manifest["model_digest"]:
         return False
-    for name in CODE_FILES:
+    copies = {name: os.path.join(ROOT, name) for name in CODE_FILES}
+    if args.figure is not None:
+        copies[FIGURE] = args.figure
+    for name, source in copies.items():
         copy = os.path.join(folder, name)
-        if not os.path.isfile(copy) or open(copy, "rb").read() != open(os.path.join(ROOT, name), "rb").read():
+        if not os.path.isfile(copy) or open(copy, "rb").read() != open(source, "rb").read():
             return False
     from tte.configuration_tte import TTEConfig
     from tte.processing_tte import TTEProcessor

@@ -23,12 +23,13 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`, so readers see the old or the new file."""
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Write `data` (text or bytes) to `path` through a temporary file and `os.replace`, so readers see the old or the
+    new file."""
     temporary = f"{path}.tmp{os.getpid()}"
     try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
+        with open(temporary, "wb" if isinstance(data, bytes) else "w") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

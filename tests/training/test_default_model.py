@@ -7,23 +7,17 @@ import os
 import random
 
 import numpy as np
-import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import run_without_repo
 from tests.training.helpers import REPO_ROOT
-from training.assets import build_model, read_manifest, state_digest
+from training.assets import read_manifest, state_digest
 from training.eval_easy_vqa import DESCRIBE, image_labels, names_scene
 from training.scene_tasks import grid_scene
 from training.scenes import render
 
 
 ASSETS = os.path.join(REPO_ROOT, "assets", "tte-mini")
-
-
-@pytest.fixture(scope="module")
-def tte_mini(tmp_path_factory) -> str:
-    return build_model(ASSETS, str(tmp_path_factory.mktemp("models") / "tte-mini"))
 
 
 def test_assets_are_small_and_hashed():
@@ -81,3 +75,13 @@ def test_sentence_transformers_matches_automodel_on_a_relational_query_without_t
     assert result.returncode == 0, result.stderr[-4000:]
     difference = float(result.stdout.split("MAXDIFF")[1])
     assert difference <= 1e-4
+
+
+
+def test_card_shows_the_plot_of_the_assets(tte_mini):
+    from training.assets import PLOT
+    from training.export import FIGURE
+
+    card = open(os.path.join(tte_mini, "README.md"), encoding="utf-8").read()
+    assert f"]({FIGURE})" in card
+    assert open(os.path.join(tte_mini, FIGURE), "rb").read() == open(os.path.join(ASSETS, PLOT), "rb").read()

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-from training.assets import (COMPARISON, INIT_SETTINGS, MANIFEST, add_asset_files, build_model, extract_assets,
+from training.assets import (COMPARISON, INIT_SETTINGS, MANIFEST, PLOT, add_asset_files, build_model, extract_assets,
                              read_manifest)
 from training.checkpoint import latest_checkpoint, prune_training_state, write_atomic
 from training.compare_variants import variant_model
@@ -362,6 +362,7 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                                             "--latency_queries", str(sizes.latency_queries)])  # fmt: skip
     files = {"easy_vqa.json": qa, COMPARISON: os.path.join(comparison, "comparison.md"),
              "results/comparison.json": os.path.join(comparison, "comparison.json"),
+             PLOT: os.path.join(comparison, os.path.basename(PLOT)),
              **{f"results/{name}.json": path for name, path in results.items()}}  # fmt: skip
     add_asset_files(assets_dir, files)
     print(f"trained parts of {models['unified']} stored in {assets_dir}")
