@@ -83,17 +83,26 @@ def fill(driver, elem_id: str, text: str) -> None:
     field.send_keys(text)
 
 
-def upload(driver, elem_id: str, path: str) -> None:
-    """Give a file to the gr.File component `elem_id` (its hidden file input), and wait for the upload to finish."""
+def open_page(driver, url: str) -> None:
+    driver.get(url)
+    WebDriverWait(driver, 120).until(expected_conditions.element_to_be_clickable((By.ID, "search")))
+
+
+def choose_file(driver, elem_id: str, path: str) -> None:
+    """Give a file to the gr.File component `elem_id` (its hidden file input), as a user's file dialog would."""
     driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=file]").send_keys(os.path.abspath(path))
+
+
+def upload(driver, elem_id: str, path: str) -> None:
+    """`choose_file`, then wait for the upload to finish."""
+    choose_file(driver, elem_id, path)
     stem = os.path.splitext(os.path.basename(path))[0]  # the page shows the stem and the extension apart
     WebDriverWait(driver, 60).until(lambda d: stem in d.find_element(By.ID, elem_id).text, f"upload of {path}")
 
 
 def search(driver, url: str, image: str, question: str, candidates: list[str], instruction: str | None = None) -> None:
     """Open the Space, fill the search tab and click Search (without waiting for the result)."""
-    driver.get(url)
-    WebDriverWait(driver, 120).until(expected_conditions.element_to_be_clickable((By.ID, "search")))
+    open_page(driver, url)
     upload(driver, "query-image", image)
     fill(driver, "query-text", question)
     if instruction is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.space_browser import chromium, running_space, search, shown_error, shown_ranking
+from scripts.space_browser import chromium, choose_file, open_page, running_space, search, shown_error, shown_ranking
 from tests.conftest import REPO_ROOT, WITHOUT_REPO_PRELUDE, make_image
 
 
@@ -161,8 +161,13 @@ def test_space_in_a_real_browser_shows_the_trace_and_embeds_top_candidate(space_
         driver.save_screenshot(str(tmp_path / "space.png"))
         search(driver, url, str(tmp_path / "notes.txt"), example["question"], ["a", "b"])
         error = shown_error(driver)
+        (tmp_path / "big.png").write_bytes(os.urandom(5 * 2**20))  # over the Space's 4 MB upload limit
+        open_page(driver, url)
+        choose_file(driver, "query-image", str(tmp_path / "big.png"))
+        too_big = shown_error(driver)
     assert Image.open(io.BytesIO(open(tmp_path / "space.png", "rb").read())).size[0] > 0
     assert "not a readable image" in error
+    assert "exceed the maximum allowed size of 4.0 Mb" in too_big and "big.png" in too_big
 
     model = AutoModel.from_pretrained(os.path.join(space_folder, "tte-mini"), trust_remote_code=True).eval()
     query = {"text": example["question"], "image": open(image, "rb").read(), "instruction": example["instruction"],
