@@ -1,11 +1,12 @@
 """Think-Then-Embed, in a browser: ask about an image or a text, read the model's reasoning trace, and see how the
 ranking of the candidates changes when the model does not think first.
 
-    TTE_MODEL=models/tte-mini python space/app.py      # locally, on http://127.0.0.1:7860
+    python space/app.py      # from the repository, after scripts/demo.sh built models/tte-mini: http://127.0.0.1:7860
 
 The model loads exactly as a Space loads it from the Hub: `AutoModel.from_pretrained(..., trust_remote_code=True)`.
-`TTE_MODEL` is a Hub id or a local folder. Errors in what a user gives (not an image, too many pixels, no
-candidates) come from the model's own input checks, which name the offending item, and are shown in the page.
+It is `TTE_MODEL` (a Hub id or a local folder) if set, else `models/tte-mini` if that folder exists, else
+`HUB_MODEL`. Errors in what a user gives (not an image, too many pixels, no candidates) come from the model's own
+input checks, which name the offending item, and are shown in the page.
 """
 
 import functools
@@ -21,7 +22,8 @@ import torch
 from transformers import AutoModel, TextIteratorStreamer
 
 
-MODEL = os.environ.get("TTE_MODEL", "your-org/tte-mini")
+LOCAL_MODEL, HUB_MODEL = "models/tte-mini", "your-org/tte-mini"  # set HUB_MODEL to the repository you pushed
+MODEL = os.environ.get("TTE_MODEL") or (LOCAL_MODEL if os.path.isdir(LOCAL_MODEL) else HUB_MODEL)
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "examples", "examples.json")
 MAX_UPLOAD = "4mb"  # per file; the model's processor also refuses images over its pixel budget
