@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.training.helpers import REPO_ROOT, subprocess_env
-from training.assets import MANIFEST, WEIGHTS, build_model, read_manifest, state_digest
+from training.assets import MANIFEST, PLOT, WEIGHTS, build_model, read_manifest, state_digest
 from training.compare_variants import markdown, summarise, task_scores, variant_model
+from training.export import FIGURE
 from training.recipes.tte_mini import part1_from_assets
 from tte_eval.model_io import model_hash
 
@@ -88,7 +89,7 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
     sft = [name for name in stored if name.startswith("backbone.model.layers.")]
     assert sft and all(name.endswith((".delta_left", ".delta_right")) for name in sft)  # merged LoRA, as factors
     assert all(stored[name].dtype == torch.bfloat16 for name in stored if name.startswith("head."))
-    expected = {WEIGHTS, "easy_vqa.json", "results/comparison.json", "results/comparison.md",
+    expected = {WEIGHTS, "easy_vqa.json", "results/comparison.json", "results/comparison.md", PLOT,
                 *(f"results/{name}.json" for name in VARIANTS), *(f"runs/{name}.json" for name in STAGES),
                 *(f"settings/{name}.json" for name in STAGES)}  # fmt: skip
     assert set(manifest["files"]) == expected
@@ -111,6 +112,8 @@ def test_built_model_is_the_published_model_with_the_comparison_card(smoke_run, 
     card = open(os.path.join(built, "README.md")).read()
     table = open(os.path.join(smoke_run, "assets", "results", "comparison.md")).read().strip()
     assert table in card and "oracle" in table
+    assert f"]({FIGURE})" in card  # the comparison's plot, drawn by the recipe, copied from the assets
+    assert open(os.path.join(built, FIGURE), "rb").read() == open(os.path.join(smoke_run, "assets", PLOT), "rb").read()
 
 
 def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
