@@ -9,7 +9,6 @@ from training) and two rendered scenes. It prints the trace the model writes and
 captions by cosine similarity; the traces are real model output.
 """
 
-import base64
 import json
 import os
 import random
@@ -20,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tte_cli  # noqa: E402
 from training.assets import build_model  # noqa: E402
+from training.compare_variants import save_example_image  # noqa: E402
 from training.scenes import render, random_scene  # noqa: E402
 
 
@@ -56,9 +56,7 @@ def relational_demo(model_dir: str, assets_dir: str, folder: str) -> None:
         print("\nThe comparison found no relational test question that thinking fixed.")
         return
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "relational.png")
-    with open(path, "wb") as handle:
-        handle.write(base64.b64decode(example["image"].split(",", 1)[1]))
+    path = save_example_image(example, os.path.join(folder, "relational.png"))
     print(f"\n=== A held-out relational question ({example['task']} row {example['row']}, picked by "
           "training.compare_variants)")
     # The instruction is part of the query's text, as in the evaluation (candidates carry none).

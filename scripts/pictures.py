@@ -12,7 +12,6 @@
 """
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -63,6 +62,8 @@ def scene_examples(folder: str) -> list[dict]:
 
 def write_space_examples(comparison_path: str, folder: str) -> list[dict]:
     """The Space's examples: the comparison's relational example first, then `scene_examples`."""
+    from training.compare_variants import save_example_image
+
     with open(comparison_path) as handle:
         relational = json.load(handle)["relational_example"]
     if os.path.isdir(folder):
@@ -70,8 +71,7 @@ def write_space_examples(comparison_path: str, folder: str) -> list[dict]:
     os.makedirs(folder)
     examples = []
     if relational is not None:
-        with open(os.path.join(folder, "relational.png"), "wb") as handle:
-            handle.write(base64.b64decode(relational["image"].split(",", 1)[1]))
+        save_example_image(relational, os.path.join(folder, "relational.png"))
         examples.append({"question": relational["question"], "image": "relational.png",
                          "instruction": relational["instruction"], "task": "vqa",
                          "candidates": relational["candidates"], "answer": relational["answer"]})  # fmt: skip

@@ -131,7 +131,8 @@ def search(model, query_text, query_image, instruction, task, candidate_texts, c
         yield written, gr.skip(), gr.skip(), gr.skip(), gr.skip()
     query_vector, traces = stream.result
     documents = embed(model, candidates, side="document", think=think, max_new_tokens=int(max_new_tokens))
-    plain_query = embed(model, [query], side="query", think="never")
+    # Without thinking: recomputed only where the chosen policy thought (documents think only under "always").
+    plain_query = query_vector if think == "never" else embed(model, [query], side="query", think="never")
     plain_documents = documents if think != "always" else embed(model, candidates, side="document", think="never")
     thinking, thinking_list = ranking(documents @ query_vector[0], labels)
     plain, plain_list = ranking(plain_documents @ plain_query[0], labels)

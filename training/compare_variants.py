@@ -191,6 +191,13 @@ def relational_example(run_dir: str, tasks_dir: str) -> dict | None:
     return None
 
 
+def save_example_image(example: dict, path: str) -> str:
+    """Write the relational example's image (a `data:` URI in the comparison) to `path`; returns `path`."""
+    with open(path, "wb") as handle:
+        handle.write(base64.b64decode(example["image"].split(",", 1)[1]))
+    return path
+
+
 def markdown(comparison: dict) -> str:
     columns = ["overall", *FAMILY_TASKS, "relational/count", "easy-VQA control"]
     lines = ["| variant | " + " | ".join(columns) + " | think tokens / query | latency / query (ms) | parameters (M) |",

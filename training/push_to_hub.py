@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.repocard import metadata_load
 from transformers import HfArgumentParser
 
 from training.export import check_export_folder
@@ -43,11 +43,10 @@ SPACE_EXAMPLE = re.compile(r"examples/[\w.-]+\.(png|jpg|jpeg|json)")
 
 def space_card(folder: str) -> dict:
     """The YAML block of the Space's README."""
-    text = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
-    match = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
-    if match is None:
+    card = metadata_load(os.path.join(folder, "README.md"))
+    if card is None:
         raise ValueError(f"{folder}/README.md: no YAML block (---) at the top; a Space needs one")
-    return yaml.safe_load(match[1])
+    return card
 
 
 def check_space_folder(folder: str) -> list[str]:
