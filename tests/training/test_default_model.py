@@ -85,3 +85,17 @@ def test_card_shows_the_plot_of_the_assets(tte_mini):
     card = open(os.path.join(tte_mini, "README.md"), encoding="utf-8").read()
     assert f"]({FIGURE})" in card
     assert open(os.path.join(tte_mini, FIGURE), "rb").read() == open(os.path.join(ASSETS, PLOT), "rb").read()
+
+
+def test_a_built_folder_is_stale_when_the_assets_plot_changes(tte_mini, tmp_path):
+    import dataclasses
+
+    from training.assets import PLOT, export_args, is_up_to_date
+    from training.export import FIGURE
+
+    manifest = read_manifest(ASSETS)
+    args = export_args(ASSETS, manifest, tte_mini, tte_mini, "tte-mini")  # as build_model asks
+    assert is_up_to_date(tte_mini, manifest, args)
+    redrawn = tmp_path / FIGURE
+    redrawn.write_bytes(open(os.path.join(ASSETS, PLOT), "rb").read() + b"\0")
+    assert not is_up_to_date(tte_mini, manifest, dataclasses.replace(args, figure=str(redrawn)))
