@@ -13,7 +13,7 @@ Request (the feature-extraction schema, extended with images and TTE parameters)
       "truncate": false,                     inputs are never cut; true is refused
       "parameters": {"think": true | false | "always" | "never" | "queries", "instruction": "...",
                      "task": "retrieval", "reasoning": [precomputed trace or null, one per item],
-                     "truncate_dim": 256, "return_reasoning": false}
+                     "truncate_dim": 256, "return_reasoning": false, "return_stats": false}
     }
 
 A bare string is text unless it is a `data:` URI. An image given as an http(s) URL is fetched only when the endpoint
@@ -21,8 +21,12 @@ sets `TTE_ALLOW_IMAGE_URLS=1`, within the processor's `URLFetchLimits` (size, to
 addresses only); `TTE_ALLOWED_PRIVATE_NETWORKS=10.0.0.0/8,...` lets it fetch from those private networks too. Local
 file paths are never read.
 
-Reply: a list of vectors, or `{"embeddings": [...], "reasoning": [...]}` with `return_reasoning`; a bad request gets
-`{"error": "<what is wrong, naming the item>"}`.
+`TTE_TRACE_CACHE=/path/traces.sqlite` gives the endpoint a persistent trace cache (`trace_cache_tte.TraceCache`),
+which every worker process may share: a trace is generated once per input and reused.
+
+Reply: a list of vectors, or `{"embeddings": [...], "reasoning": [...], "stats": {...}}` with `return_reasoning`
+and/or `return_stats` (the request's `EmbedStats`: inputs that thought, cache hits, generated tokens, seconds); a bad
+request gets `{"error": "<what is wrong, naming the item>"}`.
 """
 
 import dataclasses
@@ -34,8 +38,10 @@ from transformers import AutoModel, AutoProcessor
 
 ALLOW_URLS_ENV = "TTE_ALLOW_IMAGE_URLS"
 PRIVATE_NETWORKS_ENV = "TTE_ALLOWED_PRIVATE_NETWORKS"
+TRACE_CACHE_ENV = "TTE_TRACE_CACHE"
 REQUEST_KEYS = {"inputs", "prompt_name", "normalize", "truncate", "parameters"}
-PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", "return_reasoning"}
+PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", "return_reasoning", "return_stats"}
+REPLY_FLAGS = ("return_reasoning", "return_stats")  # parameters that shape the reply, not the embeddings
 ITEM_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
 PROMPT_NAMES = ("query", "document")
 
@@ -73,7 +79,7 @@ def parse_item(item, index: int, allow_urls: bool) -> dict:
     return item
 
 
-def parse_request(data, allow_urls: bool, model_normalizes: bool) -> tuple[list[dict], dict, bool]:
+def parse_request(data, allow_urls: bool, model_normalizes: bool) -> tuple[list[dict], dict, dict]:
     """Validate a request.
 
     Returns:
@@ -100,23 +106,25 @@ def parse_request(data, allow_urls: bool, model_normalizes: bool) -> tuple[list[
     side = data.get("prompt_name") or "query"
     if side not in PROMPT_NAMES:
         raise ValueError(f"prompt_name={side!r} must be one of {list(PROMPT_NAMES)}")
-    parameters, return_reasoning = parse_parameters(data.get("parameters") or {})
+    parameters, reply_flags = parse_parameters(data.get("parameters") or {})
     items = [parse_item(item, i, allow_urls) for i, item in enumerate(inputs)]
-    return items, {"side": side, **parameters}, return_reasoning
+    return items, {"side": side, **parameters}, reply_flags
 
 
-def parse_parameters(parameters) -> tuple[dict, bool]:
-    """The `embed` keyword arguments in `parameters` (checked further by `embed`), and `return_reasoning`."""
+def parse_parameters(parameters) -> tuple[dict, dict]:
+    """The `embed` keyword arguments in `parameters` (checked further by `embed`), and the reply flags
+    (`return_reasoning`, `return_stats`)."""
     if not isinstance(parameters, dict):
         raise TypeError(f"'parameters' must be an object, got {type(parameters).__name__}")
     unknown = set(parameters) - PARAMETER_KEYS
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}; allowed parameters are {sorted(PARAMETER_KEYS)}")
     parameters = dict(parameters)
-    return_reasoning = parameters.pop("return_reasoning", False)
-    if not isinstance(return_reasoning, bool):
-        raise TypeError(f"parameters.return_reasoning must be true or false, got {return_reasoning!r}")
-    return parameters, return_reasoning
+    flags = {flag: parameters.pop(flag, False) for flag in REPLY_FLAGS}
+    for flag, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"parameters.{flag} must be true or false, got {value!r}")
+    return parameters, flags
 
 
 class EndpointHandler:
@@ -136,16 +144,22 @@ class EndpointHandler:
         networks = tuple(net.strip() for net in os.environ.get(PRIVATE_NETWORKS_ENV, "").split(",") if net.strip())
         processor.url_limits = dataclasses.replace(processor.url_limits, allowed_private_networks=networks)
         self.model.processor = processor
+        self.model.trace_cache = os.environ.get(TRACE_CACHE_ENV) or None
 
     def __call__(self, data: dict[str, Any]) -> list | dict:
         try:
-            items, kwargs, return_reasoning = parse_request(data, self.allow_urls, self.model.config.normalize)
-            embeddings, traces = self.model.embed(items, return_reasoning=True, **kwargs)
+            items, kwargs, flags = parse_request(data, self.allow_urls, self.model.config.normalize)
+            embeddings, traces, stats = self.model.embed(items, return_reasoning=True, return_stats=True, **kwargs)
         except (ValueError, TypeError) as error:  # bad requests only; anything else is a server error
             return {"error": str(error)}
-        if return_reasoning:
-            return {"embeddings": embeddings.tolist(), "reasoning": traces}
-        return embeddings.tolist()
+        if not any(flags.values()):
+            return embeddings.tolist()
+        reply = {"embeddings": embeddings.tolist()}
+        if flags["return_reasoning"]:
+            reply["reasoning"] = traces
+        if flags["return_stats"]:
+            reply["stats"] = stats.to_dict()
+        return reply
 
 
-__all__ = ["EndpointHandler", "ALLOW_URLS_ENV", "PRIVATE_NETWORKS_ENV"]
+__all__ = ["EndpointHandler", "ALLOW_URLS_ENV", "PRIVATE_NETWORKS_ENV", "TRACE_CACHE_ENV"]

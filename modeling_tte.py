@@ -8,12 +8,15 @@ step also captures the hidden states that the head needs, so the trunk is not ru
 """
 
 import copy
+import hashlib
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ from transformers.utils import ModelOutput, logging
 from .configuration_tte import THINK_POLICIES, TTEConfig
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
 from .reasoning_tte import OpenAIChatReasoner
+from .trace_cache_tte import TraceCache, trace_key
 
 
 logger = logging.get_logger(__name__)
@@ -66,6 +70,15 @@ def pool_embeddings(hidden_states: torch.Tensor, attention_mask: torch.Tensor, n
     rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
     pooled = hidden_states[rows, last].float()  # normalise in fp32: bf16 norms drift
     return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def as_trace_cache(cache) -> TraceCache | None:
+    """A `TraceCache` from a cache, a file path or None."""
+    if cache is None or isinstance(cache, TraceCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return TraceCache(cache)
+    raise TypeError(f"trace_cache must be a TraceCache, a file path or None, got {type(cache).__name__}")
 
 
 def check_count(name: str, value) -> None:
@@ -203,16 +216,43 @@ class PrefixStates:
 
 
 @dataclass
-class CapturedGeneration:
-    """What one `generate_traces(capture=True)` call fed and captured, for the unified single pass; each call has its
-    own, so concurrent calls never share one."""
+class Generation:
+    """What one `generate_traces` call did: the bound and which traces hit it, and (with `capture=True`) what it fed
+    and captured, for the unified single pass. Each call has its own, so concurrent calls never share one."""
 
-    prompt_mask: torch.Tensor  # (batch, columns of the generation cache's prompt)
-    first_fed: int  # the first prompt column generation fed (after the cached prefixes)
     trace_ids: list[list[int]]  # each row's trace, up to its stop token
     cut: list[bool]  # the trace hit the bound: its last token was generated but never fed
-    cache: DynamicCache
-    captured: list[torch.Tensor]  # layer L-N outputs of each fed step
+    budget: int | None  # the bound: max_new_tokens, or less where the context window is short (`trace_budget`);
+    # None for an external reasoner, which applies its own
+    prompt_mask: torch.Tensor | None = None  # (batch, columns of the generation cache's prompt)
+    first_fed: int = 0  # the first prompt column generation fed (after the cached prefixes)
+    cache: DynamicCache | None = None
+    captured: list[torch.Tensor] | None = None  # layer L-N outputs of each fed step
+
+
+@dataclass
+class EmbedStats:
+    """What one `embed` call did and cost (`embed(..., return_stats=True)`); stats add up with `+`.
+
+    Every input is counted once: `generated + cache_hits + given + without_trace == inputs`.
+    """
+
+    inputs: int = 0
+    generated: int = 0  # traces generated in the call
+    cache_hits: int = 0  # traces read from the trace cache instead
+    given: int = 0  # traces passed in (`reasoning=`, or an input's own "reasoning")
+    without_trace: int = 0  # embedded with the empty trace: the thinking policy said no
+    generated_tokens: int = 0  # tokens of the traces generated in the call
+    cut_traces: int = 0  # generated traces that hit the length bound
+    generation_seconds: float = 0.0  # generating traces (for the unified model, with the prefill the head reuses)
+    embedding_seconds: float = 0.0  # building the embedding inputs, forward and pooling
+
+    def __add__(self, other: "EmbedStats") -> "EmbedStats":
+        return EmbedStats(**{field.name: getattr(self, field.name) + getattr(other, field.name)
+                             for field in fields(self)})  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -330,6 +370,9 @@ class EmbedCall:
     trace_texts: list[str | None]  # None for a trace given as ids: decoded only if the traces are returned as text
     embeddings: torch.Tensor  # (inputs, embedding_dim), in input order
     streamer: BaseStreamer | None = None  # receives the one generated trace's tokens as they come
+    cache: TraceCache | None = None  # where traces are looked up before generating, and stored after
+    cache_keys: dict[int, tuple[str, str]] | None = None  # input index -> (key, fields), for inputs looked up
+    stats: EmbedStats | None = None
 
     @staticmethod
     def name(i: int) -> str:
@@ -403,8 +446,10 @@ class TTEModel(TTEPreTrainedModel):
         if config.variant == "student":
             self.reasoner = build_generator(config.reasoner_config)
         self.external_reasoner = None
+        self._trace_cache = None
         self._processor = None
         self._prefix_cache = PrefixCache()
+        self._weights_digest = (None, None)  # (what it was computed from, sha256): `reasoner_weights_digest`
         self.post_init()
 
     # ----- construction -----
@@ -516,6 +561,53 @@ class TTEModel(TTEPreTrainedModel):
                 raise ValueError("pass either a reasoner callable, or base_url together with model")
             reasoner = OpenAIChatReasoner(base_url, model, api_key=api_key, max_tokens=self.config.max_new_tokens)
         self.external_reasoner = reasoner
+
+    # ----- the trace cache -----
+
+    @property
+    def trace_cache(self) -> TraceCache | None:
+        """The persistent trace cache every `embed` call uses (`trace_cache_tte.TraceCache`), or None. Set it to a
+        `TraceCache` or a file path; `embed(..., trace_cache=...)` overrides it per call. Not saved."""
+        return self._trace_cache
+
+    @trace_cache.setter
+    def trace_cache(self, cache) -> None:
+        self._trace_cache = as_trace_cache(cache)
+
+    def reasoner_weights_digest(self) -> str:
+        """sha256 over the built-in reasoner's weights (names, dtypes, shapes, bytes). Recomputed only when a weight
+        changed (its in-place version counter, e.g. a training step or `load_state_dict`), moved or was replaced."""
+        tensors = self.generator().state_dict(keep_vars=True)
+        source = tuple((name, tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device)
+                       for name, tensor in tensors.items())  # fmt: skip
+        if self._weights_digest[0] != source:
+            digest = hashlib.sha256()
+            for name, tensor in tensors.items():
+                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+                digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+            self._weights_digest = (source, digest.hexdigest())
+        return self._weights_digest[1]
+
+    def trace_cache_context(self, max_new_tokens: int | None = None) -> dict:
+        """Everything but the input that a trace depends on, for `trace_cache_tte.trace_key`: the reasoner (its
+        weights and decoding settings, or an external reasoner's `identity`) and the processor's
+        `reasoning_settings` (prompt set, chat template, image resizing).
+
+        Raises:
+            ValueError: an external reasoner without `identity`: its traces cannot be told apart from another's.
+        """
+        if self.external_reasoner is not None:
+            identity = getattr(self.external_reasoner, "identity", None)
+            if identity is None:
+                raise ValueError(f"the external reasoner {self.external_reasoner!r} has no `identity` (a JSON-able "
+                                 "dict naming it and its decoding), so a trace cache cannot key its traces; add one "
+                                 "or embed without a trace cache")  # fmt: skip
+            reasoner = {"external": identity}
+        else:
+            decoding = self.generator_generation_config(max_new_tokens).to_diff_dict()
+            decoding.pop("transformers_version", None)
+            reasoner = {"weights": self.reasoner_weights_digest(), "decoding": decoding}
+        return {"reasoner": reasoner, **self.processor.reasoning_settings()}
 
     # ----- forward: built inputs -> embeddings -----
 
@@ -728,8 +820,9 @@ class TTEModel(TTEPreTrainedModel):
         `BaseStreamer`, for one input) receives the tokens as they are generated.
 
         Returns:
-            `(traces, trace_ids, state)`: the trace strings, the generated token ids (what an embedding of the trace
-            is fed: `TTEProcessor.build_embedding_inputs`), and (when `capture`) the `CapturedGeneration`.
+            `(traces, trace_ids, generation)`: the trace strings, the generated token ids (what an embedding of the
+            trace is fed: `TTEProcessor.build_embedding_inputs`), and the `Generation` (its captured states only
+            when `capture`).
         """
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
@@ -746,11 +839,12 @@ class TTEModel(TTEPreTrainedModel):
         trace_ids = [row[:n] for row, n in zip(generated.tolist(), lengths)]
         traces = [processor.decode_trace(ids) for ids in trace_ids]
         if not capture:
-            return traces, trace_ids, None
+            return traces, trace_ids, Generation(trace_ids, cut, max_new_tokens)
         # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
         first_fed = prompt_length - captured[0].shape[1]
-        state = CapturedGeneration(prompt["attention_mask"], first_fed, trace_ids, cut, output.cache, captured)
-        return traces, trace_ids, state
+        generation = Generation(trace_ids, cut, max_new_tokens, prompt["attention_mask"], first_fed, output.cache,
+                                captured)  # fmt: skip
+        return traces, trace_ids, generation
 
     def reason(
         self, items: list[TTEInput], max_new_tokens: int | None = None, where: list[str] | None = None
@@ -770,20 +864,21 @@ class TTEModel(TTEPreTrainedModel):
 
     def _reasoner_traces(
         self, items, max_new_tokens: int | None, where: list[str], streamer: BaseStreamer | None = None
-    ) -> tuple[list[str], list[list]]:
-        """`reason`'s traces with the token ids they are embedded with: the built-in reasoner's generated ids, an
-        external reasoner's texts tokenised."""
+    ) -> tuple[list[str], list[list], Generation]:
+        """`reason`'s traces with the token ids they are embedded with (the built-in reasoner's generated ids, an
+        external reasoner's texts tokenised), and the `Generation`."""
         if self.external_reasoner is None and self.config.variant != "teacher":
-            traces, trace_ids, _ = self.generate_traces(items, max_new_tokens, where=where, streamer=streamer)
+            traces, trace_ids, generation = self.generate_traces(items, max_new_tokens, where=where, streamer=streamer)
             self._check_generated(trace_ids, where)
-            return traces, trace_ids
+            return traces, trace_ids, generation
         traces = self.reason(items, max_new_tokens, where)
-        return traces, [self.processor.trace_token_ids(trace, f"the reasoner's trace for {name}")
-                        for trace, name in zip(traces, where)]  # fmt: skip
+        trace_ids = [self.processor.trace_token_ids(trace, f"the reasoner's trace for {name}")
+                     for trace, name in zip(traces, where)]  # fmt: skip
+        return traces, trace_ids, Generation(trace_ids, [False] * len(traces), None)
 
     # ----- unified single pass -----
 
-    def _missing_source_states(self, state: CapturedGeneration, fed_length: int, position_ids) -> torch.Tensor:
+    def _missing_source_states(self, state: Generation, fed_length: int, position_ids) -> torch.Tensor:
         """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
         one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
         reasoning_mask = state.prompt_mask  # over the generation cache's columns
@@ -805,7 +900,7 @@ class TTEModel(TTEPreTrainedModel):
             )  # fmt: skip
         return captured[0]
 
-    def _single_pass_source_rows(self, state: CapturedGeneration, position_ids) -> list[torch.Tensor]:
+    def _single_pass_source_rows(self, state: Generation, position_ids) -> list[torch.Tensor]:
         """Each row's layer L-N states of what follows its cached prefix (or of all of it) + trace + embedding token,
         from what generation captured."""
         captured = torch.cat(state.captured, dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
@@ -831,18 +926,47 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
         return policy == "always" or (policy == "queries" and side == "query")
 
-    def _start_call(self, inputs, instruction, task, side: str, think, reasoning, streamer) -> EmbedCall:
-        """Parse the inputs, take each given trace as its token ids (checked here, once) and decide who thinks."""
+    def _start_call(
+        self, inputs, instruction, task, side: str, think, reasoning, streamer, trace_cache, max_new_tokens
+    ) -> EmbedCall:
+        """Parse the inputs, take each given trace as its token ids (checked here, once), decide who thinks, and
+        take the traces the trace cache has."""
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._given_traces(reasoning, items)
         trace_ids = [[] if trace is None else self.processor.trace_token_ids(trace, f"reasoning[{i}]")
                      for i, trace in enumerate(given)]  # fmt: skip
         texts = [None if isinstance(trace, list) else trace or "" for trace in given]
-        generate = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
+        thinks = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         if streamer is not None:
-            self._check_streamable(sum(generate))
-        return EmbedCall(items, generate, trace_ids, texts, embeddings, streamer)
+            self._check_streamable(sum(thinks))
+        stats = EmbedStats(inputs=len(items), given=sum(trace is not None for trace in given),
+                           without_trace=sum(trace is None and not wants for trace, wants in zip(given, thinks)))
+        call = EmbedCall(items, thinks, trace_ids, texts, embeddings, streamer, stats=stats)
+        cache = self.trace_cache if trace_cache is None else as_trace_cache(trace_cache)
+        has_reasoner = self.external_reasoner is not None or self.config.variant != "teacher"
+        if cache is not None and has_reasoner and any(thinks):
+            self._take_cached_traces(call, cache, max_new_tokens)
+        return call
+
+    def _take_cached_traces(self, call: EmbedCall, cache: TraceCache, max_new_tokens: int | None) -> None:
+        """Inputs whose trace the cache holds take it (its text and ids, checked like a given trace) and do not
+        generate; the others remember their keys, so their new traces are stored."""
+        context = self.trace_cache_context(max_new_tokens)
+        call.cache = cache
+        call.cache_keys = {i: trace_key(call.items[i], context) for i, wants in enumerate(call.generate) if wants}
+        found = cache.get_many(key for key, _ in call.cache_keys.values())
+        for i, (key, _) in list(call.cache_keys.items()):
+            if key in found:
+                text, ids = found[key]
+                call.trace_ids[i] = self.processor.trace_token_ids(ids, f"the trace cache's trace for {call.name(i)}")
+                call.trace_texts[i], call.generate[i] = text, False
+                call.stats.cache_hits += 1
+                del call.cache_keys[i]
+                if call.streamer is not None:  # the demo still shows the trace, in one piece
+                    call.streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as `generate` sends first
+                    call.streamer.put(torch.tensor(ids, dtype=torch.long))
+                    call.streamer.end()
 
     def _check_streamable(self, thinking: int) -> None:
         if self.external_reasoner is not None or self.config.variant == "teacher":
@@ -871,29 +995,61 @@ class TTEModel(TTEPreTrainedModel):
             batches = tqdm(batches, desc="Embedding")
         return batches
 
+    def _clock(self) -> float:
+        """Seconds, after the device's queued work is done (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     @torch.no_grad()
     def _embed_batch(self, call: EmbedCall, batch: list[int], max_new_tokens: int | None) -> None:
         """Embed the inputs `batch` of `call` into `call.embeddings`; those that think get a new trace first, which
         is recorded in `call` with the token ids it is embedded with (the generated ids: see
-        `TTEProcessor.build_embedding_inputs`)."""
+        `TTEProcessor.build_embedding_inputs`) and stored in the call's trace cache."""
         thinking = [i for i in batch if call.generate[i]]
         plain = [i for i in batch if not call.generate[i]]
         if thinking:
             items, names = [call.items[i] for i in thinking], [call.name(i) for i in thinking]
+            started = self._clock()
             if self.config.variant == "unified" and self.external_reasoner is None:
-                texts, trace_ids, state = self.generate_traces(items, max_new_tokens, capture=True, where=names,
-                                                               streamer=call.streamer)  # fmt: skip
+                texts, trace_ids, generation = self.generate_traces(items, max_new_tokens, capture=True, where=names,
+                                                                    streamer=call.streamer)  # fmt: skip
                 self._check_generated(trace_ids, names)
-                call.embeddings[thinking] = self._embed_with_state(items, trace_ids, state, names)
+                generated = self._clock()
+                call.embeddings[thinking] = self._embed_with_state(items, trace_ids, generation, names)
+                call.stats.embedding_seconds += self._clock() - generated
             else:
-                texts, trace_ids = self._reasoner_traces(items, max_new_tokens, names, call.streamer)
+                texts, trace_ids, generation = self._reasoner_traces(items, max_new_tokens, names, call.streamer)
+                generated = self._clock()
                 plain = batch
+            call.stats.generation_seconds += generated - started
             for i, text, ids in zip(thinking, texts, trace_ids):
                 call.trace_texts[i], call.trace_ids[i] = text, ids
+            self._count_generated(call, generation)
+            self._store_traces(call, thinking, generation, max_new_tokens)
         if plain:
+            started = self._clock()
             inputs = self._embedding_inputs([call.items[i] for i in plain], [call.trace_ids[i] for i in plain],
                                             [call.name(i) for i in plain])  # fmt: skip
             call.embeddings[plain] = self(**inputs).embeddings
+            call.stats.embedding_seconds += self._clock() - started
+
+    @staticmethod
+    def _count_generated(call: EmbedCall, generation: Generation) -> None:
+        call.stats.generated += len(generation.trace_ids)
+        call.stats.generated_tokens += sum(len(ids) for ids in generation.trace_ids)
+        call.stats.cut_traces += sum(generation.cut)
+
+    def _store_traces(self, call: EmbedCall, thinking: list[int], generation: Generation, max_new_tokens) -> None:
+        """Put a batch's new traces into the call's trace cache, in one transaction. A trace cut at a bound the
+        context window lowered is not what the requested bound would give, so it is not stored."""
+        if call.cache is None:
+            return
+        requested = max_new_tokens or self.config.max_new_tokens
+        entries = [(*call.cache_keys[i], call.trace_texts[i], call.trace_ids[i])
+                   for i, cut in zip(thinking, generation.cut)
+                   if not (cut and generation.budget is not None and generation.budget < requested)]  # fmt: skip
+        call.cache.put_many(entries)
 
     def _check_generated(self, trace_ids: list[list[int]], where: list[str]) -> None:
         """Refuse a generated trace holding a reserved token, as a given one (an image token would not match the
@@ -966,6 +1122,8 @@ class TTEModel(TTEPreTrainedModel):
         convert_to_tensor: bool = False,
         show_progress_bar: bool = False,
         streamer: BaseStreamer | None = None,
+        trace_cache: "TraceCache | str | os.PathLike | None" = None,
+        return_stats: bool = False,
     ):
         r"""Embed texts, images and text+image pairs, thinking first where the policy says so.
 
@@ -993,9 +1151,17 @@ class TTEModel(TTEPreTrainedModel):
             streamer: a transformers streamer (e.g. `TextIteratorStreamer(processor.tokenizer, skip_prompt=True)`)
                 that receives the trace's tokens as the built-in reasoner generates them, for a call where one input
                 thinks (a demo shows the trace while it is written). The embedding is the same with or without it.
+                A trace found in the trace cache is sent in one piece.
+            trace_cache: a `TraceCache` or its file path, for this call (default `model.trace_cache`). A trace the
+                cache holds for the same input, reasoner, prompt set and decoding is reused instead of generated,
+                with the ids it was embedded with: the embedding equals `embed(reasoning=those ids)` bit for bit.
+                New traces are stored.
+            return_stats: also return an `EmbedStats`: inputs that thought, cache hits, given traces, inputs without
+                a trace, generated tokens, traces cut at the bound, seconds generating and embedding.
 
         Returns:
-            `(n, dim)` embeddings, or `(embeddings, traces)` with `return_reasoning`.
+            `(n, dim)` embeddings; with `return_reasoning` and/or `return_stats`, a tuple `(embeddings, traces,
+            stats)` of what was asked for, in that order.
 
         Raises:
             ValueError / TypeError: bad inputs, naming the offending item; among them an input that does not fit the
@@ -1013,14 +1179,19 @@ class TTEModel(TTEPreTrainedModel):
         if return_reasoning not in (False, True, "ids"):
             raise ValueError(f"return_reasoning={return_reasoning!r} must be True, False or 'ids'")
         self._check_truncate_dim(truncate_dim)
-        call = self._start_call(inputs, instruction, task, side, think, reasoning, streamer)
+        if not isinstance(return_stats, bool):
+            raise TypeError(f"return_stats must be True or False, got {return_stats!r}")
+        call = self._start_call(inputs, instruction, task, side, think, reasoning, streamer, trace_cache,
+                                max_new_tokens)  # fmt: skip
         for batch in self._batches(call, batch_size, show_progress_bar):
             self._embed_batch(call, batch, max_new_tokens)
         embeddings = self._truncated(call.embeddings, truncate_dim)
-        result = embeddings if convert_to_tensor or not convert_to_numpy else embeddings.cpu().numpy()
-        if return_reasoning == "ids":
-            return result, call.trace_ids
-        return (result, self._trace_texts(call)) if return_reasoning else result
+        result = [embeddings if convert_to_tensor or not convert_to_numpy else embeddings.cpu().numpy()]
+        if return_reasoning:
+            result.append(call.trace_ids if return_reasoning == "ids" else self._trace_texts(call))
+        if return_stats:
+            result.append(call.stats)
+        return tuple(result) if len(result) > 1 else result[0]
 
     def _truncated(self, embeddings: torch.Tensor, truncate_dim: int | None) -> torch.Tensor:
         """Matryoshka truncation, re-normalised (the pooled vectors were normalised at full size)."""
@@ -1048,4 +1219,5 @@ TTEModel.register_for_auto_class("AutoModel")
 TTEProcessor.register_for_auto_class("AutoProcessor")
 
 
-__all__ = ["TTEModel", "TTEPreTrainedModel", "TTEHead", "TTEEmbeddingOutput", "pool_embeddings", "PrefixSplit"]
+__all__ = ["TTEModel", "TTEPreTrainedModel", "TTEHead", "TTEEmbeddingOutput", "EmbedStats", "pool_embeddings",
+           "PrefixSplit"]

@@ -17,6 +17,7 @@ Every prompt the project uses is defined in this file and nowhere else:
 
 import base64
 import binascii
+import hashlib
 import http.client
 import io
 import ipaddress
@@ -605,6 +606,15 @@ class TTEProcessor(ProcessorMixin):
 
     def _image_size(self) -> dict:
         return {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}
+
+    def reasoning_settings(self) -> dict:
+        """What the processor adds to a trace beyond the input itself: the prompt set, the chat template and the image
+        resizing. Part of a trace cache key (`trace_cache_tte.trace_key`)."""
+        template = hashlib.sha256((self.chat_template or "").encode("utf-8")).hexdigest()
+        settings = {"prompt_set_version": self.prompt_set_version, "chat_template": template}
+        if not self.text_only:
+            settings["image_size"] = self._image_size()
+        return settings
 
     def build_image_inputs(self, items: list[TTEInput]) -> BatchFeature:
         """The vision-tower inputs alone (`pixel_values`, `image_grid_thw`) of the items' images, in item order."""

@@ -79,6 +79,13 @@ class OpenAIChatReasoner:
                     raise
             time.sleep(0.5 * 2**attempt)
 
+    @property
+    def identity(self) -> dict:
+        """What names this reasoner's traces in a trace cache key: the endpoint, the served model and the decoding
+        (greedy, bounded). An external reasoner without `identity` cannot use a trace cache."""
+        return {"endpoint": self.url, "model": self.model, "decoding": {"temperature": 0.0,
+                                                                        "max_tokens": self.max_tokens}}
+
     def reason_one(self, item: TTEInput, processor: TTEProcessor, index: int) -> str:
         payload = {
             "model": self.model,

@@ -88,6 +88,7 @@ def test_precomputed_traces_and_think_switch(handler):
     ({"inputs": "a", "parameters": [1]}, r"'parameters' must be an object, got list"),
     ({"inputs": "a", "parameters": {"batch_size": 2}}, r"unknown parameters \['batch_size'\]"),
     ({"inputs": "a", "parameters": {"return_reasoning": "yes"}}, r"return_reasoning must be true or false"),
+    ({"inputs": "a", "parameters": {"return_stats": 1}}, r"return_stats must be true or false, got 1"),
     ({"inputs": "a", "parameters": {"think": "sometimes"}}, r"think='sometimes' must be a bool or one of"),
     ({"inputs": "a", "parameters": {"truncate_dim": 5}}, r"truncate_dim=5 is not one of matryoshka_dims"),
     ({"inputs": "a", "parameters": {"task": "poetry"}}, r"task='poetry' is not one of"),
@@ -107,6 +108,21 @@ def test_malformed_request_gets_error_message(handler, request_body, message):
     reply = handler(request_body)
     assert set(reply) == {"error"}
     assert re.search(message, reply["error"]), reply["error"]
+
+
+def test_stats_and_a_trace_cache_shared_by_endpoint_workers(export_folder, monkeypatch, tmp_path):
+    monkeypatch.setenv("TTE_TRACE_CACHE", str(tmp_path / "traces.sqlite"))
+    workers = [load_handler(export_folder) for _ in range(2)]  # two workers of one endpoint, one cache file
+    request = {"inputs": ["a red square", "a blue circle"], "parameters": {"return_stats": True}}
+    first = workers[0](request)
+    assert set(first) == {"embeddings", "stats"}
+    assert (first["stats"]["generated"], first["stats"]["cache_hits"], first["stats"]["inputs"]) == (2, 0, 2)
+    second = workers[1]({**request, "parameters": {"return_stats": True, "return_reasoning": True}})
+    assert (second["stats"]["generated"], second["stats"]["cache_hits"]) == (0, 2)
+    # unified: the fresh embeddings came from the single pass, the cached ones from a forward over the same ids
+    assert np.abs(np.asarray(second["embeddings"]) - np.asarray(first["embeddings"])).max() <= 1e-4
+    assert all(second["reasoning"])
+    assert second["stats"]["generated_tokens"] == 0 and first["stats"]["generated_tokens"] > 0
 
 
 def test_image_urls_are_fetched_only_when_enabled(export_folder, monkeypatch):
