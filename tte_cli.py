@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--think", choices=["always", "never", "queries"], help="thinking policy (default: model's)")
         sub.add_argument("--max-new-tokens", type=int, help="trace length bound")
         sub.add_argument("--allow-urls", action="store_true", help="allow http(s) image URLs")
+        sub.add_argument("--trace-cache", help="trace cache file (SQLite): reuse the traces it holds, store new ones")
+        sub.add_argument("--stats", action="store_true", help="print what the call cost as a last JSON line "
+                         "{\"stats\": ...}: inputs that thought, cache hits, generated tokens, seconds")
     return parser
 
 
@@ -54,7 +57,13 @@ def load_model(path: str, allow_urls: bool):
 
 
 def options(args) -> dict:
-    return {"instruction": args.instruction, "task": args.task, "think": args.think, "max_new_tokens": args.max_new_tokens}
+    return {"instruction": args.instruction, "task": args.task, "think": args.think, "max_new_tokens": args.max_new_tokens,
+            "trace_cache": args.trace_cache, "return_stats": True}  # fmt: skip
+
+
+def print_stats(args, stats) -> None:
+    if args.stats:
+        print(json.dumps({"stats": stats.to_dict()}))
 
 
 def run_embed(args) -> None:
@@ -62,12 +71,13 @@ def run_embed(args) -> None:
     if not inputs:
         raise SystemExit("tte embed: give at least one text or --image")
     model = load_model(args.model, args.allow_urls)
-    embeddings, traces = model.embed(inputs, side=args.side, return_reasoning=True, **options(args))
+    embeddings, traces, stats = model.embed(inputs, side=args.side, return_reasoning=True, **options(args))
     for item, vector, trace in zip(inputs, embeddings, traces):
         row = {"input": item, "embedding": [round(float(v), 4) for v in (vector if args.full_vector else vector[:8])]}
         if args.show_reasoning:
             row["reasoning"] = trace
         print(json.dumps(row))
+    print_stats(args, stats)
 
 
 def run_rank(args) -> None:
@@ -76,8 +86,8 @@ def run_rank(args) -> None:
         raise SystemExit("tte rank: give at least one candidate")
     model = load_model(args.model, args.allow_urls)
     query = {"text": args.query, **({"image": args.query_image} if args.query_image else {})}
-    query_vector, query_trace = model.encode_query([query], return_reasoning=True, **options(args))
-    documents, document_traces = model.encode_document(candidates, return_reasoning=True, **options(args))
+    query_vector, query_trace, query_stats = model.encode_query([query], return_reasoning=True, **options(args))
+    documents, document_traces, stats = model.encode_document(candidates, return_reasoning=True, **options(args))
     scores = documents @ query_vector[0]
     if args.show_reasoning:
         print(json.dumps({"query_reasoning": query_trace[0]}))
@@ -86,6 +96,7 @@ def run_rank(args) -> None:
         if args.show_reasoning:
             row["reasoning"] = document_traces[index]
         print(json.dumps(row))
+    print_stats(args, query_stats + stats)
 
 
 def main(argv: list[str] | None = None) -> None:

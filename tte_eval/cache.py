@@ -26,6 +26,7 @@ class Manifest:
         max_pixels: the image pixel budget of the processor.
         num_frames: frames sampled per video.
         task_list_version: the pinned task list (`tasks.TASK_LIST_VERSIONS`).
+        think: the thinking policy the embeddings were made under (`tte-eval evaluate --think`, default the model's).
     """
 
     model_hash: str
@@ -33,6 +34,7 @@ class Manifest:
     max_pixels: int | None
     num_frames: int
     task_list_version: str
+    think: str | bool = "queries"
 
     def to_dict(self) -> dict:
         """The manifest as a plain dict (what the cache and the results file store)."""

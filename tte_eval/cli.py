@@ -16,7 +16,7 @@ import sys
 from .aggregate import aggregate, markdown_table, read_score_file
 from .cache import Manifest, write_atomic
 from .loaders import BENCHMARKS
-from .model_io import load_tte_model, model_hash, model_settings
+from .model_io import ModelEncoder, load_tte_model, model_hash, model_settings
 from .runner import EvalConfig, evaluate, results_markdown
 from .tasks import CATEGORIES, HEADLINE_METRIC, TASK_LIST_VERSIONS, get_task, tasks_in
 
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(tte_eval/user_tasks.py); reported apart from the MMEB aggregate.")  # fmt: skip
     run.add_argument("--traces", help="Trace store of precomputed query traces (id '<task>/<row id>'), e.g. a "
                      "teacher's; used instead of the model's own thinking and recorded in the results.")  # fmt: skip
+    run.add_argument("--think", choices=["always", "never", "queries"], help="Thinking policy for this run "
+                     "(default: the model's); recorded in the results and the embedding cache's manifest.")
+    run.add_argument("--trace-cache", help="Trace cache file (SQLite): traces it holds are reused, new ones stored.")
     run.add_argument("--output", required=True, help="Folder for results.json and results.md.")
     run.add_argument("--cache-dir", help="Embedding cache folder (default: OUTPUT/cache).")
     run.add_argument("--benchmark", choices=BENCHMARKS, default="mmeb-v2", help="Row format and task list.")
@@ -83,11 +86,13 @@ def run_evaluate(args: argparse.Namespace) -> str:
     )  # fmt: skip
     digest = model_hash(args.model)  # fails fast on a folder without config.json / weights
     model = load_tte_model(args.model)
-    settings = model_settings(model)
+    encoder = ModelEncoder(model, args.think, args.trace_cache)
+    settings = {**model_settings(model), "think": encoder.think}
     task_list = TASK_LIST_VERSIONS[args.benchmark]
-    manifest = Manifest(digest, settings["prompt_set_version"], settings["max_pixels"], args.num_frames, task_list)
+    manifest = Manifest(digest, settings["prompt_set_version"], settings["max_pixels"], args.num_frames, task_list,
+                        encoder.think)  # fmt: skip
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
-    return results_markdown(evaluate(model, manifest, config, name, settings))
+    return results_markdown(evaluate(encoder, manifest, config, name, settings))
 
 
 def run_aggregate(args: argparse.Namespace) -> str:

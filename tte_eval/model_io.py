@@ -37,6 +37,45 @@ def load_tte_model(folder: str):
     return AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 
 
+class ModelEncoder:
+    """The runner's encoder (`runner.Encoder`) over a TTE model: one thinking policy for the whole run, an optional
+    trace cache, and what the run cost (`TTEModel.embed`'s `EmbedStats`, summed per side).
+
+    Args:
+        model: a loaded TTE model.
+        think: the thinking policy (default the model's `config.think`).
+        trace_cache: a trace cache file, or None.
+    """
+
+    def __init__(self, model, think: str | bool | None = None, trace_cache: str | None = None):
+        self.model = model
+        self.think = model.config.think if think is None else think
+        self.trace_cache = trace_cache
+        self.stats = {}  # side -> EmbedStats of this run
+
+    def _encode(self, inputs: list[dict], batch_size: int, side: str):
+        embeddings, stats = self.model.embed(inputs, side=side, batch_size=batch_size, think=self.think,
+                                             trace_cache=self.trace_cache, return_stats=True)  # fmt: skip
+        self.stats[side] = self.stats[side] + stats if side in self.stats else stats
+        return embeddings
+
+    def encode_query(self, inputs: list[dict], batch_size: int):
+        return self._encode(inputs, batch_size, "query")
+
+    def encode_document(self, inputs: list[dict], batch_size: int):
+        return self._encode(inputs, batch_size, "document")
+
+    def cost_report(self) -> dict:
+        """Per side: the summed stats and the think rate (inputs embedded with a trace the model made, generated or
+        from the trace cache, over all inputs). Counts only what this run embedded: tasks the embedding cache
+        reused add nothing."""
+        report = {}
+        for side, stats in self.stats.items():
+            thought = stats.generated + stats.cache_hits
+            report[side] = {**stats.to_dict(), "think_rate": thought / stats.inputs if stats.inputs else 0.0}
+        return report
+
+
 def model_settings(model) -> dict:
     """The model-side comparability knobs recorded in results files (harness doc §8.4)."""
     config = model.config

@@ -237,6 +237,8 @@ def evaluate(
     report = build_report(results, manifest, config, model_name, model_settings or {}, user_section)
     # Who wrote the traces is part of what a score means (an oracle's traces are not a model's).
     report["metadata"]["query_traces"] = None if traces is None else {"store": config.traces, **trace_manifest}
+    if hasattr(encoder, "cost_report"):  # what thinking cost in this run (embeddings the cache reused cost nothing)
+        report["cost"] = encoder.cost_report()
     os.makedirs(config.output_dir, exist_ok=True)
     json_text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     write_atomic(os.path.join(config.output_dir, "results.json"), lambda f: f.write(json_text.encode("utf-8")))

@@ -32,6 +32,27 @@ def test_cli_evaluate_tiny_tte_image_and_visdoc(tte_folder, data_dir, tmp_path, 
     assert "| OK-VQA | I-QA | hit@1 |" in capsys.readouterr().out
 
 
+def test_cli_evaluate_think_policy_trace_cache_and_cost(tte_folder, data_dir, tmp_path):
+    def run(think: str, output: str) -> dict:
+        main(["evaluate", "--model", tte_folder, "--data", data_dir, "--tasks", "OK-VQA", "--output", output,
+              "--cache-dir", str(tmp_path / "cache"), "--think", think, "--trace-cache", str(tmp_path / "t.sqlite")])
+        return json.loads(open(os.path.join(output, "results.json")).read())
+
+    never = run("never", str(tmp_path / "never"))
+    assert never["metadata"]["think"] == never["metadata"]["model_settings"]["think"] == "never"
+    assert never["cost"]["query"]["think_rate"] == 0.0 and never["cost"]["query"]["without_trace"] == 3
+    always = run("always", str(tmp_path / "always"))
+    assert always["metadata"]["cache"]["OK-VQA"] == "stale: think changed ('never' -> 'always')"
+    for side in ("query", "document"):
+        cost = always["cost"][side]
+        assert cost["think_rate"] == 1.0 and cost["generated"] == cost["inputs"] > 0 and cost["generated_tokens"] > 0
+    # the embedding cache is cleared, the trace cache is not: the same policy again generates nothing
+    os.remove(tmp_path / "cache" / "OK-VQA.npz")
+    again = run("always", str(tmp_path / "again"))
+    assert again["cost"]["query"]["generated"] == 0 and again["cost"]["query"]["cache_hits"] == 3
+    assert again["metrics"]["image"]["OK-VQA"]["num_pred"] == always["metrics"]["image"]["OK-VQA"]["num_pred"] == 3
+
+
 def test_evaluate_tiny_tte_video_is_passed_to_the_model(tte_folder, data_dir, manifest, tmp_path):
     model = load_tte_model(tte_folder)
     config = EvalConfig(data_dir, ("MSR-VTT",), str(tmp_path / "out"), str(tmp_path / "cache"))
