@@ -73,12 +73,14 @@ def pool_embeddings(hidden_states: torch.Tensor, attention_mask: torch.Tensor, n
 
 
 def as_trace_cache(cache) -> TraceCache | None:
-    """A `TraceCache` from a cache, a file path or None."""
-    if cache is None or isinstance(cache, TraceCache):
-        return cache
+    """A trace cache from a file path, or the cache itself: any object with `TraceCache`'s `get_many` and `put_many`
+    (a `TraceCache` imported from the package is another class than this Hub module's own), or None."""
     if isinstance(cache, (str, os.PathLike)):
         return TraceCache(cache)
-    raise TypeError(f"trace_cache must be a TraceCache, a file path or None, got {type(cache).__name__}")
+    if cache is None or all(callable(getattr(cache, method, None)) for method in ("get_many", "put_many")):
+        return cache
+    raise TypeError(f"trace_cache must be a TraceCache (get_many and put_many), a file path or None, got "
+                    f"{type(cache).__name__}")
 
 
 def check_count(name: str, value) -> None:

@@ -20,12 +20,12 @@ def test_suite_reports_every_ratio_with_its_setting_and_goal(tmp_path, monkeypat
     model.save_pretrained(tmp_path / "unified")
     output = tmp_path / "suite.json"
     arguments = ["--model", str(tmp_path / "unified"), "--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "3",
-                 "--batch", "4", "--documents", "8", "--corpus", "40", "--repeats", "1", "--copy-mib", "8",
+                 "--batch", "4", "--documents", "8", "--cache-queries", "6", "--corpus", "40", "--repeats", "1", "--copy-mib", "8",
                  "--output", str(output)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["suite.py", *arguments])
     runpy.run_path(SUITE, run_name="__main__")
     rows = json.loads(output.read_text())["rows"]
-    assert [row["name"] for row in rows] == ["P1", "P1", "P1", "P2", "P2", "P3", "P4", "P5", "floor", "peer", "memory"]
+    assert [row["name"] for row in rows] == ["P1", "P1", "P1", "P2", "P2", "P3", "P4", "P5", "P6", "floor", "peer", "memory"]
     assert [row["setting"] for row in rows][:3] == [f"unified embed(think) / generate, batch {b}" for b in (1, 8, 32)]
     for row in rows:
         assert row["goal"] and math.isfinite(row["ratio"]) and row["ratio"] > 0, row

@@ -63,7 +63,7 @@ def test_the_model_carries_a_cache_set_once(tiny_tte, tmp_path):
     assert stats.cache_hits == 2
     _, stats = model.embed(INPUTS[:2], return_stats=True, side="document")  # documents do not think by default
     assert (stats.cache_hits, stats.without_trace) == (0, 2)
-    with pytest.raises(TypeError, match="trace_cache must be a TraceCache, a file path or None, got int"):
+    with pytest.raises(TypeError, match=r"trace_cache must be a TraceCache \(get_many and put_many\), a file path or None, got int"):
         model.trace_cache = 3
 
 
