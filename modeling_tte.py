@@ -961,13 +961,14 @@ class TTEModel(TTEPreTrainedModel):
         for i, (key, _) in list(call.cache_keys.items()):
             if key in found:
                 text, ids = found[key]
-                call.trace_ids[i] = self.processor.trace_token_ids(ids, f"the trace cache's trace for {call.name(i)}")
+                where = f"the trace cache's trace for {call.name(i)}"
+                call.trace_ids[i] = self.processor.trace_token_ids(text if ids is None else ids, where)
                 call.trace_texts[i], call.generate[i] = text, False
                 call.stats.cache_hits += 1
                 del call.cache_keys[i]
                 if call.streamer is not None:  # the demo still shows the trace, in one piece
                     call.streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as `generate` sends first
-                    call.streamer.put(torch.tensor(ids, dtype=torch.long))
+                    call.streamer.put(torch.tensor(call.trace_ids[i], dtype=torch.long))
                     call.streamer.end()
 
     def _check_streamable(self, thinking: int) -> None:

@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 
 from PIL import Image
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS traces (
     key TEXT PRIMARY KEY,       -- sha256 of `fields`
     fields TEXT NOT NULL,       -- the key fields as canonical JSON, so an entry says what it was made from
     trace TEXT NOT NULL,        -- the trace as text
-    trace_ids TEXT NOT NULL,    -- the token ids it is embedded with, as a JSON list
+    trace_ids TEXT,             -- the token ids it is embedded with (JSON list), or NULL: the text is tokenised
     created REAL NOT NULL       -- unix time of the write
 )
 """
@@ -45,6 +45,12 @@ def image_digest(image: Image.Image) -> str:
     digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def key_of(fields: dict) -> tuple[str, str]:
+    """`(key, canonical JSON)` of a trace's key fields: the key is the sha256 of the canonical JSON."""
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
 
 
 def trace_key(item: TTEInput, reasoner: dict) -> tuple[str, str]:
@@ -62,8 +68,7 @@ def trace_key(item: TTEInput, reasoner: dict) -> tuple[str, str]:
         "image": None if item.image is None else image_digest(item.image),
         **reasoner,
     }
-    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
+    return key_of(fields)
 
 
 class TraceCache:
@@ -100,8 +105,8 @@ class TraceCache:
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: not a usable trace cache ({error})") from None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, tuple[str, list[int]]]:
-        """`{key: (trace, trace_ids)}` for the keys the cache holds."""
+    def get_many(self, keys: Iterable[str]) -> dict[str, tuple[str, list[int] | None]]:
+        """`{key: (trace, trace_ids)}` for the keys the cache holds (`trace_ids` None for a trace stored as text)."""
         keys = list(dict.fromkeys(keys))
         found = {}
         with closing(self._connect()) as connection:
@@ -110,18 +115,26 @@ class TraceCache:
                 rows = connection.execute(
                     f"SELECT key, trace, trace_ids FROM traces WHERE key IN ({','.join('?' * len(chunk))})", chunk
                 )
-                found.update((key, (trace, json.loads(ids))) for key, trace, ids in rows)
+                found.update((key, (trace, None if ids is None else json.loads(ids))) for key, trace, ids in rows)
         return found
 
-    def put_many(self, entries: Iterable[tuple[str, str, str, list[int]]]) -> None:
-        """Store `(key, fields, trace, trace_ids)` entries in one transaction. A key already present keeps its first
-        trace: two writers that generated the same trace leave one entry."""
+    def put_many(self, entries: Iterable[tuple[str, str, str, list[int] | None]]) -> None:
+        """Store `(key, fields, trace, trace_ids)` entries in one transaction (`trace_ids` None for a trace known only
+        as text, e.g. an endpoint's). A key already present keeps its first trace: two writers that generated the
+        same trace leave one entry."""
         now = time.time()
-        rows = [(key, fields, trace, json.dumps(list(ids)), now) for key, fields, trace, ids in entries]
+        rows = [(key, fields, trace, None if ids is None else json.dumps(list(ids)), now)
+                for key, fields, trace, ids in entries]  # fmt: skip
         if not rows:
             return
         with closing(self._connect()) as connection, connection:
             connection.executemany("INSERT OR IGNORE INTO traces VALUES (?, ?, ?, ?, ?)", rows)
+
+    def entries(self) -> Iterator[tuple[str, str, list[int] | None]]:
+        """Every entry as `(fields, trace, trace_ids)`, in write order."""
+        with closing(self._connect()) as connection:
+            for fields, trace, ids in connection.execute("SELECT fields, trace, trace_ids FROM traces ORDER BY rowid"):
+                yield fields, trace, None if ids is None else json.loads(ids)
 
     def __len__(self) -> int:
         with closing(self._connect()) as connection:
@@ -136,4 +149,4 @@ class TraceCache:
         return f"TraceCache({self.path!r})"
 
 
-__all__ = ["TraceCache", "trace_key", "image_digest", "SCHEMA_VERSION"]
+__all__ = ["TraceCache", "trace_key", "key_of", "image_digest", "SCHEMA_VERSION"]

@@ -5,8 +5,8 @@ The reasoner is a local TTE model (its built-in reasoner: a student's `reasoner`
 Either way the prompts come from the TTE processor of `--model_path` and decoding is greedy and bounded.
 
 Rerunning the same command resumes: traces already in the store are skipped, and an interrupted run loses at most
-the batch it was writing. Under `accelerate launch` the work is split between processes, each appending to its own
-shard.
+the batch it was writing. Under `accelerate launch` the work is split between processes, which write one store at
+once (`training/traces.py`).
 
     accelerate launch -m training.generate_traces --model_path runs/reasoner/model --data_config data.yaml \
         --output_dir traces/student --sides query --max_new_tokens 128
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     dataset = PairDataset(load_sources(settings.data_config))
     reason, processor = load_reasoner(settings, accelerator.device)
     store = open_store(settings, processor, accelerator)
-    store.lock_shard(accelerator.process_index)  # before reading: a second run of this command stops here
     done = store.read()
     todo = pending(dataset, kinds, done)
     accelerator.wait_for_everyone()  # every process has read the store before any appends
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     with accelerator.split_between_processes(todo) as mine:
         batches = [mine[start : start + settings.batch_size] for start in range(0, len(mine), settings.batch_size)]
         for count, batch in enumerate(tqdm(batches, desc="Traces", disable=not accelerator.is_main_process), start=1):
-            store.append(accelerator.process_index, generate_batch(reason, processor, dataset, batch))
+            store.append(generate_batch(reason, processor, dataset, batch))
             pause_if_requested(count)
     accelerator.wait_for_everyone()
     logger.info("generated %d traces in %.1fs", len(todo), time.perf_counter() - started)

@@ -231,13 +231,10 @@ def oracle_store(folder: str) -> TraceStore:
     return TraceStore.create(folder, make_manifest(ORACLE_REASONER, PROMPT_SET_VERSION, {"oracle": "scene graph"}))
 
 
-def write_oracle_traces(folder: str, shard: int, traces: list[tuple[str, str, str]]) -> None:
-    """Append the oracle's `(id, side, trace)` entries that the store at `folder` does not hold yet, so that writing
-    the data again after a crash (the recipe reruns a step whose outputs are incomplete) adds no duplicate."""
-    store = oracle_store(folder)
-    held = store.read()
-    store.append(shard, [entry for entry in traces if entry[:2] not in held])
-    store.close()
+def write_oracle_traces(folder: str, traces: list[tuple[str, str, str]]) -> None:
+    """Store the oracle's `(id, side, trace)` entries; writing the data again after a crash (the recipe reruns a step
+    whose outputs are incomplete) keeps the traces already stored and adds no duplicate."""
+    oracle_store(folder).append(traces)
 
 
 def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
@@ -271,7 +268,7 @@ def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
                 row.update(qry_image_path=path, pos_text=query.answer)
             rows[family].append(row)
             traces.append((row["id"], TRACE_SIDE, query.trace))
-    write_oracle_traces(os.path.join(folder, "oracle-traces"), 0, traces)
+    write_oracle_traces(os.path.join(folder, "oracle-traces"), traces)
     write_atomic(os.path.join(folder, "perception.jsonl"), "".join(json.dumps(r) + "\n" for r in perception))
     sources = []
     for family, family_rows in rows.items():
@@ -312,7 +309,7 @@ def write_one_shape_sft(scenes_dir: str, num_images: int, store_dir: str) -> lis
             row = {**row, "id": f"one-shape-{row['id']}"}
             questions.append(row)
         traces.append((row["id"], TRACE_SIDE, oracle_trace_of(seen, row["pos_text"])))
-    write_oracle_traces(store_dir, 1, traces)  # shard 0 holds the scene tasks' traces
+    write_oracle_traces(store_dir, traces)  # with the scene tasks' traces
     sources, folder = [], os.path.basename(os.path.normpath(scenes_dir))
     for name, family, family_rows in (("questions", "vqa", questions), ("descriptions", "retrieval", descriptions)):
         filename = f"one-shape-{name}.jsonl"
@@ -361,7 +358,7 @@ def write_test_tasks(folder: str, rows_per_task: int, seed: int, control_images:
         control = os.path.join(folder, "easy-vqa-control")
         traces += [(key, TRACE_SIDE, trace) for key, trace in write_easy_vqa_control(control, control_images)]
         written.append(control)
-    write_oracle_traces(os.path.join(folder, "oracle-traces"), 0, traces)
+    write_oracle_traces(os.path.join(folder, "oracle-traces"), traces)
     return written
 
 

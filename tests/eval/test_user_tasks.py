@@ -310,8 +310,7 @@ def _trace_store(folder, entries, reasoner="oracle-describer (not a model)"):
     from training.traces import TraceStore, make_manifest
 
     store = TraceStore.create(str(folder), make_manifest(reasoner, "ecr-v1", {"oracle": "test"}))
-    store.append(0, entries)
-    store.close()
+    store.append(entries)
     return str(folder)
 
 

@@ -84,7 +84,7 @@ def write_trace_store(folder, data_config: str, prompt_set_version: str = "ecr-v
     store = TraceStore.create(str(folder), make_manifest("synthetic-teacher", prompt_set_version,
                                                          {"greedy": True, "max_new_tokens": 16}))  # fmt: skip
     examples = [dataset[index] for index in range(len(dataset))]
-    store.append(0, [(example.id, "query", synthetic_trace(example)) for example in examples])
+    store.append([(example.id, "query", synthetic_trace(example)) for example in examples])
     return str(folder)
 
 

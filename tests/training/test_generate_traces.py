@@ -49,27 +49,24 @@ def test_generate_traces_writes_one_trace_per_wanted_side(tmp_path, model_folder
 def test_generate_traces_rerun_adds_nothing(tmp_path, model_folder, pair_data):
     store = str(tmp_path / "store")
     main(_arguments(model_folder("unified"), pair_data, store, "--batch_size", "40"))
-    before = open(TraceStore(store).shard_path(0), "rb").read()
+    before = list(TraceStore(store).cache.entries())
     main(_arguments(model_folder("unified"), pair_data, store, "--batch_size", "40"))
-    assert open(TraceStore(store).shard_path(0), "rb").read() == before
+    assert list(TraceStore(store).cache.entries()) == before
 
 
 def test_generate_traces_resumes_after_sigkill_without_loss_or_duplicates(tmp_path, model_folder, pair_data):
     store = str(tmp_path / "store")
     arguments = _arguments(model_folder("unified"), pair_data, store, "--batch_size", "4")
     run_until_paused_then_kill("training.generate_traces", arguments, pause_after=3)
-    shard = TraceStore(store).shard_path(0)
-    written = open(shard, "rb").read()
-    assert written.count(b"\n") == 12  # 3 batches of 4, each fsynced before the pause
-    with open(shard, "ab") as handle:
-        handle.write(b'{"id": "words/12", "side": "query", "trace": "cut off by the cr')  # a write a crash cut short
-    # Resume on two processes: the remaining work is split between them, each appending to its own shard.
+    written = TraceStore(store).read()
+    assert len(written) == 12  # 3 batches of 4, each committed before the pause
+    # Resume on two processes: the remaining work is split between them, both writing the one store.
     run_module("training.generate_traces", arguments, launcher=TWO_PROCESSES)
-    traces = TraceStore(store).read()  # raises on any duplicate (id, side)
+    traces = TraceStore(store).read()
     dataset = PairDataset(load_sources(pair_data))
     assert set(traces) == {(dataset[i].id, "query") for i in range(len(dataset))}
-    assert open(shard, "rb").read().startswith(written)  # the first run's records are untouched
-    assert os.path.exists(TraceStore(store).shard_path(1))
+    assert len(TraceStore(store).cache) == len(traces)  # no duplicates
+    assert {key: traces[key] for key in written} == written  # the first run's traces are untouched
 
 
 def _decode_image_part(part: dict) -> Image.Image:
@@ -149,25 +146,14 @@ def test_generate_traces_endpoint_gives_the_local_model_traces(tmp_path, model_f
     assert TraceStore(remote).read() == TraceStore(local).read()
 
 
-def test_a_second_writer_of_a_store_is_refused_and_the_store_stays_readable(tmp_path, model_folder, pair_data):
+def test_a_second_writer_of_a_store_adds_no_duplicate_and_the_store_stays_readable(tmp_path, model_folder,
+                                                                                  pair_data):  # fmt: skip
     store = str(tmp_path / "store")
     arguments = _arguments(model_folder("unified"), pair_data, store, "--batch_size", "4")
-    with paused_process("training.generate_traces", arguments, pause_after=2):  # the first writer holds shard 0
-        with pytest.raises(ValueError, match=r"shard 0 is being written by another process \(pid \d+\)"):
-            main(arguments)
+    with paused_process("training.generate_traces", arguments, pause_after=2):  # the first writer, mid-run
         assert len(TraceStore(store).read()) == 8  # readable while the first writer is alive
-    main(arguments)  # the first writer was killed: its lock went with it, and the rerun resumes
+        main(arguments)  # the same command again, at the same time: it does the rest
     dataset = PairDataset(load_sources(pair_data))
-    assert set(TraceStore(store).read()) == {(dataset[i].id, "query") for i in range(len(dataset))}
-
-
-def test_two_store_objects_cannot_write_one_shard(tmp_path):
-    from training.traces import make_manifest
-
-    manifest = make_manifest("r", "ecr-v1", {"greedy": True})
-    first, second = TraceStore.create(str(tmp_path), manifest), TraceStore(str(tmp_path))
-    first.append(0, [("a", "query", "t")])
-    with pytest.raises(ValueError, match="shard 0 is being written by another process"):
-        second.append(0, [("a", "query", "t")])
-    second.append(1, [("b", "query", "u")])  # another shard is free
-    assert TraceStore(str(tmp_path)).read() == {("a", "query"): "t", ("b", "query"): "u"}
+    traces = TraceStore(store).read()
+    assert set(traces) == {(dataset[i].id, "query") for i in range(len(dataset))}
+    assert len(TraceStore(store).cache) == len(traces)

@@ -153,7 +153,7 @@ def test_writing_the_data_again_after_a_crash_adds_no_duplicate_trace(tmp_path):
     first = TraceStore(store).read()
     write_train_sources(str(tmp_path / "train"), 3, seed=0)
     write_one_shape_sft(str(tmp_path / "scenes"), 3, store)
-    assert TraceStore(store).read() == first
+    assert TraceStore(store).read() == first and len(TraceStore(store).cache) == len(first)
     write_test_tasks(str(tmp_path / "test"), 2, seed=1)
     test_traces = TraceStore(str(tmp_path / "test" / "oracle-traces")).read()
     write_test_tasks(str(tmp_path / "test"), 2, seed=1)

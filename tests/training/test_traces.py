@@ -1,10 +1,12 @@
-"""The append-only trace store: round trip, crash recovery and corruption checks."""
+"""The training trace store: a manifest + a trace cache file (one trace format for training and inference)."""
 
 import json
+import sqlite3
 
 import pytest
 
 from training.traces import TraceStore, make_manifest
+from tte.trace_cache_tte import TraceCache
 
 
 MANIFEST = make_manifest("tiny-reasoner", "ecr-v1", {"greedy": True, "max_new_tokens": 8})
@@ -15,45 +17,41 @@ def store(tmp_path) -> TraceStore:
     return TraceStore.create(str(tmp_path / "store"), MANIFEST)
 
 
-def test_trace_store_round_trip_over_shards(store):
-    store.append(0, [("a", "query", "<think> x </think> y"), ("b", "query", "line one\nline two")])
-    store.append(1, [("a", "positive", "")])
+def test_trace_store_round_trip(store):
+    store.append([("a", "query", "<think> x </think> y"), ("b", "query", "line one\nline two")])
+    store.append([("a", "positive", "")])
     assert TraceStore(store.folder).read() == {("a", "query"): "<think> x </think> y",
                                                ("b", "query"): "line one\nline two", ("a", "positive"): ""}  # fmt: skip
 
 
-def test_trace_store_records_carry_the_full_key(store):
-    store.append(0, [("a", "query", "t")])
-    with open(store.shard_path(0)) as handle:
-        record = json.loads(handle.readline())
-    assert record == {"id": "a", "side": "query", "reasoner": "tiny-reasoner", "prompt_set_version": "ecr-v1",
-                      "decoding": {"greedy": True, "max_new_tokens": 8}, "trace": "t"}  # fmt: skip
+def test_trace_store_entries_carry_the_full_key_in_the_trace_cache_format(store):
+    store.append([("a", "query", "t")])
+    (fields, trace, ids), = TraceCache(store.cache.path).entries()  # the inference cache's class reads the file
+    assert json.loads(fields) == {"id": "a", "side": "query", "reasoner": "tiny-reasoner", "prompt_set_version": "ecr-v1",
+                                  "decoding": {"greedy": True, "max_new_tokens": 8}}  # fmt: skip
+    assert (trace, ids) == ("t", None)  # a trace known as text: tokenised on its own
 
 
-def test_trace_store_ignores_then_truncates_an_interrupted_last_line(store):
-    store.append(0, [("a", "query", "kept")])
-    with open(store.shard_path(0), "a") as handle:
-        handle.write('{"id": "b", "side": "query", "reas')  # a write cut by a crash
-    assert store.read() == {("a", "query"): "kept"}
-    store.close()  # the crashed writer's shard lock died with it
-    TraceStore(store.folder).append(0, [("b", "query", "redone")])
-    assert store.read() == {("a", "query"): "kept", ("b", "query"): "redone"}
-    with open(store.shard_path(0)) as handle:
-        assert len(handle.readlines()) == 2
+def test_trace_store_keeps_the_first_trace_of_an_id_and_side(store):
+    store.append([("a", "query", "one")])
+    TraceStore(store.folder).append([("a", "query", "two"), ("b", "query", "three")])  # another writer
+    assert store.read() == {("a", "query"): "one", ("b", "query"): "three"}
+    assert len(store.cache) == 2
 
 
-def test_trace_store_corrupt_complete_line_raises_with_its_location(store):
-    store.append(0, [("a", "query", "kept")])
-    with open(store.shard_path(0), "a") as handle:
-        handle.write("not json\n")
-    with pytest.raises(ValueError, match=r"shard-00000.jsonl:2: not a JSON line"):
+def test_trace_store_refuses_an_entry_of_other_settings_by_name(store):
+    store.append([("a", "query", "kept")])
+    with sqlite3.connect(store.cache.path) as connection:  # an entry another reasoner wrote into this file
+        connection.execute("UPDATE traces SET fields = replace(fields, 'tiny-reasoner', 'other')")
+    with pytest.raises(ValueError, match=r"traces.sqlite entry 1: reasoner='other', but the manifest says "
+                                         r"'tiny-reasoner'"):  # fmt: skip
         store.read()
 
 
-def test_trace_store_duplicate_key_raises(store):
-    store.append(0, [("a", "query", "one")])
-    store.append(1, [("a", "query", "two")])
-    with pytest.raises(ValueError, match=r"shard-00001.jsonl:1: duplicate trace for id='a' side='query'"):
+def test_trace_store_refuses_an_inference_cache_entry(store, tiny_tte):
+    model = tiny_tte("qwen2_vl", "student")
+    model.embed(["a red square"], trace_cache=store.cache)
+    with pytest.raises(ValueError, match=r"entry 1: a training trace is keyed by \('id', 'side'"):
         store.read()
 
 
@@ -63,6 +61,9 @@ def test_trace_store_refuses_traces_of_other_settings(store):
         TraceStore.create(store.folder, other)
 
 
-def test_trace_store_needs_a_manifest(tmp_path):
+def test_trace_store_needs_a_manifest_of_this_format(tmp_path):
     with pytest.raises(ValueError, match="is not a trace store: store.json is missing"):
+        TraceStore(str(tmp_path))
+    (tmp_path / "store.json").write_text(json.dumps({**MANIFEST, "format_version": 1}))
+    with pytest.raises(ValueError, match="format_version=1, expected 2; generate the traces again"):
         TraceStore(str(tmp_path))
