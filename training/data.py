@@ -330,13 +330,31 @@ class PairCollator:
         chunk_size: rows per chunk (one forward pass).
         mask_duplicate_targets: add `target_ids`, so that `info_nce` does not treat an in-batch target with the same
             content as a query's positive as its negative.
+        trace_dropout: probability that a query is embedded with the empty trace instead of its trace.
+        seed: seeds the dropout draws.
+
+    A dropout draw is a hash of the seed, the batch's example ids and the query's id: the same batch drops the same
+    traces in a resumed run or in a data-loader worker, and an example seen in two batches draws twice.
     """
 
     def __init__(self, processor: TTEProcessor, traces: dict, trace_kinds: tuple[str, ...], num_hard_negatives: int,
-                 chunk_size: int, mask_duplicate_targets: bool = True):  # fmt: skip
+                 chunk_size: int, mask_duplicate_targets: bool = True, trace_dropout: float = 0.0, seed: int = 0):
         self.processor, self.traces, self.trace_kinds = processor, traces, trace_kinds
         self.num_hard_negatives, self.chunk_size = num_hard_negatives, chunk_size
         self.mask_duplicate_targets = mask_duplicate_targets
+        self.trace_dropout, self.seed = trace_dropout, seed
+
+    def _drops_trace(self, batch_ids: str, example: Example) -> bool:
+        digest = hashlib.blake2b(f"{self.seed}\0{batch_ids}\0{example.id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64 < self.trace_dropout
+
+    def query_traces(self, examples: list[Example]) -> list[str]:
+        """Each query's trace, or the empty trace where trace dropout draws it."""
+        traces = self.traces_of([(example, "query") for example in examples])
+        if not self.trace_dropout:
+            return traces
+        batch_ids = "\0".join(example.id for example in examples)
+        return ["" if self._drops_trace(batch_ids, example) else trace for example, trace in zip(examples, traces)]
 
     def _target_sides(self, example: Example) -> list[str]:
         if example.num_negatives < self.num_hard_negatives:
@@ -358,7 +376,7 @@ class PairCollator:
         queries = [(example, "query") for example in examples]
         targets = [(example, side) for example in examples for side in self._target_sides(example)]
         target_traces = self.traces_of(targets)
-        batch = {"query": self.build_chunks(queries, self.traces_of(queries)),
+        batch = {"query": self.build_chunks(queries, self.query_traces(examples)),
                  "target": self.build_chunks(targets, target_traces)}  # fmt: skip
         if self.mask_duplicate_targets:
             batch["target_ids"] = torch.tensor([content_id(example.inputs[side], trace)

@@ -103,6 +103,14 @@ class ContrastiveSettings(TrainSettings):
     num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (neg_text/neg_image_path)."})
     mask_duplicate_targets: bool = field(default=True, metadata={"help": "Leave an in-batch target with the same "
                                          "content as a query's positive out of that query's negatives."})  # fmt: skip
+    trace_dropout: float = field(default=0.0, metadata={"help": "Embed each query with the empty trace instead of "
+                                 "its trace with this probability, so that thinking and non-thinking queries share "
+                                 "one space (think='auto' mixes them)."})  # fmt: skip
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.trace_dropout < 1.0:
+            raise ValueError(f"--trace_dropout must be in [0, 1), got {self.trace_dropout}")
 
 
 @dataclass
@@ -280,7 +288,7 @@ def fit_contrastive(accelerator: Accelerator, model: TTEModel, module: torch.nn.
     kinds = parse_trace_kinds(settings.trace_sides)
     traces = load_traces(settings.traces, kinds, model.processor)
     collator = PairCollator(model.processor, traces, kinds, settings.num_hard_negatives, settings.chunk_size,
-                            settings.mask_duplicate_targets)  # fmt: skip
+                            settings.mask_duplicate_targets, settings.trace_dropout, settings.seed)  # fmt: skip
     return fit(accelerator, model, module, dataset, collator,
                lambda prepared: GradCache(prepared, accelerator, settings.temperature), settings)  # fmt: skip
 

@@ -181,6 +181,26 @@ def test_pair_collator_appends_the_stored_query_trace(pair_data, processor):
     assert _decoded_rows(processor, batch["target"])[0].endswith("userredcat<|im_end|><|im_start|>assistant<|emb|>")
 
 
+def test_trace_dropout_embeds_a_share_of_queries_with_the_empty_trace_reproducibly(pair_data, processor):
+    dataset = PairDataset(load_sources(pair_data))
+    examples = [dataset[i] for i in range(32)]
+    traces = {(example.id, "query"): "<think> red </think> a red cat" for example in examples}
+    collator = PairCollator(processor, traces, ("query",), 0, 4, trace_dropout=0.5, seed=3)
+    kept = collator.query_traces(examples)
+    dropped = [i for i, trace in enumerate(kept) if trace == ""]
+    assert 6 <= len(dropped) <= 26  # about half of 32 (a binomial draw, fixed by the seed)
+    assert all(kept[i] == traces[(examples[i].id, "query")] for i in range(32) if i not in dropped)
+    assert collator.query_traces(examples) == kept  # the same batch draws the same (a resumed run, a worker)
+    other_seed = PairCollator(processor, traces, ("query",), 0, 4, trace_dropout=0.5, seed=4).query_traces(examples)
+    assert other_seed != kept
+    assert PairCollator(processor, traces, ("query",), 0, 4).query_traces(examples) == list(traces.values())
+    rows = _decoded_rows(processor, collator(examples[:8])["query"])
+    drawn = collator.query_traces(examples[:8])  # another batch: its own draws
+    assert "" in drawn and any(drawn)
+    for row, trace in zip(rows, drawn):  # what is embedded: the prompt, then the trace or nothing, then <|emb|>
+        assert row.endswith("assistant" + trace.replace(" ", "") + "<|emb|>")
+
+
 def test_pair_collator_missing_trace_names_the_example(pair_data, processor):
     dataset = PairDataset(load_sources(pair_data))
     with pytest.raises(ValueError, match=r"source 'words' row 1 \(id 'words/1'\): the trace store has no 'query'"):
