@@ -18,7 +18,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 VARIANTS = ("teacher", "student", "unified")
-THINK_POLICIES = ("always", "never", "queries")
+THINK_POLICIES = ("always", "never", "queries", "auto")
 
 
 class TTEConfig(PretrainedConfig):
@@ -33,7 +33,10 @@ class TTEConfig(PretrainedConfig):
             defaults to L-N (the paper's design: the head replaces the top N layers).
         prompt_set_version: version of the ECR prompt set in `processing_tte.PROMPT_SETS`.
         max_new_tokens: bound on the generated trace length.
-        think: default thinking policy: `"always"`, `"never"` or `"queries"` (queries think, documents don't).
+        think: default thinking policy: `"always"`, `"never"`, `"queries"` (queries think, documents don't) or
+            `"auto"` (the gate decides per query whether it thinks; documents don't; needs `gate_threshold`).
+        gate_threshold: the `think="auto"` gate's threshold: a query thinks when the gate's logit is above it. None
+            for a model without a gate (`training.train_gate` adds one).
         normalize: L2-normalise embeddings.
         use_prefix_cache: compute the keys and values of each task family's shared template prefix (the system turn)
             once and reuse them (exact: causal attention makes them independent of the input). Off for debugging
@@ -56,7 +59,8 @@ class TTEConfig(PretrainedConfig):
     head_source_layer: int | None = None
     prompt_set_version: str = "ecr-v1"
     max_new_tokens: int = 128
-    think: Literal["always", "never", "queries"] = "queries"
+    think: Literal["always", "never", "queries", "auto"] = "queries"
+    gate_threshold: float | None = None
     normalize: bool = True
     use_prefix_cache: bool = True
     matryoshka_dims: list[int] | None = None
@@ -70,6 +74,8 @@ class TTEConfig(PretrainedConfig):
             raise ValueError(f"variant={self.variant!r} is not one of {VARIANTS}")
         if self.think not in THINK_POLICIES:
             raise ValueError(f"think={self.think!r} is not one of {THINK_POLICIES}")
+        if self.think == "auto" and self.gate_threshold is None:
+            raise ValueError("think='auto' needs a gate (gate_threshold is None): add one with training.train_gate")
         if self.variant == "student" and self.reasoner_config is None:
             raise ValueError("variant='student' needs a reasoner_config (the reasoner's backbone config)")
         if self.variant != "student" and self.reasoner_config is not None:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from transformers import (
     BatchFeature,
     DynamicCache,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
 )
 from transformers.generation.streamers import BaseStreamer
@@ -204,6 +206,46 @@ class TTEHead(nn.Module):
         return output.last_hidden_state
 
 
+class TTEGate(nn.Module):
+    """The `think="auto"` gate: a logistic probe on a state the model computes anyway, whose logit says whether a
+    query's trace is worth generating (above `config.gate_threshold`: think).
+
+    It reads, for the unified variant, the layer L-N state of the reasoning prompt's last token from the prefill that
+    generation needs (so a skipped query costs one more token, not a second pass); for the other variants, the
+    query's no-thinking embedding (kept as its embedding when the gate says no). `training.train_gate` fits it.
+    """
+
+    def __init__(self, config: TTEConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.embedding_dim)  # source-layer states are not normalised
+        self.score = nn.Linear(config.embedding_dim, 1)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """`(batch, hidden)` states -> `(batch,)` logits."""
+        return self.score(self.norm(states.to(self.score.weight.dtype))).squeeze(-1).float()
+
+
+class GateAtFirstStep(LogitsProcessor):
+    """Runs the gate inside `generate`, after the prefill: the forward hook has captured the prefill's layer L-N
+    states, whose last column is each (left-padded) prompt's last token. A gated row the gate says no to gets EOS as
+    its first token, so its trace is empty (the batch carries it while other rows generate, as it carries any row
+    that stopped early)."""
+
+    def __init__(self, gate: TTEGate, threshold: float, gated: list[bool], captured: list, stop_id: int):
+        self.gate, self.threshold, self.captured, self.stop_id = gate, threshold, captured, stop_id
+        self.gated = torch.tensor(gated)
+        self.skipped: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.skipped is not None:
+            return scores
+        logits = self.gate(self.captured[0][:, -1])
+        self.skipped = self.gated.to(logits.device) & (logits <= self.threshold)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.stop_id] = 0.0
+        return torch.where(self.skipped[:, None], forced, scores)
+
+
 KeysValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
@@ -230,6 +272,7 @@ class Generation:
     first_fed: int = 0  # the first prompt column generation fed (after the cached prefixes)
     cache: DynamicCache | None = None
     captured: list[torch.Tensor] | None = None  # layer L-N outputs of each fed step
+    gate_skipped: list[bool] | None = None  # rows the think="auto" gate ended before their first token
 
 
 @dataclass
@@ -243,15 +286,16 @@ class EmbedStats:
     generated: int = 0  # traces generated in the call
     cache_hits: int = 0  # traces read from the trace cache instead
     given: int = 0  # traces passed in (`reasoning=`, or an input's own "reasoning")
-    without_trace: int = 0  # embedded with the empty trace: the thinking policy said no
+    without_trace: int = 0  # embedded with the empty trace: the thinking policy (or the gate) said no
+    gate_skips: int = 0  # of those, the queries the think="auto" gate decided not to think about
     generated_tokens: int = 0  # tokens of the traces generated in the call
     cut_traces: int = 0  # generated traces that hit the length bound
     generation_seconds: float = 0.0  # generating traces (for the unified model, with the prefill the head reuses)
     embedding_seconds: float = 0.0  # building the embedding inputs, forward and pooling
 
     def __add__(self, other: "EmbedStats") -> "EmbedStats":
-        return EmbedStats(**{field.name: getattr(self, field.name) + getattr(other, field.name)
-                             for field in fields(self)})  # fmt: skip
+        return EmbedStats(**{stat.name: getattr(self, stat.name) + getattr(other, stat.name)
+                             for stat in fields(self)})  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -371,10 +415,11 @@ class EmbedCall:
     trace_ids: list[list[int]]  # checked once: given traces when the call starts, generated ones when generated
     trace_texts: list[str | None]  # None for a trace given as ids: decoded only if the traces are returned as text
     embeddings: torch.Tensor  # (inputs, embedding_dim), in input order
+    gated: list[bool]  # whether the think="auto" gate still has to decide if the input thinks
     streamer: BaseStreamer | None = None  # receives the one generated trace's tokens as they come
     cache: TraceCache | None = None  # where traces are looked up before generating, and stored after
-    cache_keys: dict[int, tuple[str, str]] | None = None  # input index -> (key, fields), for inputs looked up
-    stats: EmbedStats | None = None
+    cache_keys: dict[int, tuple[str, str]] = field(default_factory=dict)  # input -> (key, fields) of its new trace
+    stats: EmbedStats = field(default_factory=EmbedStats)
 
     @staticmethod
     def name(i: int) -> str:
@@ -447,6 +492,8 @@ class TTEModel(TTEPreTrainedModel):
             self.backbone = AutoModel.from_config(config.backbone_config)
         if config.variant == "student":
             self.reasoner = build_generator(config.reasoner_config)
+        if config.gate_threshold is not None:
+            self.gate = TTEGate(config)
         self.external_reasoner = None
         self._trace_cache = None
         self._processor = None
@@ -815,11 +862,13 @@ class TTEModel(TTEPreTrainedModel):
     @torch.no_grad()
     def generate_traces(
         self, items: list[TTEInput], max_new_tokens: int | None = None, capture: bool = False,
-        where: list[str] | None = None, streamer: BaseStreamer | None = None,
+        where: list[str] | None = None, streamer: BaseStreamer | None = None, gated: list[bool] | None = None,
     ):  # fmt: skip
         """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy), bounded by
         `trace_budget` (`where` names the items in its errors; default `inputs[i]`). A `streamer` (transformers'
-        `BaseStreamer`, for one input) receives the tokens as they are generated.
+        `BaseStreamer`, for one input) receives the tokens as they are generated. `gated` (unified, with `capture`):
+        the rows whose thinking the `think="auto"` gate decides after the prefill (`GateAtFirstStep`); a row it
+        skips gets the empty trace.
 
         Returns:
             `(traces, trace_ids, generation)`: the trace strings, the generated token ids (what an embedding of the
@@ -833,8 +882,12 @@ class TTEModel(TTEPreTrainedModel):
         generator = self.generator()
         prompt = self._generation_inputs(inputs)  # with the prefix cache: prefixes cached, then only the rests
         with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
+            gate = None
+            if gated is not None and any(gated):
+                stop_id = int(np.atleast_1d(self.config.eos_token_id)[0])
+                gate = GateAtFirstStep(self.gate, self.config.gate_threshold, gated, captured, stop_id)
             output = generator.generate(**prompt, generation_config=self.generator_generation_config(max_new_tokens),
-                                        streamer=streamer)  # fmt: skip
+                                        streamer=streamer, logits_processor=LogitsProcessorList([gate] if gate else []))
         prompt_length = prompt["input_ids"].shape[1]
         generated = output.sequences[:, prompt_length:]
         lengths, cut = self._trace_lengths(generated)
@@ -844,8 +897,9 @@ class TTEModel(TTEPreTrainedModel):
             return traces, trace_ids, Generation(trace_ids, cut, max_new_tokens)
         # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
         first_fed = prompt_length - captured[0].shape[1]
+        skipped = gate.skipped.tolist() if gate is not None else [False] * len(items)
         generation = Generation(trace_ids, cut, max_new_tokens, prompt["attention_mask"], first_fed, output.cache,
-                                captured)  # fmt: skip
+                                captured, skipped)  # fmt: skip
         return traces, trace_ids, generation
 
     def reason(
@@ -918,58 +972,66 @@ class TTEModel(TTEPreTrainedModel):
 
     # ----- embed: the public API -----
 
-    def _needs_trace(self, item: TTEInput, think, side: str) -> bool:
+    def _thinking(self, item: TTEInput, think, side: str) -> str:
+        """Whether an input thinks: `"yes"`, `"no"`, or `"gate"` (the `think="auto"` gate decides, for a query)."""
         if item.think is not None:
-            return item.think
+            return "yes" if item.think else "no"
         policy = think if think is not None else self.config.think
         if isinstance(policy, bool):
-            return policy
+            return "yes" if policy else "no"
         if policy not in THINK_POLICIES:
             raise ValueError(f"think={policy!r} must be a bool or one of {THINK_POLICIES}")
-        return policy == "always" or (policy == "queries" and side == "query")
+        if policy == "auto" and getattr(self, "gate", None) is None:
+            raise ValueError("think='auto' needs a gate, and this model has none: add one with training.train_gate")
+        if policy == "always" or (policy == "queries" and side == "query"):
+            return "yes"
+        return "gate" if policy == "auto" and side == "query" else "no"
 
     def _start_call(
         self, inputs, instruction, task, side: str, think, reasoning, streamer, trace_cache, max_new_tokens
     ) -> EmbedCall:
-        """Parse the inputs, take each given trace as its token ids (checked here, once), decide who thinks, and
-        take the traces the trace cache has."""
+        """Parse the inputs, take each given trace as its token ids (checked here, once), decide who thinks (or
+        leave it to the gate), and take the traces the trace cache has."""
         items = self.processor.parse_inputs(inputs, instruction, task)
         given = self._given_traces(reasoning, items)
         trace_ids = [[] if trace is None else self.processor.trace_token_ids(trace, f"reasoning[{i}]")
                      for i, trace in enumerate(given)]  # fmt: skip
         texts = [None if isinstance(trace, list) else trace or "" for trace in given]
-        thinks = [given[i] is None and self._needs_trace(item, think, side) for i, item in enumerate(items)]
+        thinking = ["given" if given[i] is not None else self._thinking(item, think, side)
+                    for i, item in enumerate(items)]  # fmt: skip
         embeddings = torch.empty(len(items), self.config.embedding_dim, device=self.device)
         if streamer is not None:
-            self._check_streamable(sum(thinks))
-        stats = EmbedStats(inputs=len(items), given=sum(trace is not None for trace in given),
-                           without_trace=sum(trace is None and not wants for trace, wants in zip(given, thinks)))
-        call = EmbedCall(items, thinks, trace_ids, texts, embeddings, streamer, stats=stats)
+            self._check_streamable(sum(mode in ("yes", "gate") for mode in thinking))
+        stats = EmbedStats(inputs=len(items), given=thinking.count("given"), without_trace=thinking.count("no"))
+        call = EmbedCall(items, [mode in ("yes", "gate") for mode in thinking], trace_ids, texts, embeddings,
+                         [mode == "gate" for mode in thinking], streamer, stats=stats)  # fmt: skip
         cache = self.trace_cache if trace_cache is None else as_trace_cache(trace_cache)
-        has_reasoner = self.external_reasoner is not None or self.config.variant != "teacher"
-        if cache is not None and has_reasoner and any(thinks):
-            self._take_cached_traces(call, cache, max_new_tokens)
+        if cache is not None and (self.external_reasoner is not None or self.config.variant != "teacher"):
+            call.cache = cache
+            self._take_cached_traces(call, [i for i, mode in enumerate(thinking) if mode == "yes"], max_new_tokens)
         return call
 
-    def _take_cached_traces(self, call: EmbedCall, cache: TraceCache, max_new_tokens: int | None) -> None:
-        """Inputs whose trace the cache holds take it (its text and ids, checked like a given trace) and do not
-        generate; the others remember their keys, so their new traces are stored."""
+    def _take_cached_traces(self, call: EmbedCall, indices: list[int], max_new_tokens: int | None) -> None:
+        """Inputs (of `indices`) whose trace the cache holds take it (its text and ids, checked like a given trace)
+        and do not generate; the others remember their keys, so their new traces are stored."""
+        if call.cache is None or not indices:
+            return
         context = self.trace_cache_context(max_new_tokens)
-        call.cache = cache
-        call.cache_keys = {i: trace_key(call.items[i], context) for i, wants in enumerate(call.generate) if wants}
-        found = cache.get_many(key for key, _ in call.cache_keys.values())
-        for i, (key, _) in list(call.cache_keys.items()):
-            if key in found:
-                text, ids = found[key]
-                where = f"the trace cache's trace for {call.name(i)}"
-                call.trace_ids[i] = self.processor.trace_token_ids(text if ids is None else ids, where)
-                call.trace_texts[i], call.generate[i] = text, False
-                call.stats.cache_hits += 1
-                del call.cache_keys[i]
-                if call.streamer is not None:  # the demo still shows the trace, in one piece
-                    call.streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as `generate` sends first
-                    call.streamer.put(torch.tensor(call.trace_ids[i], dtype=torch.long))
-                    call.streamer.end()
+        keys = {i: trace_key(call.items[i], context) for i in indices}
+        found = call.cache.get_many(key for key, _ in keys.values())
+        for i, (key, fields_json) in keys.items():
+            if key not in found:
+                call.cache_keys[i] = (key, fields_json)
+                continue
+            text, ids = found[key]
+            where = f"the trace cache's trace for {call.name(i)}"
+            call.trace_ids[i] = self.processor.trace_token_ids(text if ids is None else ids, where)
+            call.trace_texts[i], call.generate[i] = text, False
+            call.stats.cache_hits += 1
+            if call.streamer is not None:  # the demo still shows the trace, in one piece
+                call.streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as `generate` sends first
+                call.streamer.put(torch.tensor(call.trace_ids[i], dtype=torch.long))
+                call.streamer.end()
 
     def _check_streamable(self, thinking: int) -> None:
         if self.external_reasoner is not None or self.config.variant == "teacher":
@@ -1008,15 +1070,22 @@ class TTEModel(TTEPreTrainedModel):
     def _embed_batch(self, call: EmbedCall, batch: list[int], max_new_tokens: int | None) -> None:
         """Embed the inputs `batch` of `call` into `call.embeddings`; those that think get a new trace first, which
         is recorded in `call` with the token ids it is embedded with (the generated ids: see
-        `TTEProcessor.build_embedding_inputs`) and stored in the call's trace cache."""
+        `TTEProcessor.build_embedding_inputs`) and stored in the call's trace cache. The `think="auto"` gate
+        decides first (student, teacher) or during generation (unified)."""
+        gated = [i for i in batch if call.gated[i]]
+        skipped = []  # queries the gate said no to, embedded by the gate's own pass
+        if gated and not self._gates_in_generation():
+            skipped = self._gate_on_plain_embeddings(call, gated, max_new_tokens)
         thinking = [i for i in batch if call.generate[i]]
-        plain = [i for i in batch if not call.generate[i]]
+        plain = [i for i in batch if not call.generate[i] and i not in skipped]
         if thinking:
             items, names = [call.items[i] for i in thinking], [call.name(i) for i in thinking]
             started = self._clock()
-            if self.config.variant == "unified" and self.external_reasoner is None:
-                texts, trace_ids, generation = self.generate_traces(items, max_new_tokens, capture=True, where=names,
-                                                                    streamer=call.streamer)  # fmt: skip
+            if self._gates_in_generation():
+                texts, trace_ids, generation = self.generate_traces(
+                    items, max_new_tokens, capture=True, where=names, streamer=call.streamer,
+                    gated=[call.gated[i] for i in thinking],
+                )  # fmt: skip
                 self._check_generated(trace_ids, names)
                 generated = self._clock()
                 call.embeddings[thinking] = self._embed_with_state(items, trace_ids, generation, names)
@@ -1024,11 +1093,11 @@ class TTEModel(TTEPreTrainedModel):
             else:
                 texts, trace_ids, generation = self._reasoner_traces(items, max_new_tokens, names, call.streamer)
                 generated = self._clock()
-                plain = batch
+                plain = [i for i in batch if i not in skipped]
             call.stats.generation_seconds += generated - started
             for i, text, ids in zip(thinking, texts, trace_ids):
                 call.trace_texts[i], call.trace_ids[i] = text, ids
-            self._count_generated(call, generation)
+            self._count_generated(call, thinking, generation)
             self._store_traces(call, thinking, generation, max_new_tokens)
         if plain:
             started = self._clock()
@@ -1037,21 +1106,73 @@ class TTEModel(TTEPreTrainedModel):
             call.embeddings[plain] = self(**inputs).embeddings
             call.stats.embedding_seconds += self._clock() - started
 
+    @torch.no_grad()
+    def gate_features(self, inputs, instruction: str | None = None, task: str | None = None,
+                      batch_size: int = 8) -> torch.Tensor:  # fmt: skip
+        """`(n, hidden)` states the `think="auto"` gate reads, for fitting it (`training.train_gate`): for the
+        unified variant, the layer L-N state of each reasoning prompt's last token (what generation's prefill
+        captures); for the others, the no-thinking embedding. Inputs as `embed` takes them."""
+        items = self.processor.parse_inputs(inputs, instruction, task)
+        rows = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            if not self._gates_in_generation():
+                names = [f"inputs[{start + i}]" for i in range(len(chunk))]
+                rows.append(self(**self._embedding_inputs(chunk, [[] for _ in chunk], names)).embeddings)
+                continue
+            prompts = self.processor.build_reasoning_inputs(chunk).to(self.device)
+            position_ids = self.position_ids_for(prompts["input_ids"], prompts["attention_mask"],
+                                                 prompts.get("mm_token_type_ids"), prompts.get("image_grid_thw"))
+            vision_inputs = {key: prompts[key] for key in ("pixel_values", "image_grid_thw") if key in prompts}
+            states = self.source_states(prompts["input_ids"], prompts["attention_mask"], position_ids, **vision_inputs)
+            rows.append(states[:, -1])  # left padding: the last column is each prompt's last token
+        return torch.cat(rows).float()
+
+    def _gates_in_generation(self) -> bool:
+        """The unified model's gate reads generation's prefill; the others' gate reads a no-thinking embedding."""
+        return self.config.variant == "unified" and self.external_reasoner is None
+
+    def _gate_on_plain_embeddings(self, call: EmbedCall, gated: list[int], max_new_tokens: int | None) -> list[int]:
+        """Student, teacher: embed the gated queries without a trace and ask the gate about those embeddings. A query
+        it says no to keeps that embedding; the others think (from the trace cache where it holds their trace).
+        Returns the skipped queries, already embedded."""
+        started = self._clock()
+        inputs = self._embedding_inputs([call.items[i] for i in gated], [[] for _ in gated],
+                                        [call.name(i) for i in gated])  # fmt: skip
+        embeddings = self(**inputs).embeddings
+        thinks = (self.gate(embeddings) > self.config.gate_threshold).tolist()
+        call.stats.embedding_seconds += self._clock() - started
+        skipped = [i for i, think in zip(gated, thinks) if not think]
+        call.embeddings[skipped] = embeddings[[not think for think in thinks]]
+        for i, think in zip(gated, thinks):
+            call.gated[i], call.generate[i] = False, think
+        call.stats.without_trace += len(skipped)
+        call.stats.gate_skips += len(skipped)
+        self._take_cached_traces(call, [i for i in gated if call.generate[i]], max_new_tokens)
+        return skipped
+
     @staticmethod
-    def _count_generated(call: EmbedCall, generation: Generation) -> None:
-        call.stats.generated += len(generation.trace_ids)
-        call.stats.generated_tokens += sum(len(ids) for ids in generation.trace_ids)
-        call.stats.cut_traces += sum(generation.cut)
+    def _count_generated(call: EmbedCall, thinking: list[int], generation: Generation) -> None:
+        skipped = generation.gate_skipped or [False] * len(thinking)
+        for ids, cut, skip in zip(generation.trace_ids, generation.cut, skipped):
+            if skip:  # the gate ended it before its first token
+                call.stats.without_trace += 1
+                call.stats.gate_skips += 1
+                continue
+            call.stats.generated += 1
+            call.stats.generated_tokens += len(ids)
+            call.stats.cut_traces += int(cut)
 
     def _store_traces(self, call: EmbedCall, thinking: list[int], generation: Generation, max_new_tokens) -> None:
         """Put a batch's new traces into the call's trace cache, in one transaction. A trace cut at a bound the
-        context window lowered is not what the requested bound would give, so it is not stored."""
+        context window lowered is not what the requested bound would give, so it is not stored. Queries the
+        unified gate decided during generation were not looked up, and are not stored."""
         if call.cache is None:
             return
         requested = max_new_tokens or self.config.max_new_tokens
         entries = [(*call.cache_keys[i], call.trace_texts[i], call.trace_ids[i])
-                   for i, cut in zip(thinking, generation.cut)
-                   if not (cut and generation.budget is not None and generation.budget < requested)]  # fmt: skip
+                   for i, cut in zip(thinking, generation.cut) if i in call.cache_keys
+                   and not (cut and generation.budget is not None and generation.budget < requested)]  # fmt: skip
         call.cache.put_many(entries)
 
     def _check_generated(self, trace_ids: list[list[int]], where: list[str]) -> None:

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from tte.configuration_tte import THINK_POLICIES
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tte", description="Think-Then-Embed: reason about inputs, then embed them.")
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (embed, rank):
         sub.add_argument("--instruction", help="task instruction applied to every input")
         sub.add_argument("--task", help="ECR prompt family, e.g. retrieval, vqa, classification")
-        sub.add_argument("--think", choices=["always", "never", "queries"], help="thinking policy (default: model's)")
+        sub.add_argument("--think", choices=THINK_POLICIES,
+                         help="thinking policy (default: the model's); auto needs a model with a gate")
         sub.add_argument("--max-new-tokens", type=int, help="trace length bound")
         sub.add_argument("--allow-urls", action="store_true", help="allow http(s) image URLs")
         sub.add_argument("--trace-cache", help="trace cache file (SQLite): reuse the traces it holds, store new ones")

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -77,6 +78,28 @@ def export_folder(tmp_path_factory) -> str:
     export_main(["--checkpoint", str(root / "checkpoint"), "--output_dir", str(root / "tte_export"), "--repo_id",
                  "tte-org/tiny-random", "--weights", "random"])  # fmt: skip
     return str(root / "tte_export")
+
+
+@pytest.fixture(scope="session")
+def gated_export_folder(tmp_path_factory) -> str:
+    """`tiny_export_model()` with a random think="auto" gate whose threshold splits GATED_TEXTS, exported."""
+    from training.export import main as export_main
+    from tte.modeling_tte import TTEGate
+
+    model = tiny_export_model()
+    model.config.gate_threshold = 0.0
+    torch.manual_seed(0)
+    model.gate = TTEGate(model.config)
+    torch.nn.init.normal_(model.gate.score.weight, std=1.0)
+    model.config.gate_threshold = float(model.gate(model.gate_features(GATED_TEXTS)).median())
+    root = tmp_path_factory.mktemp("gated")
+    model.save_pretrained(root / "checkpoint")
+    export_main(["--checkpoint", str(root / "checkpoint"), "--output_dir", str(root / "tte_export"), "--repo_id",
+                 "tte-org/tiny-random-gated", "--weights", "random"])  # fmt: skip
+    return str(root / "tte_export")
+
+
+GATED_TEXTS = ["a red square", "a blue circle", "what is on the table ?", "a green triangle", "a cat", "how many ?"]
 
 
 class _LoopbackHandler(BaseHTTPRequestHandler):

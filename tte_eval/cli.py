@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(tte_eval/user_tasks.py); reported apart from the MMEB aggregate.")  # fmt: skip
     run.add_argument("--traces", help="Trace store of precomputed query traces (id '<task>/<row id>'), e.g. a "
                      "teacher's; used instead of the model's own thinking and recorded in the results.")  # fmt: skip
-    run.add_argument("--think", choices=["always", "never", "queries"], help="Thinking policy for this run "
-                     "(default: the model's); recorded in the results and the embedding cache's manifest.")
+    run.add_argument("--think", help="Thinking policy for this run: always, never, queries or auto (a model with a "
+                     "gate); default: the model's. Recorded in the results and the embedding cache's manifest.")
     run.add_argument("--trace-cache", help="Trace cache file (SQLite): traces it holds are reused, new ones stored.")
     run.add_argument("--output", required=True, help="Folder for results.json and results.md.")
     run.add_argument("--cache-dir", help="Embedding cache folder (default: OUTPUT/cache).")
@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_think(think: str | None) -> None:
+    from tte.configuration_tte import THINK_POLICIES  # here: aggregation never loads transformers
+
+    if think is not None and think not in THINK_POLICIES:
+        raise ValueError(f"--think {think!r} is not one of {THINK_POLICIES}")
+
+
 def run_evaluate(args: argparse.Namespace) -> str:
     """Evaluate and write results; return the markdown report."""
     tasks = expand_tasks(args.tasks, args.benchmark)
@@ -84,6 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> str:
         args.data, tuple(tasks), args.output, cache_dir, args.benchmark, args.batch_size, args.allow_partial,
         args.tasks_dir, args.traces,
     )  # fmt: skip
+    check_think(args.think)
     digest = model_hash(args.model)  # fails fast on a folder without config.json / weights
     model = load_tte_model(args.model)
     encoder = ModelEncoder(model, args.think, args.trace_cache)

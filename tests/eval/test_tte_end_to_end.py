@@ -59,3 +59,14 @@ def test_evaluate_tiny_tte_video_is_passed_to_the_model(tte_folder, data_dir, ma
     # the core model does not embed video (yet); the runner passes frames through and must not fake support
     with pytest.raises(ValueError, match="video"):
         evaluate(model, manifest, config, "tiny-tte")
+
+
+def test_cli_evaluate_think_auto_records_the_gate_skips(gated_export_folder, data_dir, tmp_path):
+    main(["evaluate", "--model", gated_export_folder, "--data", data_dir, "--tasks", "OK-VQA", "--output",
+          str(tmp_path / "out"), "--think", "auto"])  # fmt: skip
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["metadata"]["think"] == "auto"
+    query = report["cost"]["query"]
+    assert query["generated"] + query["gate_skips"] == query["inputs"] == 3
+    assert query["think_rate"] == query["generated"] / 3
+    assert report["cost"]["document"]["generated"] == 0  # under auto, documents do not think
