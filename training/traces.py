@@ -10,8 +10,14 @@ training store keys it by example id and side, with the manifest's fields (each 
 so the full key travels with every trace). Both get the same guarantees: several writer processes (the ranks of
 `accelerate launch`) append at once, each batch is one transaction, a crash (SIGKILL included) loses at most the
 batch being written, and rerunning resumes. A key keeps its first trace, so two writers never leave a duplicate.
+
+A store of format 1 (append-only JSONL shards) is upgraded in place, keeping its shard files:
+
+    python -m training.traces upgrade traces/student
 """
 
+import argparse
+import glob
 import json
 import os
 
@@ -49,8 +55,8 @@ class TraceStore:
             self.manifest = json.load(handle)
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version={version!r}, expected {FORMAT_VERSION}; generate the traces "
-                             "again into a new folder (format 1 kept JSONL shards)")  # fmt: skip
+            raise ValueError(f"{path}: format_version={version!r}, expected {FORMAT_VERSION}; a format-1 store "
+                             f"upgrades with `python -m training.traces upgrade {folder}`")  # fmt: skip
         self.folder = folder
         self.cache = TraceCache(os.path.join(folder, TRACES))
 
@@ -109,4 +115,56 @@ class TraceStore:
         return traces
 
 
-__all__ = ["TraceStore", "make_manifest", "FORMAT_VERSION"]
+def format1_records(folder: str, manifest: dict):
+    """`(id, side, trace)` of every complete line of a format-1 store's shards, checked against its manifest. An
+    unterminated last line is a write a crash cut short: it was never a stored trace."""
+    for path in sorted(glob.glob(os.path.join(folder, "shard-*.jsonl"))):
+        with open(path, "rb") as handle:
+            complete = handle.read().rpartition(b"\n")[0]
+        for number, line in enumerate(complete.split(b"\n") if complete else [], start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+            if not isinstance(record, dict) or set(record) != {*KEY_FIELDS, "trace"}:
+                raise ValueError(f"{path}:{number}: not a format-1 trace record: {record!r}")
+            for field in KEY_FIELDS[2:]:
+                if record[field] != manifest[field]:
+                    raise ValueError(f"{path}:{number}: {field}={record[field]!r}, but the manifest says "
+                                     f"{manifest[field]!r}")  # fmt: skip
+            yield record["id"], record["side"], record["trace"]
+
+
+def upgrade(folder: str) -> TraceStore:
+    """Upgrade a format-1 store in place: its traces go into `traces.sqlite` first, then the manifest is rewritten
+    (atomically), so an interrupted upgrade is finished by running it again. The shard files are kept."""
+    path = os.path.join(folder, MANIFEST)
+    with open(path) as handle:
+        manifest = json.load(handle)
+    if manifest.get("format_version") == FORMAT_VERSION:
+        return TraceStore(folder)
+    if manifest.get("format_version") != 1:
+        raise ValueError(f"{path}: format_version={manifest.get('format_version')!r}; only format 1 upgrades")
+    upgraded = {**manifest, "format_version": FORMAT_VERSION}
+    cache = TraceCache(os.path.join(folder, TRACES))
+    fields = lambda example_id, side: {"id": example_id, "side": side, **{f: manifest[f] for f in KEY_FIELDS[2:]}}
+    cache.put_many((*key_of(fields(example_id, side)), trace, None)
+                   for example_id, side, trace in format1_records(folder, manifest))  # fmt: skip
+    write_atomic(path, json.dumps(upgraded, indent=2))
+    return TraceStore(folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.traces", description="Trace store maintenance.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("upgrade", help="Upgrade a format-1 store (JSONL shards) in place.").add_argument("folder")
+    args = parser.parse_args(argv)
+    store = upgrade(args.folder)
+    print(f"{args.folder}: format {FORMAT_VERSION}, {len(store.cache)} traces")
+
+
+__all__ = ["TraceStore", "make_manifest", "upgrade", "FORMAT_VERSION"]
+
+
+if __name__ == "__main__":
+    main()

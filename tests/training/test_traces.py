@@ -65,5 +65,32 @@ def test_trace_store_needs_a_manifest_of_this_format(tmp_path):
     with pytest.raises(ValueError, match="is not a trace store: store.json is missing"):
         TraceStore(str(tmp_path))
     (tmp_path / "store.json").write_text(json.dumps({**MANIFEST, "format_version": 1}))
-    with pytest.raises(ValueError, match="format_version=1, expected 2; generate the traces again"):
+    with pytest.raises(ValueError, match="format_version=1, expected 2; a format-1 store upgrades with"):
         TraceStore(str(tmp_path))
+
+
+def test_a_format_1_store_upgrades_in_place(tmp_path, capsys):
+    from training.traces import main as traces_main
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "store.json").write_text(json.dumps({**MANIFEST, "format_version": 1}))
+    record = lambda i, trace: json.dumps({"id": i, "side": "query", "reasoner": "tiny-reasoner",
+                                          "prompt_set_version": "ecr-v1",
+                                          "decoding": {"greedy": True, "max_new_tokens": 8}, "trace": trace})
+    (folder / "shard-00000.jsonl").write_text(record("a", "one") + "\n" + record("b", "two") + "\n" + '{"id": "c", "si')
+    (folder / "shard-00001.jsonl").write_text(record("d", "line\nbreak") + "\n")
+    with pytest.raises(ValueError, match="python -m training.traces upgrade"):
+        TraceStore(str(folder))
+    traces_main(["upgrade", str(folder)])
+    assert "format 2, 3 traces" in capsys.readouterr().out
+    expected = {("a", "query"): "one", ("b", "query"): "two", ("d", "query"): "line\nbreak"}  # not the cut line
+    assert TraceStore(str(folder)).read() == expected
+    traces_main(["upgrade", str(folder)])  # again: nothing changes
+    assert TraceStore(str(folder)).read() == expected and (folder / "shard-00000.jsonl").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "store.json").write_text(json.dumps({**MANIFEST, "format_version": 1}))
+    (bad / "shard-00000.jsonl").write_text(record("a", "one").replace("tiny-reasoner", "other") + "\n")
+    with pytest.raises(ValueError, match=r"shard-00000.jsonl:1: reasoner='other', but the manifest says"):
+        traces_main(["upgrade", str(bad)])
