@@ -1,0 +1,170 @@
+"""Fit the `think="auto"` gate of a trained TTE model: think only where the trace helps.
+
+Each training query is labelled by whether its own trace (the model's reasoner, greedy) improves its positive's
+margin under the trained embedder. The margin is the query's cosine with its positive minus its highest cosine with
+another target of the sample (a target with the positive's content is not a negative). The gate (`TTEGate`, a
+logistic probe on a state the model computes anyway) is fitted on part of the queries. Its threshold is chosen on the
+held-out rest: for the best accuracy (a held-out query is right when its positive beats every other target), or for
+a think rate (`--think_rate`). The model is exported with the gate and `config.gate_threshold`; `summary.json` gives
+the held-out accuracy and think rate of never / always / auto.
+
+Train the embedder or head with `--trace_dropout` first, so that a query embedded without its trace lands in the
+same space as one embedded with it.
+
+    python -m training.train_gate --model_path runs/unified/model --data_config data.yaml --output_dir runs/gate \
+        --max_queries 512 [--think_rate 0.5] [--default_think auto]
+"""
+
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from training.checkpoint import export_model, write_atomic
+from training.data import PairDataset, content_id, load_sources
+from training.loop import make_accelerator, parse_settings, setup_logging
+from tte.configuration_tte import THINK_POLICIES
+from tte.modeling_tte import TTEGate, TTEModel
+
+
+logger = logging.getLogger("training")
+
+
+@dataclass
+class GateSettings:
+    model_path: str = field(metadata={"help": "A trained TTE model folder with its own reasoner (unified, student)."})
+    data_config: str = field(metadata={"help": "YAML/JSON data config of training pairs (see training/data.py)."})
+    output_dir: str = field(metadata={"help": "Run folder: model/ (with the gate) and summary.json."})
+    max_queries: int = field(default=512, metadata={"help": "Training queries sampled for labels and fitting."})
+    held_out: float = field(default=0.25, metadata={"help": "Share of the sampled queries that choose the threshold."})
+    think_rate: float | None = field(default=None, metadata={"help": "Choose the threshold for this share of held-out "
+                                     "queries thinking, not for the best held-out accuracy."})  # fmt: skip
+    steps: int = field(default=500, metadata={"help": "Full-batch optimizer steps of the logistic fit."})
+    learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate of the fit."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the fit."})
+    batch_size: int = field(default=16, metadata={"help": "Inputs per embed / generate call."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Trace bound (default: the model's)."})
+    default_think: str | None = field(default=None, metadata={"help": "Also make this the model's default policy "
+                                      "(e.g. auto)."})  # fmt: skip
+    seed: int = field(default=0, metadata={"help": "Seed of the sample, the split and the gate's initialisation."})
+
+    def __post_init__(self):
+        if self.max_queries < 4:
+            raise ValueError(f"--max_queries must be >= 4, got {self.max_queries}")
+        if not 0.0 < self.held_out < 1.0:
+            raise ValueError(f"--held_out must be in (0, 1), got {self.held_out}")
+        if self.think_rate is not None and not 0.0 <= self.think_rate <= 1.0:
+            raise ValueError(f"--think_rate must be in [0, 1], got {self.think_rate}")
+        if self.default_think is not None and self.default_think not in THINK_POLICIES:
+            raise ValueError(f"--default_think {self.default_think!r} is not one of {THINK_POLICIES}")
+
+
+def margins(queries: torch.Tensor, targets: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
+    """Per query i: cos(query i, target i) minus its highest cosine with a target of other content."""
+    scores = queries @ targets.T
+    ids = torch.tensor(target_ids)
+    same_content = ids[:, None] == ids[None, :]  # includes the positive itself
+    negatives = scores.masked_fill(same_content.to(scores.device), float("-inf"))
+    return scores.diagonal() - negatives.max(dim=1).values
+
+
+def fit_gate(model: TTEModel, features: torch.Tensor, labels: torch.Tensor, settings: GateSettings) -> TTEGate:
+    """A logistic probe: full-batch AdamW on class-balanced binary cross-entropy."""
+    torch.manual_seed(settings.seed)
+    gate = TTEGate(model.config).to(features.device, torch.float32)
+    optimizer = torch.optim.AdamW(gate.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    positives = labels.sum().clamp(min=1)
+    pos_weight = (len(labels) - positives).clamp(min=1) / positives
+    for _ in range(settings.steps):
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(gate(features), labels.float(), pos_weight=pos_weight)
+        loss.backward()
+        optimizer.step()
+    return gate.eval()
+
+
+def choose_threshold(logits: torch.Tensor, right_with: torch.Tensor, right_without: torch.Tensor,
+                     think_rate: float | None) -> float:  # fmt: skip
+    """The held-out threshold: for `think_rate`, the logit quantile that lets that share think; else the best held-out
+    accuracy, and among equals the one that thinks least."""
+    ordered = logits.sort().values
+    if think_rate is not None:
+        thinking = round(think_rate * len(ordered))
+        return float(ordered[len(ordered) - thinking] - 1e-6) if thinking else float(ordered[-1] + 1.0)
+    # Candidates: below every logit (all think), between neighbours, above every logit (none thinks).
+    candidates = torch.cat([ordered[:1] - 1.0, (ordered[1:] + ordered[:-1]) / 2, ordered[-1:] + 1.0])
+    best, best_threshold = -1.0, float(candidates[-1])
+    for threshold in candidates.flip(0).tolist():  # from "none thinks" down: ties keep the fewer thinking
+        accuracy = torch.where(logits > threshold, right_with, right_without).float().mean().item()
+        if accuracy > best:
+            best, best_threshold = accuracy, threshold
+    return best_threshold
+
+
+def policy_report(logits, threshold, right_with, right_without) -> dict:
+    thinks = logits > threshold
+    return {
+        "never": right_without.float().mean().item(),
+        "always": right_with.float().mean().item(),
+        "auto": torch.where(thinks, right_with, right_without).float().mean().item(),
+        "auto_think_rate": thinks.float().mean().item(),
+        "best_per_query": (right_with | right_without).float().mean().item(),
+    }
+
+
+def main(argv: list[str] | None = None) -> str:
+    settings = parse_settings(GateSettings, argv)
+    accelerator = make_accelerator()
+    setup_logging(accelerator)
+    model = TTEModel.from_pretrained(settings.model_path).to(accelerator.device).eval()
+    dataset = PairDataset(load_sources(settings.data_config))
+    rng = random.Random(settings.seed)
+    chosen = rng.sample(range(len(dataset)), min(settings.max_queries, len(dataset)))
+    examples = [dataset[index] for index in chosen]
+    queries = [example.inputs["query"] for example in examples]
+    positives = [example.inputs["positive"] for example in examples]
+    embed = lambda inputs, **kwargs: model.embed(inputs, batch_size=settings.batch_size, convert_to_tensor=True,
+                                                 max_new_tokens=settings.max_new_tokens, **kwargs)  # fmt: skip
+    logger.info("embedding %d queries with and without their traces", len(queries))
+    with_trace, trace_ids = embed(queries, side="query", think=True, return_reasoning="ids")
+    without_trace = embed(queries, side="query", think=False)
+    targets = embed(positives, side="document", think=False)
+    target_ids = [content_id(positive, "") for positive in positives]
+    margin_with = margins(with_trace, targets, target_ids)
+    margin_without = margins(without_trace, targets, target_ids)
+    labels = margin_with > margin_without
+    features = model.gate_features(queries, batch_size=settings.batch_size)
+    split = int(round(len(examples) * (1 - settings.held_out)))
+    gate = fit_gate(model, features[:split], labels[:split], settings)
+    with torch.no_grad():
+        logits = gate(features)
+    right_with, right_without = margin_with > 0, margin_without > 0
+    threshold = choose_threshold(logits[split:], right_with[split:], right_without[split:], settings.think_rate)
+    model.gate = gate.to(model.dtype)
+    model.config.gate_threshold = threshold
+    if settings.default_think is not None:
+        model.config.think = settings.default_think
+    folder = export_model(accelerator, model, settings.output_dir)
+    summary = {
+        "settings": asdict(settings),
+        "queries": {"fit": split, "held_out": len(examples) - split},
+        "label_think_helps": {"fit": labels[:split].float().mean().item(),
+                              "held_out": labels[split:].float().mean().item()},
+        "trace_tokens_per_query": sum(map(len, trace_ids)) / len(trace_ids),
+        "threshold": threshold,
+        "held_out": policy_report(logits[split:], threshold, right_with[split:], right_without[split:]),
+        "fit": policy_report(logits[:split], threshold, right_with[:split], right_without[:split]),
+        "accuracy": "a query is right when its positive beats every other target of the sample (targets of the "
+                    "positive's content excepted)",
+    }  # fmt: skip
+    write_atomic(os.path.join(settings.output_dir, "summary.json"), json.dumps(summary, indent=2))
+    logger.info("gate: threshold %.4f, held-out %s", threshold, summary["held_out"])
+    return folder
+
+
+if __name__ == "__main__":
+    main()
