@@ -35,8 +35,10 @@ QUEUE_SIZE = 16
 
 def load_model(name: str = MODEL):
     model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
-    # The choices the page offers are the model's own: its think policies and its prompt families.
-    policies = sys.modules[type(model.config).__module__].THINK_POLICIES
+    # The choices the page offers are the model's own: its think policies (auto only with a gate) and its prompt
+    # families.
+    policies = [policy for policy in sys.modules[type(model.config).__module__].THINK_POLICIES
+                if policy != "auto" or model.config.gate_threshold is not None]  # fmt: skip
     tasks = sys.modules[type(model.processor).__module__].TASK_FAMILIES
     return model, policies, tasks
 

@@ -179,3 +179,10 @@ def test_space_in_a_real_browser_shows_the_trace_and_embeds_top_candidate(space_
     assert shown[0] == example["candidates"][int(np.argmax(documents @ vector[0]))]
     assert shown_plain[0] == example["candidates"][int(np.argmax(documents @ plain[0]))]
     assert sorted(shown) == sorted(example["candidates"])
+
+
+def test_the_page_offers_auto_only_for_a_model_with_a_gate(app, tiny_tte_folder, gated_export_folder):
+    _, policies, _ = app.load_model(tiny_tte_folder)
+    assert list(policies) == ["always", "never", "queries"]
+    _, policies, _ = app.load_model(gated_export_folder)
+    assert list(policies) == ["always", "never", "queries", "auto"]
