@@ -31,3 +31,23 @@ def test_suite_reports_every_ratio_with_its_setting_and_goal(tmp_path, monkeypat
         assert row["goal"] and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
         assert row["ratio"] == row["ours"] / row["reference"]
     assert (tmp_path / "cache" / "student" / "config.json").is_file()  # the twin is built by training.init_model
+
+
+def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export_folder, tmp_path, capsys,
+                                                                    monkeypatch):  # fmt: skip
+    from tests.eval.test_user_tasks import GLOBAL_SPEC, LOCAL_SPEC, _global_rows, _local_rows
+    from tte_eval import write_task
+
+    write_task(str(tmp_path / "tasks" / "local"), LOCAL_SPEC, _local_rows(str(tmp_path / "tasks" / "local")))
+    write_task(str(tmp_path / "tasks" / "global"), GLOBAL_SPEC, _global_rows())
+    output = tmp_path / "policies.json"
+    bench = os.path.join(os.path.dirname(SUITE), "bench_policies.py")
+    arguments = ["--model", gated_export_folder, "--tasks-dir", str(tmp_path / "tasks"), "--queries", "4",
+                 "--repeats", "1", "--output", str(output)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["bench_policies.py", *arguments])
+    runpy.run_path(bench, run_name="__main__")
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["never", "queries", "auto"]
+    assert rows["never"]["think_rate"] == 0 and rows["queries"]["think_rate"] == 1
+    assert rows["never"]["ratio_to_never"] == 1.0 and all(row["seconds_per_query"] > 0 for row in rows.values())
+    assert "| auto |" in capsys.readouterr().out
