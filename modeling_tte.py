@@ -289,6 +289,7 @@ class EmbedStats:
     without_trace: int = 0  # embedded with the empty trace: the thinking policy (or the gate) said no
     gate_skips: int = 0  # of those, the queries the think="auto" gate decided not to think about
     generated_tokens: int = 0  # tokens of the traces generated in the call
+    trace_tokens: int = 0  # tokens of the traces the inputs were embedded with: generated, cached or given
     cut_traces: int = 0  # generated traces that hit the length bound
     generation_seconds: float = 0.0  # generating traces (for the unified model, with the prefill the head reuses)
     embedding_seconds: float = 0.0  # building the embedding inputs, forward and pooling
@@ -1309,6 +1310,7 @@ class TTEModel(TTEPreTrainedModel):
                                 max_new_tokens)  # fmt: skip
         for batch in self._batches(call, batch_size, show_progress_bar):
             self._embed_batch(call, batch, max_new_tokens)
+        call.stats.trace_tokens = sum(map(len, call.trace_ids))
         embeddings = self._truncated(call.embeddings, truncate_dim)
         result = [embeddings if convert_to_tensor or not convert_to_numpy else embeddings.cpu().numpy()]
         if return_reasoning:

@@ -133,6 +133,7 @@ def test_stats_add_up_and_count_tokens_and_cuts(tiny_tte, tmp_path):
     assert (stats.inputs, stats.cache_hits, stats.generated, stats.without_trace, stats.given) == (4, 1, 1, 1, 1)
     assert stats.cache_hits + stats.generated + stats.without_trace + stats.given == stats.inputs
     assert stats.generated_tokens == len(ids[1]) > 0
+    assert stats.trace_tokens == sum(map(len, ids)) > stats.generated_tokens  # the cached and the given trace too
     assert stats.cut_traces == int(len(ids[1]) == model.config.max_new_tokens)
     assert stats.generation_seconds > 0 and stats.embedding_seconds > 0
     total = stats + stats
