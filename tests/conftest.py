@@ -91,7 +91,8 @@ def gated_export_folder(tmp_path_factory) -> str:
     torch.manual_seed(0)
     model.gate = TTEGate(model.config)
     torch.nn.init.normal_(model.gate.score.weight, std=1.0)
-    model.config.gate_threshold = float(model.gate(model.gate_features(GATED_TEXTS)).median())
+    with torch.no_grad():
+        model.config.gate_threshold = float(model.gate(model.gate_features(GATED_TEXTS)).median())
     root = tmp_path_factory.mktemp("gated")
     model.save_pretrained(root / "checkpoint")
     export_main(["--checkpoint", str(root / "checkpoint"), "--output_dir", str(root / "tte_export"), "--repo_id",

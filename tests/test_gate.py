@@ -23,7 +23,8 @@ def with_gate(model, threshold: float | None = None):
     torch.manual_seed(0)
     model.gate = TTEGate(model.config)
     torch.nn.init.normal_(model.gate.score.weight, std=1.0)
-    logits = model.gate(model.gate_features(QUERIES)).tolist()
+    with torch.no_grad():
+        logits = model.gate(model.gate_features(QUERIES)).tolist()
     model.config.gate_threshold = float(np.median(logits)) if threshold is None else threshold
     return model, logits
 
