@@ -40,8 +40,8 @@ ALLOW_URLS_ENV = "TTE_ALLOW_IMAGE_URLS"
 PRIVATE_NETWORKS_ENV = "TTE_ALLOWED_PRIVATE_NETWORKS"
 TRACE_CACHE_ENV = "TTE_TRACE_CACHE"
 REQUEST_KEYS = {"inputs", "prompt_name", "normalize", "truncate", "parameters"}
-PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", "return_reasoning", "return_stats"}
 REPLY_FLAGS = ("return_reasoning", "return_stats")  # parameters that shape the reply, not the embeddings
+PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", *REPLY_FLAGS}
 ITEM_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
 PROMPT_NAMES = ("query", "document")
 

@@ -298,6 +298,15 @@ class EmbedStats:
         return EmbedStats(**{stat.name: getattr(self, stat.name) + getattr(other, stat.name)
                              for stat in fields(self)})  # fmt: skip
 
+    @property
+    def think_rate(self) -> float:
+        """The share of inputs embedded with a trace the model made (generated now, or from the trace cache)."""
+        return (self.generated + self.cache_hits) / self.inputs if self.inputs else 0.0
+
+    def count_gate_skips(self, count: int) -> None:
+        self.without_trace += count
+        self.gate_skips += count
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -1147,8 +1156,7 @@ class TTEModel(TTEPreTrainedModel):
         call.embeddings[skipped] = embeddings[[not think for think in thinks]]
         for i, think in zip(gated, thinks):
             call.gated[i], call.generate[i] = False, think
-        call.stats.without_trace += len(skipped)
-        call.stats.gate_skips += len(skipped)
+        call.stats.count_gate_skips(len(skipped))
         self._take_cached_traces(call, [i for i in gated if call.generate[i]], max_new_tokens)
         return skipped
 
@@ -1157,8 +1165,7 @@ class TTEModel(TTEPreTrainedModel):
         skipped = generation.gate_skipped or [False] * len(thinking)
         for ids, cut, skip in zip(generation.trace_ids, generation.cut, skipped):
             if skip:  # the gate ended it before its first token
-                call.stats.without_trace += 1
-                call.stats.gate_skips += 1
+                call.stats.count_gate_skips(1)
                 continue
             call.stats.generated += 1
             call.stats.generated_tokens += len(ids)

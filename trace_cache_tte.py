@@ -92,9 +92,10 @@ class TraceCache:
             if version not in (0, SCHEMA_VERSION):
                 raise ValueError(f"{self.path}: trace cache schema version {version}, expected {SCHEMA_VERSION}; "
                                  "use another file")  # fmt: skip
-            with connection:
-                connection.execute(_SCHEMA)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 0:  # a new file: opening an existing cache writes nothing, so it takes no write lock
+                with connection:
+                    connection.execute(_SCHEMA)
+                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
                 if round_index:
                     best[policy] = min(best[policy], time.perf_counter() - started)
     rows = {policy: {"seconds_per_query": best[policy] / len(queries), "ratio_to_never": best[policy] / best["never"],
-                     "think_rate": (stats[policy].generated + stats[policy].cache_hits) / len(queries),
+                     "think_rate": stats[policy].think_rate,
                      "generated_tokens_per_query": stats[policy].generated_tokens / len(queries)}
             for policy in policies}  # fmt: skip
     print(f"{len(queries)} queries, batch {args.batch_size}, {torch.get_num_threads()} CPU threads, {args.model}")

@@ -31,6 +31,18 @@ TRACES = "traces.sqlite"
 KEY_FIELDS = ("id", "side", "reasoner", "prompt_set_version", "decoding")
 
 
+def key_fields(manifest: dict, example_id: str, side: str) -> dict:
+    """The fields that key one trace: the example, the side, and the manifest's reasoner and settings."""
+    return {"id": example_id, "side": side, **{field: manifest[field] for field in KEY_FIELDS[2:]}}
+
+
+def check_settings(record: dict, manifest: dict, where: str) -> None:
+    """A trace must have been made with the manifest's reasoner and settings; the error names the entry."""
+    for field in KEY_FIELDS[2:]:
+        if record[field] != manifest[field]:
+            raise ValueError(f"{where}: {field}={record[field]!r}, but the manifest says {manifest[field]!r}")
+
+
 def make_manifest(reasoner: str, prompt_set_version: str, decoding: dict) -> dict:
     """The manifest of a store: what every trace in it was generated with."""
     return {"format_version": FORMAT_VERSION, "reasoner": reasoner, "prompt_set_version": prompt_set_version,
@@ -84,14 +96,10 @@ class TraceStore:
     def prompt_set_version(self) -> str:
         return self.manifest["prompt_set_version"]
 
-    def key_fields(self, example_id: str, side: str) -> dict:
-        """The fields that key one trace: the example, the side, and the manifest's reasoner and settings."""
-        return {"id": example_id, "side": side, **{field: self.manifest[field] for field in KEY_FIELDS[2:]}}
-
     def append(self, entries: list[tuple[str, str, str]]) -> None:
         """Durably store `(example id, side, trace)` entries, in one transaction; an (id, side) already in the store
         keeps its trace."""
-        self.cache.put_many((*key_of(self.key_fields(example_id, side)), trace, None)
+        self.cache.put_many((*key_of(key_fields(self.manifest, example_id, side)), trace, None)
                             for example_id, side, trace in entries)  # fmt: skip
 
     def read(self) -> dict[tuple[str, str], str]:
@@ -107,10 +115,7 @@ class TraceStore:
             record = json.loads(fields)
             if set(record) != set(KEY_FIELDS):
                 raise ValueError(f"{where}: a training trace is keyed by {KEY_FIELDS}, got {sorted(record)}")
-            for field in KEY_FIELDS[2:]:
-                if record[field] != self.manifest[field]:
-                    raise ValueError(f"{where}: {field}={record[field]!r}, but the manifest says "
-                                     f"{self.manifest[field]!r}")  # fmt: skip
+            check_settings(record, self.manifest, where)
             traces[record["id"], record["side"]] = trace
         return traces
 
@@ -128,10 +133,7 @@ def format1_records(folder: str, manifest: dict):
                 raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
             if not isinstance(record, dict) or set(record) != {*KEY_FIELDS, "trace"}:
                 raise ValueError(f"{path}:{number}: not a format-1 trace record: {record!r}")
-            for field in KEY_FIELDS[2:]:
-                if record[field] != manifest[field]:
-                    raise ValueError(f"{path}:{number}: {field}={record[field]!r}, but the manifest says "
-                                     f"{manifest[field]!r}")  # fmt: skip
+            check_settings(record, manifest, f"{path}:{number}")
             yield record["id"], record["side"], record["trace"]
 
 
@@ -147,8 +149,7 @@ def upgrade(folder: str) -> TraceStore:
         raise ValueError(f"{path}: format_version={manifest.get('format_version')!r}; only format 1 upgrades")
     upgraded = {**manifest, "format_version": FORMAT_VERSION}
     cache = TraceCache(os.path.join(folder, TRACES))
-    fields = lambda example_id, side: {"id": example_id, "side": side, **{f: manifest[f] for f in KEY_FIELDS[2:]}}
-    cache.put_many((*key_of(fields(example_id, side)), trace, None)
+    cache.put_many((*key_of(key_fields(manifest, example_id, side)), trace, None)
                    for example_id, side, trace in format1_records(folder, manifest))  # fmt: skip
     write_atomic(path, json.dumps(upgraded, indent=2))
     return TraceStore(folder)

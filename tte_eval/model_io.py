@@ -71,8 +71,7 @@ class ModelEncoder:
         reused add nothing."""
         report = {}
         for side, stats in self.stats.items():
-            thought = stats.generated + stats.cache_hits
-            report[side] = {**stats.to_dict(), "think_rate": thought / stats.inputs if stats.inputs else 0.0}
+            report[side] = {**stats.to_dict(), "think_rate": stats.think_rate}
         return report
 
 
