@@ -65,6 +65,12 @@ def test_smoke_recipe_keeps_only_the_settings_of_finished_stages_checkpoints(par
         assert [os.listdir(path) for path in saved] == [["settings.json"]], folder
 
 
+def test_smoke_recipe_removes_the_untrained_models_its_stages_started_from(part1_run, smoke_run):
+    starting_points = [os.path.join(part1_run, name) for name in ("backbone", "init")]
+    starting_points += [os.path.join(smoke_run, "variants", name, "init") for name in VARIANTS]
+    assert [path for path in starting_points if os.path.exists(path)] == []
+
+
 def test_part_two_starts_from_part_one_assets_without_retraining_and_carries_their_records(part1_run, smoke_run,
                                                                                           tmp_path):  # fmt: skip
     part1, published = os.path.join(part1_run, "assets"), os.path.join(smoke_run, "assets")

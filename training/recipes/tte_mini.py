@@ -7,7 +7,8 @@ Stages, each in its own folder of `output_dir` and each run as `python -m traini
 up a fresh process; a CUDA device is used when present):
 
 1. `backbone/`: `training.build_backbone` (SmolLM2 + a new 2.6M-parameter Qwen2-VL vision tower, 4 visual tokens);
-2. `init/`: `training.init_model`, a unified TTE model of it (nothing trained);
+2. `init/`: `training.init_model`, a unified TTE model of it (nothing trained; 1 and 2 are removed once stage 4
+   finished);
 3. `data/`: `training.scenes` renders one-shape scenes (never easy-VQA's images, which stay held out);
 4. `vision-regression/`: `training.train_vision --objective regression` (the vision tower only, no LM pass);
 5. `vision-answers/`: `training.train_vision --objective next_token` (the LM stays frozen);
@@ -24,7 +25,7 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
    one-shape data), so the 4 visual tokens describe the 4 cells;
 10. `reasoner/`: `training.train_reasoner` (LoRA) on the oracle's traces: the student reasoner and TTE_u stage 1;
 11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models (the
-    zero-shot reasoner is the aligned backbone before any reasoner SFT);
+    zero-shot reasoner is the aligned backbone before any reasoner SFT), each removed once its stage 13 finished;
 12. `traces/<name>`: `training.generate_traces` of the zero-shot and student reasoners on the embedder's data;
 13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
     `training.train_head` (N layers) on the frozen SFT'd backbone for unified;
@@ -114,16 +115,25 @@ def run_stage(module: str, arguments: list[str]) -> None:
         raise RuntimeError(f"stage {module} failed: {' '.join(command)}")
 
 
-def training_stage(module: str, folder: str, arguments: list[str]) -> str:
+def stage_finished(folder: str) -> bool:
+    """Whether the training stage in `folder` has exported its model."""
+    return os.path.isfile(os.path.join(folder, "model", "config.json"))
+
+
+def training_stage(module: str, folder: str, arguments: list[str], starting_points: tuple[str, ...] = ()) -> str:
     """Run (or resume, or skip when finished) one training stage; returns its exported model folder.
 
-    A finished stage keeps only its exported model and its checkpoint's settings (`prune_training_state`).
+    A finished stage keeps only its exported model and its checkpoint's settings (`prune_training_state`), and the
+    untrained model folders it started from (`starting_points`, rebuilt by `init_model` in seconds) are removed: each
+    is a full copy of the backbone, and the whole chain would otherwise hold seven of them on disk.
     """
     model = os.path.join(folder, "model")
-    if not os.path.isfile(os.path.join(model, "config.json")):
+    if not stage_finished(folder):
         resume = ["--resume"] if latest_checkpoint(folder) is not None else []
         run_stage(module, ["--output_dir", folder, *arguments, *resume])
     prune_training_state(folder)
+    for path in starting_points:
+        shutil.rmtree(path, ignore_errors=True)
     return model
 
 
@@ -173,18 +183,18 @@ def train_part1(root: str, sizes: Sizes, common: list[str], seed: int, answers: 
     Returns:
         The aligned model folder, and the files its assets carry (`{name in the assets: path}`).
     """
-    backbone = os.path.join(root, "backbone")
-    if not os.path.isfile(os.path.join(backbone, "config.json")):
-        run_stage("training.build_backbone", ["--output_dir", backbone, "--seed", str(seed)])
-    init = os.path.join(root, "init")
-    if not os.path.isfile(os.path.join(init, "config.json")):
-        run_stage("training.init_model", ["--backbone", backbone, "--output_dir", init, *INIT_SETTINGS])
+    backbone, init = os.path.join(root, "backbone"), os.path.join(root, "init")
+    if not stage_finished(os.path.join(root, "vision-regression")):
+        if not os.path.isfile(os.path.join(backbone, "config.json")):
+            run_stage("training.build_backbone", ["--output_dir", backbone, "--seed", str(seed)])
+        if not os.path.isfile(os.path.join(init, "config.json")):
+            run_stage("training.init_model", ["--backbone", backbone, "--output_dir", init, *INIT_SETTINGS])
     regressed = training_stage("training.train_vision", os.path.join(root, "vision-regression"), [
         "--model_path", init, "--data_config", captions, "--objective", "regression",
         "--per_device_batch_size", str(sizes.regression_batch), "--max_steps", str(sizes.regression_steps),
         "--learning_rate", str(sizes.regression_lr), "--weight_decay", "0.01", "--lr_scheduler", "cosine",
         "--warmup_steps", str(sizes.regression_steps // 50), "--save_steps", "500", *common,
-    ])  # fmt: skip
+    ], starting_points=(backbone, init))  # fmt: skip
     aligned = training_stage("training.train_vision", os.path.join(root, "vision-answers"), [
         "--model_path", regressed, "--data_config", answers, "--objective", "next_token",
         "--per_device_batch_size", str(sizes.answer_batch), "--chunk_size", str(sizes.answer_batch),
@@ -310,39 +320,41 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
         "--save_steps", "100", *common,
     ])  # fmt: skip
     variants = os.path.join(root, "variants")
-    inits = {
-        "no-thinking": init_variant(os.path.join(variants, "no-thinking", "init"),
-                                    ["--backbone", grid, "--variant", "teacher", "--think", "never"]),
-        "zero-shot": init_variant(os.path.join(variants, "zero-shot", "init"),
-                                  ["--backbone", grid, "--variant", "student", "--reasoner", grid,
-                                   "--max_new_tokens", str(sizes.max_new_tokens)]),
-        "student": init_variant(os.path.join(variants, "student", "init"),
-                                ["--backbone", grid, "--variant", "student", "--reasoner", reasoner,
-                                 "--max_new_tokens", str(sizes.max_new_tokens)]),
-        "teacher": init_variant(os.path.join(variants, "teacher", "init"), ["--backbone", grid, "--variant", "teacher"]),
+    starts = {  # `training.init_model`'s arguments for each variant's untrained model
+        "no-thinking": ["--backbone", grid, "--variant", "teacher", "--think", "never"],
+        "zero-shot": ["--backbone", grid, "--variant", "student", "--reasoner", grid,
+                      "--max_new_tokens", str(sizes.max_new_tokens)],
+        "student": ["--backbone", grid, "--variant", "student", "--reasoner", reasoner,
+                    "--max_new_tokens", str(sizes.max_new_tokens)],
+        "teacher": ["--backbone", grid, "--variant", "teacher"],
         # TTE_u: the SFT'd backbone, its head a copy of its top N layers (trained on top of the frozen backbone)
-        "unified": init_variant(os.path.join(variants, "unified", "init"),
-                                ["--backbone", reasoner, "--variant", "unified", "--head_num_layers",
-                                 str(sizes.head_layers), "--max_new_tokens", str(sizes.max_new_tokens)]),
+        "unified": ["--backbone", reasoner, "--variant", "unified", "--head_num_layers", str(sizes.head_layers),
+                    "--max_new_tokens", str(sizes.max_new_tokens)],
     }  # fmt: skip
-    traces = {"no-thinking": None, "teacher": oracle_train}
-    for name in ("zero-shot", "student"):
-        traces[name] = generate_traces(inits[name], configs["embed"], os.path.join(root, "traces", name), sizes)
-    # The student's reasoner is the unified backbone, with the same prompts and greedy decoding: the same traces.
+    # The student's reasoner is the unified backbone, with the same prompts and greedy decoding: the same traces (so
+    # the student is trained before the unified head).
+    traces = {"no-thinking": None, "teacher": oracle_train, **{name: os.path.join(root, "traces", name)
+                                                               for name in ("zero-shot", "student")}}  # fmt: skip
     traces["unified"] = traces["student"]
     budget = ["--data_config", configs["embed"], "--per_device_batch_size", str(sizes.embed_batch),
               "--chunk_size", str(sizes.embed_batch), "--max_steps", str(sizes.embed_steps),
               "--learning_rate", str(sizes.embed_lr), "--lr_scheduler", "cosine",
               "--warmup_steps", str(sizes.embed_steps // 10), "--save_steps", "50", *common]  # fmt: skip
     models = {}
-    for name, init in inits.items():
+    for name, arguments in starts.items():
+        folder, init = os.path.join(variants, name), os.path.join(variants, name, "init")
+        if not stage_finished(folder):
+            init_variant(init, arguments)
+            if name in ("zero-shot", "student"):
+                generate_traces(init, configs["embed"], traces[name], sizes)
         sides = ["--traces", traces[name], "--trace_sides", "query"] if traces[name] else ["--trace_sides", ""]
         if name == "unified":  # the head: the same N layers, trained on the frozen backbone
-            models[name] = training_stage("training.train_head", os.path.join(variants, name),
-                                          ["--model_path", init, *sides, *budget])  # fmt: skip
+            models[name] = training_stage("training.train_head", folder, ["--model_path", init, *sides, *budget],
+                                          starting_points=(init,))  # fmt: skip
         else:
-            models[name] = training_stage("training.train_embedder", os.path.join(variants, name), [
-                "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget])  # fmt: skip
+            models[name] = training_stage("training.train_embedder", folder, [
+                "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget],
+                starting_points=(init,))  # fmt: skip
     # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16) and
     # the model rebuilt from them, which is what gets evaluated.
     stages = {**{name: os.path.join(root, name) for name in ("vision-grid", "reasoner")},
