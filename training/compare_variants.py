@@ -2,7 +2,8 @@
 measured here side by side in one run.
 
 For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) it reads `eval/<name>/results.json`
-and reports the score per task family and overall, and measures on the same sample of test queries, in one process
+and reports the score per task family and overall; for each variant that thinks, also the same model's score without
+thinking (`eval/<name>-think-never/results.json`, `tte-eval --think never`: what its traces buy). It measures on the same sample of test queries, in one process
 and alternating between variants, the reasoning tokens per query, the embedding latency per query (batch 1) and the
 parameters held in memory. The teacher is the **oracle describer**: its traces come from the scene graph, cost
 nothing to produce and are not a model's; its latency is the embedder's alone. A text-only baseline,
@@ -43,6 +44,7 @@ from tte_eval.user_tasks import load_user_tasks
 
 
 VARIANTS = ("no-thinking", "zero-shot", "student", "teacher", "unified")
+THINKING_VARIANTS = VARIANTS[1:]  # evaluated at their published policy and at think=never
 CONTROL_TASK = "easy-vqa-control"
 # Table columns: each a family of scene tasks (MMEB's families), then the relational / count group and the control.
 FAMILY_TASKS = {
@@ -67,6 +69,12 @@ def variant_model(run_dir: str, name: str) -> str:
     """The model folder a variant is evaluated as: the unified model as published (rebuilt from its assets), the
     others as trained."""
     return os.path.join(run_dir, "published") if name == "unified" else os.path.join(run_dir, "variants", name, "model")
+
+
+def results_file(run_dir: str, name: str, think: str | None = None) -> str:
+    """The variant's `tte-eval` results: at the policy its config sets, or at the policy `think`."""
+    folder = name if think is None else f"{name}-think-{think}"
+    return os.path.join(run_dir, "eval", folder, "results.json")
 
 
 def training_settings(run_dir: str, name: str) -> dict:
@@ -207,6 +215,13 @@ def markdown(comparison: dict) -> str:
         costs = f"{entry['think_tokens_per_query']:.1f} | {entry['latency_ms_per_query']:.0f} | {entry['parameters'] / 1e6:.1f}"
         label = f"{name} (oracle teacher)" if name == "teacher" else name
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {costs} |")
+    lines += ["", "The same models without thinking (`tte-eval --think never`: each query embedded with the empty trace):",
+              "", "| variant | overall, thinking | overall, think=never | what thinking adds |", "|---|---|---|---|"]
+    for name, entry in comparison["variants"].items():
+        if "without_thinking" in entry:
+            label = f"{name} (oracle teacher)" if name == "teacher" else name
+            thinking, never = entry["scores"]["overall"], entry["without_thinking"]["scores"]["overall"]
+            lines.append(f"| {label} | {thinking:.1f} | {never:.1f} | {thinking - never:+.1f} |")
     baseline = comparison["baselines"]["minilm"]
     lines += ["", f"- Scores: hit@1 (%); overall is the {comparison['overall']}.",
               f"- The teacher is an **oracle**, {comparison['teacher']}: its traces are written from the scene graph, "
@@ -219,21 +234,34 @@ def markdown(comparison: dict) -> str:
 
 
 def plot_points(comparison: dict) -> list[dict]:
-    """One point per variant: its name, think policy, reasoning tokens per query and overall score."""
+    """One point per variant and think policy: the variant's name, the policy, reasoning tokens per query and overall
+    score. A variant that thinks has a second point, think=never, at zero tokens (that policy generates none)."""
     points = []
     for name, variant in comparison["variants"].items():
         label = f"{name} (oracle)" if name == "teacher" else name  # the teacher is the scene-graph oracle
         points.append({"variant": label, "think": variant["settings"]["model_settings"]["think"],
                        "tokens": variant["think_tokens_per_query"], "score": variant["scores"]["overall"]})  # fmt: skip
+        if "without_thinking" in variant:
+            never = variant["without_thinking"]
+            points.append({"variant": label, "think": never["settings"]["model_settings"]["think"], "tokens": 0.0,
+                           "score": never["scores"]["overall"]})  # fmt: skip
     return points
 
 
 def draw_plot(points: list[dict], title: str) -> plt.Figure:
-    """Overall score against reasoning tokens per query; one scatter collection per point, in `points` order."""
+    """Overall score against reasoning tokens per query; one scatter collection per point, in `points` order. A
+    variant keeps its colour across policies: its first point (the published policy) is filled and annotated with its
+    name, a further policy's point is hollow (the legend names every point)."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    colours = {}
     for point in points:
-        axes.scatter([point["tokens"]], [point["score"]], s=60, label=f"{point['variant']}, think={point['think']}")
-        axes.annotate(point["variant"], (point["tokens"], point["score"]), textcoords="offset points", xytext=(6, 4))
+        first = point["variant"] not in colours
+        colour = colours.setdefault(point["variant"], f"C{len(colours)}")
+        axes.scatter([point["tokens"]], [point["score"]], s=60, label=f"{point['variant']}, think={point['think']}",
+                     facecolors=colour if first else "none", edgecolors=colour)  # fmt: skip
+        if first:
+            axes.annotate(point["variant"], (point["tokens"], point["score"]), textcoords="offset points",
+                          xytext=(6, 4))  # fmt: skip
     axes.set_xlabel("reasoning tokens per query")
     axes.set_ylabel("overall hit@1 (%)")
     axes.set_title(title, fontsize=10)
@@ -264,9 +292,13 @@ def compare(args: CompareArgs) -> dict:
     oracle_store = os.path.join(tasks_dir, "oracle-traces")
     variants = {}
     for name in VARIANTS:
-        scores, settings = task_scores(os.path.join(args.run_dir, "eval", name, "results.json"))
+        scores, settings = task_scores(results_file(args.run_dir, name))
         settings["training_seed"] = training_settings(args.run_dir, name)["seed"]
         variants[name] = {"scores": summarise(scores), "task_scores": scores, "settings": settings}
+        if name in THINKING_VARIANTS:  # the same model, every query embedded with the empty trace
+            scores, settings = task_scores(results_file(args.run_dir, name, "never"))
+            variants[name]["without_thinking"] = {"scores": summarise(scores), "task_scores": scores,
+                                                  "settings": settings}  # fmt: skip
     models = {name: TTEModel.from_pretrained(variant_model(args.run_dir, name)).eval() for name in VARIANTS}
     oracle, _ = read_query_traces(oracle_store)
     plain, with_trace = latency_sample(tasks_dir, args.latency_queries, oracle)

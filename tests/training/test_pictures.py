@@ -17,15 +17,24 @@ def committed_comparison() -> dict:
         return json.load(handle)
 
 
-def test_the_plot_draws_each_variants_tokens_and_overall_score_from_the_results():
+def test_the_plot_draws_each_variant_and_policy_from_the_results():
     comparison = committed_comparison()
     figure = draw_plot(plot_points(comparison), "title")
     drawn = [tuple(collection.get_offsets()[0]) for collection in figure.axes[0].collections]
-    expected = [(v["think_tokens_per_query"], v["scores"]["overall"]) for v in comparison["variants"].values()]
+    expected, expected_labels = [], []
+    for name, variant in comparison["variants"].items():
+        label = "teacher (oracle)" if name == "teacher" else name
+        expected.append((variant["think_tokens_per_query"], variant["scores"]["overall"]))
+        expected_labels.append(f"{label}, think={'never' if name == 'no-thinking' else 'queries'}")
+        if name != "no-thinking":  # each variant that thinks, also without thinking: no reasoning tokens
+            expected.append((0.0, variant["without_thinking"]["scores"]["overall"]))
+            expected_labels.append(f"{label}, think=never")
     assert np.allclose(drawn, expected)
-    labels = figure.axes[0].get_legend_handles_labels()[1]
-    assert labels[list(comparison["variants"]).index("teacher")].startswith("teacher (oracle)")
-    assert "no-thinking, think=never" in labels
+    assert figure.axes[0].get_legend_handles_labels()[1] == expected_labels
+    # a variant keeps its colour; its think=never point is hollow
+    faces = [collection.get_facecolors() for collection in figure.axes[0].collections]
+    edges = [tuple(collection.get_edgecolors()[0]) for collection in figure.axes[0].collections]
+    assert edges[1] == edges[2] and len(faces[2]) == 0 and len(faces[1]) == 1
 
 
 def test_committed_plots_are_the_ones_the_committed_results_make(tmp_path):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.training.helpers import REPO_ROOT, subprocess_env
 from training.assets import MANIFEST, PLOT, WEIGHTS, build_model, read_manifest, state_digest
-from training.compare_variants import markdown, summarise, task_scores, variant_model
+from training.compare_variants import THINKING_VARIANTS, markdown, summarise, task_scores, variant_model
 from training.export import FIGURE
 from training.recipes.tte_mini import part1_from_assets
 from tte_eval.model_io import model_hash
@@ -97,6 +97,7 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
     assert all(stored[name].dtype == torch.bfloat16 for name in stored if name.startswith("head."))
     expected = {WEIGHTS, "easy_vqa.json", "results/comparison.json", "results/comparison.md", PLOT,
                 *(f"results/{name}.json" for name in VARIANTS), *(f"runs/{name}.json" for name in STAGES),
+                *(f"results/{name}-think-never.json" for name in THINKING_VARIANTS),
                 *(f"settings/{name}.json" for name in STAGES)}  # fmt: skip
     assert set(manifest["files"]) == expected
     results = json.load(open(os.path.join(assets, "easy_vqa.json")))
@@ -134,6 +135,15 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
         assert entry["settings"] == {**settings, "training_seed": 0}
         traces = settings["query_traces"]
         assert (traces is not None and "oracle" in traces["reasoner"]) == (name == "teacher")
+        assert settings["model_settings"]["think"] == ("never" if name == "no-thinking" else "queries")
+        if name in THINKING_VARIANTS:  # the same model, evaluated without thinking
+            scores, settings = task_scores(os.path.join(assets, "results", f"{name}-think-never.json"))
+            assert entry["without_thinking"]["scores"] == summarise(scores)
+            assert entry["without_thinking"]["settings"] == settings
+            assert settings["model_hash"] == model_hash(variant_model(smoke_run, name))
+            assert settings["model_settings"]["think"] == "never" and settings["query_traces"] is None
+        else:
+            assert "without_thinking" not in entry
     assert comparison["seed"] == 0
     assert markdown(comparison) == open(os.path.join(assets, "results", "comparison.md")).read()
 

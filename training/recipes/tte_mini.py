@@ -29,7 +29,8 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
 12. `traces/<name>`: `training.generate_traces` of the zero-shot and student reasoners on the embedder's data;
 13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
     `training.train_head` (N layers) on the frozen SFT'd backbone for unified;
-14. `eval/<name>/`: `tte-eval` on the held-out test tasks, then `training.compare_variants` writes the comparison.
+14. `eval/<name>/`: `tte-eval` on the held-out test tasks (and `eval/<name>-think-never/`, each variant that thinks
+    evaluated with `--think never`), then `training.compare_variants` writes the comparison.
 
 A stage whose output exists is skipped, and a training stage that was interrupted resumes from its newest
 checkpoint, so rerunning the same command continues where a run stopped.
@@ -48,7 +49,7 @@ from transformers import HfArgumentParser
 from training.assets import (COMPARISON, INIT_SETTINGS, MANIFEST, PLOT, add_asset_files, build_model, extract_assets,
                              read_manifest)
 from training.checkpoint import latest_checkpoint, prune_training_state, write_atomic
-from training.compare_variants import variant_model
+from training.compare_variants import THINKING_VARIANTS, results_file, variant_model
 from training.scene_tasks import KINDS, SceneTaskArgs, write_one_shape_sft, write_scene_tasks
 from training.scenes import write_alignment_source
 
@@ -282,13 +283,14 @@ def generate_traces(model: str, data_config: str, folder: str, sizes: Sizes) -> 
     return folder
 
 
-def evaluate_variant(model: str, tasks_dir: str, output: str, name: str, traces: str | None = None) -> str:
-    """`tte-eval` on the held-out test tasks; the results file records every comparability setting."""
-    results = os.path.join(output, "results.json")
+def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces: str | None = None,
+                     think: str | None = None) -> str:  # fmt: skip
+    """`tte-eval` on the held-out test tasks into `results` (at the model's think policy, or `think`); the results
+    file records every comparability setting."""
     if not os.path.isfile(results):
-        run_stage("tte_eval", ["evaluate", "--model", model, "--tasks-dir", tasks_dir, "--output", output,
-                               "--model-name", name, "--batch-size", "16",
-                               *(["--traces", traces] if traces else [])])  # fmt: skip
+        run_stage("tte_eval", ["evaluate", "--model", model, "--tasks-dir", tasks_dir, "--output",
+                               os.path.dirname(results), "--model-name", name, "--batch-size", "16",
+                               *(["--traces", traces] if traces else []), *(["--think", think] if think else [])])  # fmt: skip
     return results
 
 
@@ -366,9 +368,12 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
         run_stage("training.eval_easy_vqa", ["--model_path", models["unified"], "--output", qa, "--max_new_tokens",
                                              str(sizes.max_new_tokens), "--max_images", str(sizes.qa_images)])  # fmt: skip
     tasks_dir = os.path.join(scene_tasks, "test")
-    results = {name: evaluate_variant(model, tasks_dir, os.path.join(root, "eval", name), name,
+    results = {name: evaluate_variant(model, tasks_dir, results_file(root, name), name,
                                       oracle_test if name == "teacher" else None)
                for name, model in models.items()}  # fmt: skip
+    for name in THINKING_VARIANTS:  # the same models without thinking: what each one's traces buy
+        results[f"{name}-think-never"] = evaluate_variant(models[name], tasks_dir, results_file(root, name, "never"),
+                                                          name, think="never")  # fmt: skip
     comparison = os.path.join(root, "comparison")
     run_stage("training.compare_variants", ["--run_dir", root, "--output", comparison,
                                             "--latency_queries", str(sizes.latency_queries)])  # fmt: skip
