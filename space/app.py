@@ -191,7 +191,7 @@ def search_tab(model, policies, tasks) -> None:
     inputs = [query_text, query_image, instruction, task, candidate_texts, candidate_images, think, tokens]
     # a partial, not a lambda: Gradio streams the outputs of what it can see is a generator function
     outputs = [trace, thinking_chart, thinking_list, plain_chart, plain_list]
-    button.click(functools.partial(search, model), inputs, outputs)
+    button.click(functools.partial(search, model), inputs, outputs, api_name="search")  # also for gradio_client
     examples = load_examples()
     if examples:
         gr.Examples(examples, [query_text, query_image, instruction, task, candidate_texts])
@@ -210,8 +210,8 @@ def compare_tab(model, policies, tasks) -> None:
     with gr.Row():
         trace_a, trace_b = gr.Textbox(label="Trace A"), gr.Textbox(label="Trace B")
     similarity = gr.Markdown()
-    button.click(functools.partial(compare, model),
-                 [text_a, image_a, text_b, image_b, instruction, task, think, tokens], [trace_a, trace_b, similarity])
+    inputs = [text_a, image_a, text_b, image_b, instruction, task, think, tokens]
+    button.click(functools.partial(compare, model), inputs, [trace_a, trace_b, similarity], api_name="compare")
 
 
 def build_demo(model, policies, tasks) -> gr.Blocks:
@@ -225,7 +225,12 @@ def build_demo(model, policies, tasks) -> gr.Blocks:
     return demo
 
 
+def queued(demo: gr.Blocks, size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The demo behind gradio's queue: `CONCURRENCY` requests run at once, up to `size` more wait, and a request past
+    that is refused with "queue is full" instead of piling up on a Space's few cores."""
+    return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=size)
+
+
 if __name__ == "__main__":
-    demo = build_demo(*load_model())
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    demo = queued(build_demo(*load_model()))
     demo.launch(max_file_size=MAX_UPLOAD, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

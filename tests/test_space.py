@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import gradio as gr
 import numpy as np
@@ -186,3 +187,41 @@ def test_the_page_offers_auto_only_for_a_model_with_a_gate(app, tiny_tte_folder,
     assert list(policies) == ["always", "never", "queries"]
     _, policies, _ = app.load_model(gated_export_folder)
     assert list(policies) == ["always", "never", "queries", "auto"]
+
+
+def test_the_queue_runs_one_request_at_a_time_and_refuses_past_its_size(app, tiny_tte_folder):
+    from gradio_client import Client
+
+    model, policies, tasks = app.load_model(tiny_tte_folder)
+    running, most = [0], [0]
+    embed = model.embed
+
+    def slow_embed(*arguments, **settings):  # long enough that every request below is sent while the first runs
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.5)
+            return embed(*arguments, **settings)
+        finally:
+            running[0] -= 1
+
+    model.embed = slow_embed
+    demo = app.queued(app.build_demo(model, policies, tasks), size=2)
+    assert app.CONCURRENCY == 1
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        arguments = ["a question", None, "Answer.", "vqa", "a red circle\na blue square", None, "never", 4]
+        jobs = [client.submit(*arguments, api_name="/search") for _ in range(6)]
+        outcomes = []
+        for job in jobs:
+            try:
+                job.result(timeout=120)
+                outcomes.append("done")
+            except Exception as error:  # gradio_client raises its own error types for a refused request
+                outcomes.append(str(error))
+    finally:
+        demo.close()
+    assert most[0] == 1  # one request at a time
+    assert outcomes.count("done") == 3, outcomes  # the running one and the two that fit in the queue
+    assert all("queue is full" in outcome.lower() for outcome in outcomes if outcome != "done"), outcomes
