@@ -39,7 +39,8 @@ class TTESentenceTransformer(InputModule):
     config_keys = ["default_side"]
     forward_kwargs = {"think", "instruction", "task_family", "max_new_tokens"}
     save_in_root = True
-    modalities = ["text", "image", ("image", "text"), "message"]  # "message" lets mixed batches through
+    # "message" lets mixed batches through; a video is a file path, a folder of frames or a list of frames
+    modalities = ["text", "image", "video", ("image", "text"), ("text", "video"), "message"]
 
     def __init__(self, model: TTEModel, default_side: str = "query", **kwargs):
         super().__init__()
@@ -67,7 +68,7 @@ class TTESentenceTransformer(InputModule):
         """Keep the raw batch for `forward`; `embed` parses it with the processor (once).
 
         Args:
-            inputs: texts, images, or dicts with `text`, `image`, `instruction`, `task`, `think`.
+            inputs: texts, images, videos, or dicts with `text`, `image`, `video`, `instruction`, `task`, `think`.
             prompt: the resolved sentence-transformers prompt, used as the instruction when non-empty.
             task: `"query"` or `"document"` from `encode_query` / `encode_document`; None for plain `encode`.
         """

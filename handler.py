@@ -6,8 +6,10 @@ loads the model code from the repository with `trust_remote_code=True`.
 Request (the feature-extraction schema, extended with images and TTE parameters):
 
     {
-      "inputs": "a text" | [item, ...],   item: a text, an image as a "data:image/...;base64,..." URI, or
-                                          {"text": ..., "image": ..., "instruction": ..., "task": ..., "think": ...}
+      "inputs": "a text" | [item, ...],   item: a text, an image as a "data:image/...;base64,..." URI, a video
+                                          as a "data:video/...;base64,..." URI, or {"text": ..., "image": ...,
+                                          "video": ..., "instruction": ..., "task": ..., "think": ...}, where a
+                                          video is such a URI or a list of frames, each an image as above
       "prompt_name": "query" | "document",   the side; queries think under the default policy (default "query")
       "normalize": true,                     embeddings are L2-normalised; false is refused for such a model
       "truncate": false,                     inputs are never cut; true is refused
@@ -16,7 +18,7 @@ Request (the feature-extraction schema, extended with images and TTE parameters)
                      "truncate_dim": 256, "return_reasoning": false, "return_stats": false}
     }
 
-A bare string is text unless it is a `data:` URI. An image given as an http(s) URL is fetched only when the endpoint
+A bare string is text unless it is a `data:` URI. An image (or a video's frame) given as an http(s) URL is fetched only when the endpoint
 sets `TTE_ALLOW_IMAGE_URLS=1`, within the processor's `URLFetchLimits` (size, total deadline, http(s) only, public
 addresses only); `TTE_ALLOWED_PRIVATE_NETWORKS=10.0.0.0/8,...` lets it fetch from those private networks too. Local
 file paths are never read.
@@ -42,7 +44,7 @@ TRACE_CACHE_ENV = "TTE_TRACE_CACHE"
 REQUEST_KEYS = {"inputs", "prompt_name", "normalize", "truncate", "parameters"}
 REPLY_FLAGS = ("return_reasoning", "return_stats")  # parameters that shape the reply, not the embeddings
 PARAMETER_KEYS = {"think", "instruction", "task", "reasoning", "truncate_dim", *REPLY_FLAGS}
-ITEM_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
+ITEM_KEYS = {"text", "image", "video", "instruction", "task", "think", "reasoning"}
 PROMPT_NAMES = ("query", "document")
 
 
@@ -61,10 +63,27 @@ def check_image_reference(value, where: str, allow_urls: bool) -> None:
                      f"{value[:40]!r}")  # fmt: skip
 
 
+def check_video_reference(value, where: str, allow_urls: bool) -> None:
+    """Accept a `data:video/...` URI or a non-empty list of frames, each an image reference; never a server path."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{where}: the video has no frames")
+        for number, frame in enumerate(value):
+            check_image_reference(frame, f"{where}[{number}]", allow_urls)
+        return
+    if isinstance(value, str) and value.startswith("data:video/"):
+        return
+    raise ValueError(f"{where}: a video must be a 'data:video/...;base64,...' URI or a list of frames (image data "
+                     f"URIs), got {str(value)[:40]!r}")  # fmt: skip
+
+
 def parse_item(item, index: int, allow_urls: bool) -> dict:
-    """One request item as an explicit `{"text"/"image", ...}` dict, so no string is ever read as a file path."""
+    """One request item as an explicit `{"text"/"image"/"video", ...}` dict, so no string is ever read as a file
+    path."""
     where = f"inputs[{index}]"
     if isinstance(item, str):
+        if item.startswith("data:video/"):
+            return {"video": item}
         if item.startswith("data:"):
             return {"image": item}
         return {"text": item}
@@ -76,6 +95,8 @@ def parse_item(item, index: int, allow_urls: bool) -> dict:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed keys are {sorted(ITEM_KEYS)}")
     if item.get("image") is not None:
         check_image_reference(item["image"], f"{where}['image']", allow_urls)
+    if item.get("video") is not None:
+        check_video_reference(item["video"], f"{where}['video']", allow_urls)
     return item
 
 

@@ -41,6 +41,7 @@ from .configuration_tte import THINK_POLICIES, TTEConfig
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
 from .reasoning_tte import OpenAIChatReasoner
 from .trace_cache_tte import TraceCache, trace_key
+from .video_tte import VideoSampling
 
 
 logger = logging.get_logger(__name__)
@@ -120,16 +121,31 @@ def decoder_of(model: PreTrainedModel) -> nn.Module:
     return getattr(base, "language_model", base)
 
 
-def position_ids_of(model: PreTrainedModel, input_ids, attention_mask, mm_token_type_ids=None, image_grid_thw=None):
-    """Position ids of left-padded inputs to `model` (a backbone or generator): 3D M-RoPE ids for Qwen-VL, else
-    counted from the first real token."""
+# The processor's vision features, as the backbone's forward and generate take them (`second_per_grid_ts`: Qwen2.5-VL).
+VISION_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def vision_inputs_of(features) -> dict:
+    """The vision features present in `features` (a processor's output or a dict of them)."""
+    return {key: features[key] for key in VISION_INPUT_KEYS if features.get(key) is not None}
+
+
+def grids_of(features) -> dict:
+    """The vision features that place tokens in M-RoPE positions (`position_ids_of`'s `grids`)."""
+    return {key: features.get(key) for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+
+
+def position_ids_of(model: PreTrainedModel, input_ids, attention_mask, mm_token_type_ids=None, **grids):
+    """Position ids of left-padded inputs to `model` (a backbone or generator): 3D M-RoPE ids for Qwen-VL (`grids`:
+    `image_grid_thw`, `video_grid_thw`, `second_per_grid_ts`, where present), else counted from the first real
+    token."""
     base = base_model_of(model)
     if hasattr(base, "get_rope_index"):
         if mm_token_type_ids is None:
             mm_token_type_ids = torch.zeros_like(input_ids)
-        position_ids, _ = base.get_rope_index(
-            input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
-        )
+        grids = {key: value for key, value in grids.items() if value is not None}
+        position_ids, _ = base.get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids,
+                                              attention_mask=attention_mask, **grids)  # fmt: skip
         return position_ids
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -670,9 +686,14 @@ class TTEModel(TTEPreTrainedModel):
 
     # ----- forward: built inputs -> embeddings -----
 
-    def position_ids_for(self, input_ids, attention_mask, mm_token_type_ids=None, image_grid_thw=None):
+    def position_ids_for(self, input_ids, attention_mask, mm_token_type_ids=None, **grids):
         """Position ids of left-padded inputs: 3D M-RoPE ids for Qwen-VL, else counted from the first real token."""
-        return position_ids_of(self.backbone, input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        return position_ids_of(self.backbone, input_ids, attention_mask, mm_token_type_ids, **grids)
+
+    def positions_of(self, features) -> torch.LongTensor:
+        """`position_ids_for` the processor's `features` (their ids, mask, token types and vision grids)."""
+        return self.position_ids_for(features["input_ids"], features["attention_mask"], features.get("mm_token_type_ids"),
+                                     **grids_of(features))  # fmt: skip
 
     def source_layer(self) -> nn.Module:
         """Unified variant: the backbone decoder layer whose outputs feed the head (layer L-N by default)."""
@@ -694,6 +715,9 @@ class TTEModel(TTEPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
         source_states: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         prefix_lengths: torch.LongTensor | None = None,
@@ -704,7 +728,8 @@ class TTEModel(TTEPreTrainedModel):
         Args:
             input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): prompt + trace + embedding token, left-padded.
             attention_mask (`torch.Tensor` of shape `(batch, seq_len)`).
-            pixel_values, image_grid_thw, mm_token_type_ids: the Qwen-VL vision inputs from the processor.
+            pixel_values, image_grid_thw, mm_token_type_ids, pixel_values_videos, video_grid_thw, second_per_grid_ts:
+                the Qwen-VL vision inputs from the processor.
             source_states (`torch.Tensor` of shape `(batch, seq_len, hidden)`, *optional*): unified variant only;
                 layer L-N states already computed (by generation), so the trunk is skipped.
             position_ids (`torch.LongTensor`, *optional*): from `position_ids_for`, when the caller has them already.
@@ -716,10 +741,12 @@ class TTEModel(TTEPreTrainedModel):
         Returns:
             `TTEEmbeddingOutput` with `embeddings` of shape `(batch, embedding_dim)`, fp32.
         """
-        vision_inputs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
-        vision_inputs = {key: value for key, value in vision_inputs.items() if value is not None}
+        vision_inputs = vision_inputs_of({"pixel_values": pixel_values, "image_grid_thw": image_grid_thw,
+                                          "pixel_values_videos": pixel_values_videos, "video_grid_thw": video_grid_thw,
+                                          "second_per_grid_ts": second_per_grid_ts})  # fmt: skip
         if position_ids is None:
-            position_ids = self.position_ids_for(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+            position_ids = self.positions_of({"input_ids": input_ids, "attention_mask": attention_mask,
+                                              "mm_token_type_ids": mm_token_type_ids, **vision_inputs})  # fmt: skip
         if (self.config.use_prefix_cache and source_states is None and prefix_lengths is not None
                 and bool(prefix_lengths.any()) and not dropout_is_active(self)):  # fmt: skip
             return self._forward_after_prefixes(input_ids, attention_mask, position_ids, prefix_lengths, vision_inputs)
@@ -772,8 +799,7 @@ class TTEModel(TTEPreTrainedModel):
         if not self.config.use_prefix_cache or not bool(prefix_lengths.any()):
             return inputs
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-        position_ids = self.position_ids_for(input_ids, attention_mask, inputs.get("mm_token_type_ids"),
-                                             inputs.get("image_grid_thw"))  # fmt: skip
+        position_ids = self.positions_of(inputs)
         split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
         states = [self.prefix_states(prefix, for_generation=True) for prefix in split.prefixes]
         prompt = torch.cat([split.prefix_ids(self.config.pad_token_id), split.rest_ids], dim=1)
@@ -998,11 +1024,12 @@ class TTEModel(TTEPreTrainedModel):
         return "gate" if policy == "auto" and side == "query" else "no"
 
     def _start_call(
-        self, inputs, instruction, task, side: str, think, reasoning, streamer, trace_cache, max_new_tokens
-    ) -> EmbedCall:
+        self, inputs, instruction, task, side: str, think, reasoning, streamer, trace_cache, max_new_tokens,
+        video_sampling=None,
+    ) -> EmbedCall:  # fmt: skip
         """Parse the inputs, take each given trace as its token ids (checked here, once), decide who thinks (or
         leave it to the gate), and take the traces the trace cache has."""
-        items = self.processor.parse_inputs(inputs, instruction, task)
+        items = self.processor.parse_inputs(inputs, instruction, task, video_sampling)
         given = self._given_traces(reasoning, items)
         trace_ids = [[] if trace is None else self.processor.trace_token_ids(trace, f"reasoning[{i}]")
                      for i, trace in enumerate(given)]  # fmt: skip
@@ -1131,10 +1158,9 @@ class TTEModel(TTEPreTrainedModel):
                 rows.append(self(**self._embedding_inputs(chunk, [[] for _ in chunk], names)).embeddings)
                 continue
             prompts = self.processor.build_reasoning_inputs(chunk).to(self.device)
-            position_ids = self.position_ids_for(prompts["input_ids"], prompts["attention_mask"],
-                                                 prompts.get("mm_token_type_ids"), prompts.get("image_grid_thw"))
-            vision_inputs = {key: prompts[key] for key in ("pixel_values", "image_grid_thw") if key in prompts}
-            states = self.source_states(prompts["input_ids"], prompts["attention_mask"], position_ids, **vision_inputs)
+            position_ids = self.positions_of(prompts)
+            states = self.source_states(prompts["input_ids"], prompts["attention_mask"], position_ids,
+                                        **vision_inputs_of(prompts))  # fmt: skip
             rows.append(states[:, -1])  # left padding: the last column is each prompt's last token
         return torch.cat(rows).float()
 
@@ -1205,9 +1231,7 @@ class TTEModel(TTEPreTrainedModel):
         """Unified single pass: reuse the layer L-N states captured while generating. The embedding inputs are the
         reasoning prompts' ids + the generated ids + the embedding token, so they continue the generation exactly."""
         inputs = self._embedding_inputs(items, trace_ids, where)
-        position_ids = self.position_ids_for(
-            inputs["input_ids"], inputs["attention_mask"], inputs.get("mm_token_type_ids"), inputs.get("image_grid_thw")
-        )
+        position_ids = self.positions_of(inputs)
         if state.first_fed == 0:
             source = right_aligned(self._single_pass_source_rows(state, position_ids), inputs["attention_mask"])
             return self(**inputs, source_states=source, position_ids=position_ids).embeddings
@@ -1256,14 +1280,18 @@ class TTEModel(TTEPreTrainedModel):
         streamer: BaseStreamer | None = None,
         trace_cache: "TraceCache | str | os.PathLike | None" = None,
         return_stats: bool = False,
+        video_sampling: "VideoSampling | dict | None" = None,
     ):
-        r"""Embed texts, images and text+image pairs, thinking first where the policy says so.
+        r"""Embed texts, images, videos and their pairs with texts, thinking first where the policy says so.
 
         Args:
-            inputs: one input or a list: `str` (text, or an image path / URL / `data:` URI), PIL image, `bytes`, or a
-                dict with keys `text`, `image`, `instruction`, `task`, `think`.
+            inputs: one input or a list: `str` (text, or an image or video file path / URL / `data:` URI), PIL image,
+                `bytes` (an image), or a dict with keys `text`, `image`, `video`, `instruction`, `task`, `think`,
+                `reasoning`. A video is a list of frames (anything an image may be), a folder of frame images, a
+                video file (mp4, webm, avi, mkv, mov; decoded with PyAV) or its bytes.
             instruction: instruction for every input without its own.
-            task: ECR prompt family (`processing_tte.TASK_FAMILIES`); default `"retrieval"`.
+            task: ECR prompt family (the processor's `task_families`); default `"retrieval"`, and for a video the
+                prompt set's `"video"` family where it has one (ecr-v2).
             side: `"query"` or `"document"`; decides thinking under the `"queries"` policy.
             think: `True`/`False` or `"always"`/`"never"`/`"queries"`; default `config.think`.
             reasoning: precomputed traces, one per input (`None` entries are generated if they think); a dict input
@@ -1290,6 +1318,9 @@ class TTEModel(TTEPreTrainedModel):
                 New traces are stored.
             return_stats: also return an `EmbedStats`: inputs that thought, cache hits, given traces, inputs without
                 a trace, generated tokens, traces cut at the bound, seconds generating and embedding.
+            video_sampling: this call's video settings, a `VideoSampling` or a dict of the fields to change
+                (`num_frames`, `fps`, `max_frame_pixels`, `max_video_pixels`, `min_frame_pixels`); default the
+                processor's.
 
         Returns:
             `(n, dim)` embeddings; with `return_reasoning` and/or `return_stats`, a tuple `(embeddings, traces,
@@ -1314,7 +1345,7 @@ class TTEModel(TTEPreTrainedModel):
         if not isinstance(return_stats, bool):
             raise TypeError(f"return_stats must be True or False, got {return_stats!r}")
         call = self._start_call(inputs, instruction, task, side, think, reasoning, streamer, trace_cache,
-                                max_new_tokens)  # fmt: skip
+                                max_new_tokens, video_sampling)  # fmt: skip
         for batch in self._batches(call, batch_size, show_progress_bar):
             self._embed_batch(call, batch, max_new_tokens)
         call.stats.trace_tokens = sum(map(len, call.trace_ids))

@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import io
 import ipaddress
+import math
 import os
 import socket
 import ssl
@@ -32,8 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import BatchFeature, ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin, Qwen3VLProcessor
 from transformers.utils import logging
+from transformers.video_utils import VideoMetadata
+
+from .video_tte import PATCH_PIXELS, PATCH_SIDE, Video, VideoSampling, load_video, looks_like_video_file
 
 
 logger = logging.get_logger(__name__)
@@ -62,14 +66,25 @@ PROMPT_SETS = {
         "detail: title, headings, tables, figures and key numbers, then summarise it. " + _TRACE_FORMAT,
     }
 }
-TASK_FAMILIES = tuple(PROMPT_SETS["ecr-v1"])
+# ecr-v2: ecr-v1 and a family for videos (ecr-v1's prompts unchanged, so its traces keep their meaning).
+PROMPT_SETS["ecr-v2"] = {
+    **PROMPT_SETS["ecr-v1"],
+    "video": "You watch a video so that it can be matched to a query, a caption or a label. Describe the events in "
+    "the order they happen: who or what moves, appears or disappears, and where. Then reason about what the "
+    "instruction asks of the video. " + _TRACE_FORMAT,
+}
+TASK_FAMILIES = tuple(PROMPT_SETS["ecr-v2"])
 DEFAULT_TASK_FAMILY = "retrieval"
-_INPUT_KEYS = {"text", "image", "instruction", "task", "think", "reasoning"}
+VIDEO_TASK_FAMILY = "video"  # a video's default family where the prompt set has it
+# How a backbone family lays out a video's tokens and positions: Qwen2-VL plain, Qwen2.5-VL with the seconds each
+# temporal patch spans (`second_per_grid_ts`, its M-RoPE time axis), Qwen3-VL with a timestamp before each patch.
+VIDEO_LAYOUTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+_INPUT_KEYS = {"text", "image", "video", "instruction", "task", "think", "reasoning"}
 
 
 @dataclass
 class TTEInput:
-    """One parsed input: text and/or image, with its instruction and task family."""
+    """One parsed input: text and/or an image or a video, with its instruction and task family."""
 
     text: str | None
     image: Image.Image | None
@@ -77,6 +92,7 @@ class TTEInput:
     task: str
     think: bool | None = None  # per-input override of the thinking policy
     reasoning: str | list[int] | None = None  # a precomputed trace for this input: its text or token ids
+    video: Video | None = None
 
 
 # A fast tokenizer keeps its padding and truncation settings on its Rust backend, and every call sets them again
@@ -360,12 +376,18 @@ class TTEProcessor(ProcessorMixin):
     Args:
         image_processor: the backbone's image processor (Qwen-VL family).
         tokenizer: the backbone's tokenizer, holding `EMBEDDING_TOKEN` as a special token.
-        video_processor: kept for the Qwen-VL processor layout; video input is not supported yet.
+        video_processor: the backbone's video processor (Qwen-VL family).
         chat_template: Jinja chat template of the backbone.
         max_pixels: resize budget per image (pixels); larger images are downscaled by the image processor.
         max_image_pixels: images with more pixels than this are refused before decoding.
         prompt_set_version: key of `PROMPT_SETS`.
-        text_only: the backbone has no vision tower; image inputs are refused.
+        text_only: the backbone has no vision tower; image and video inputs are refused.
+        num_frames, video_fps, max_frame_pixels, max_video_pixels: how a video becomes frames (`VideoSampling`): how
+            many frames are kept (spread uniformly, or `video_fps` per second of a file, at most `num_frames`) and
+            the pixel budgets per frame and per video. `max_frame_pixels=None` is the smaller of `max_pixels` and
+            `VideoSampling`'s default: a frame never gets more pixels than an image (a vision tower trained on small
+            images stays on sizes it knows). `embed(..., video_sampling=...)` overrides them per call.
+        video_layout: the backbone family's video tokens (`VIDEO_LAYOUTS`), set by `training.init_model`.
 
     URL fetching is a per-process choice of whoever runs the processor, never a saved setting: set
     `processor.allow_urls = True` (and, to change its limits or allow private networks, `processor.url_limits =
@@ -385,6 +407,11 @@ class TTEProcessor(ProcessorMixin):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         prompt_set_version: str = "ecr-v1",
         text_only: bool = False,
+        num_frames: int = VideoSampling.num_frames,
+        video_fps: float | None = VideoSampling.fps,
+        max_frame_pixels: int | None = None,
+        max_video_pixels: int = VideoSampling.max_video_pixels,
+        video_layout: str = "qwen2_vl",
         **kwargs,
     ):
         if prompt_set_version not in PROMPT_SETS:
@@ -393,6 +420,13 @@ class TTEProcessor(ProcessorMixin):
             raise ValueError(f"tokenizer lacks the embedding token {EMBEDDING_TOKEN!r}; add it as a special token")
         self.max_pixels = max_pixels
         self.max_image_pixels = max_image_pixels
+        self.num_frames, self.video_fps = num_frames, video_fps
+        self.max_frame_pixels, self.max_video_pixels = max_frame_pixels, max_video_pixels
+        self.video_sampling  # checks the settings now rather than at the first video
+        if video_layout not in VIDEO_LAYOUTS:
+            raise ValueError(f"video_layout={video_layout!r} is not one of {VIDEO_LAYOUTS}")
+        self.video_layout = video_layout
+        self.vision_start_token, self.vision_end_token = "<|vision_start|>", "<|vision_end|>"
         self.prompt_set_version = prompt_set_version
         if kwargs.pop("allow_urls", False):  # written by older versions; a saved file must not turn fetching on
             logger.warning("ignoring allow_urls=True from the processor's settings: URL fetching is a per-process "
@@ -407,6 +441,31 @@ class TTEProcessor(ProcessorMixin):
         self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
         self.video_token_id = None if text_only else tokenizer.convert_tokens_to_ids(self.video_token)
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
+
+    @property
+    def video_sampling(self) -> VideoSampling:
+        """The saved video settings (`num_frames`, `video_fps`, `max_frame_pixels`, `max_video_pixels`)."""
+        frame_pixels = self.max_frame_pixels or min(self.max_pixels, VideoSampling.max_frame_pixels)
+        return VideoSampling(num_frames=self.num_frames, fps=self.video_fps, max_frame_pixels=frame_pixels,
+                             max_video_pixels=self.max_video_pixels)  # fmt: skip
+
+    def sampling_for_call(self, video_sampling: VideoSampling | dict | None) -> VideoSampling:
+        """`video_sampling` as given to one call: a `VideoSampling`, a dict of the fields that differ from the saved
+        settings, or None for the saved settings."""
+        if video_sampling is None or isinstance(video_sampling, VideoSampling):
+            return video_sampling or self.video_sampling
+        if not isinstance(video_sampling, dict):
+            raise TypeError(f"video_sampling must be a VideoSampling, a dict or None, got {type(video_sampling).__name__}")
+        unknown = set(video_sampling) - set(self.video_sampling.to_dict())
+        if unknown:
+            raise ValueError(f"video_sampling: unknown settings {sorted(unknown)}; allowed are "
+                             f"{sorted(self.video_sampling.to_dict())}")  # fmt: skip
+        return VideoSampling(**{**self.video_sampling.to_dict(), **video_sampling})
+
+    @property
+    def task_families(self) -> tuple[str, ...]:
+        """The task families of this processor's prompt set."""
+        return tuple(PROMPT_SETS[self.prompt_set_version])
 
     @property
     def embedding_token_id(self) -> int:
@@ -432,6 +491,15 @@ class TTEProcessor(ProcessorMixin):
         num_image_tokens = image_inputs["image_grid_thw"][image_idx].prod() // merge_length
         return self.image_token * int(num_image_tokens)
 
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        if self.video_layout == "qwen3_vl":  # each temporal patch after its timestamp, as Qwen3-VL's processor writes
+            return Qwen3VLProcessor.replace_video_token(self, video_inputs, video_idx, **kwargs)
+        # Qwen2-VL / Qwen2.5-VL: one placeholder per merged patch group of each temporal patch.
+        merge_length = self.video_processor.merge_size**2
+        return self.video_token * int(video_inputs["video_grid_thw"][video_idx].prod() // merge_length)
+
+    _calculate_timestamps = Qwen3VLProcessor._calculate_timestamps  # what its replace_video_token calls
+
     # ----- inputs -----
 
     def _check_reserved(self, value: str, where: str, kind: str) -> str:
@@ -450,19 +518,28 @@ class TTEProcessor(ProcessorMixin):
             raise ValueError(f"{where}: text is empty")
         return self._check_reserved(value, where, "text")
 
-    def _parse_dict(self, item: dict, where: str, instruction: str | None, task: str) -> TTEInput:
+    def _parse_dict(self, item: dict, where: str, instruction: str | None, task: str | None,
+                    sampling: VideoSampling) -> TTEInput:  # fmt: skip
         unknown = set(item) - _INPUT_KEYS
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed keys are {sorted(_INPUT_KEYS)}")
-        if item.get("text") is None and item.get("image") is None:
-            raise ValueError(f"{where}: a dict input needs 'text' and/or 'image'")
+        if item.get("text") is None and item.get("image") is None and item.get("video") is None:
+            raise ValueError(f"{where}: a dict input needs 'text', 'image' or 'video'")
+        if item.get("image") is not None and item.get("video") is not None:
+            raise ValueError(f"{where}: give an image or a video, not both")
         text = self._check_text(item["text"], f"{where}['text']") if item.get("text") is not None else None
-        image = None
+        image = video = None
         if item.get("image") is not None:
             if self.text_only:
                 raise ValueError(f"{where}: this model is text-only and cannot embed images")
-            image = load_image(item["image"], f"{where}['image']", self.allow_urls, self.max_image_pixels,
-                               self.url_limits)  # fmt: skip
+            image = self._load_image(item["image"], f"{where}['image']")
+        if item.get("video") is not None:
+            if self.text_only:
+                raise ValueError(f"{where}: this model is text-only and cannot embed videos")
+            video = self._load_video(item["video"], f"{where}['video']", sampling)
+        if task is None:  # a video reasons with the video family's prompt where the prompt set has one
+            in_set = video is not None and VIDEO_TASK_FAMILY in PROMPT_SETS[self.prompt_set_version]
+            task = VIDEO_TASK_FAMILY if in_set else DEFAULT_TASK_FAMILY
         item_instruction = instruction
         if item.get("instruction") is not None:
             item_instruction = self._check_text(item["instruction"], f"{where}['instruction']")
@@ -474,34 +551,49 @@ class TTEProcessor(ProcessorMixin):
             reasoning = self.check_trace(reasoning, f"{where}['reasoning']")
         if "task" in item:
             task = self._check_task(item["task"], where)
-        return TTEInput(text, image, item_instruction, task, think, reasoning)
+        return TTEInput(text, image, item_instruction, task, think, reasoning, video)
+
+    def _load_image(self, value, where: str) -> Image.Image:
+        return load_image(value, where, self.allow_urls, self.max_image_pixels, self.url_limits)
+
+    def _load_video(self, value, where: str, sampling: VideoSampling) -> Video:
+        if isinstance(value, str) and value.startswith("data:"):
+            value = _read_data_uri(value, where)
+        return load_video(value, where, sampling, self._load_image, self.max_image_pixels)
 
     def _check_task(self, task: str, where: str) -> str:
         if not isinstance(task, str):
             raise TypeError(f"{where}: task must be a str, got {type(task).__name__}")
         if task not in PROMPT_SETS[self.prompt_set_version]:
-            raise ValueError(f"{where}: task={task!r} is not one of {TASK_FAMILIES}")
+            raise ValueError(f"{where}: task={task!r} is not one of {self.task_families} (prompt set "
+                             f"{self.prompt_set_version})")  # fmt: skip
         return task
 
-    def parse_input(self, item, index: int, instruction: str | None = None, task: str | None = None) -> TTEInput:
-        """Parse one input: a str (text, or an image path / URL / data URI), a PIL image, bytes or a dict with keys
-        `text`, `image`, `instruction`, `task`, `think`, `reasoning` (a precomputed trace)."""
+    def parse_input(self, item, index: int, instruction: str | None = None, task: str | None = None,
+                    video_sampling: VideoSampling | dict | None = None) -> TTEInput:  # fmt: skip
+        """Parse one input: a str (text, or an image or video file path / URL / data URI), a PIL image, bytes (an
+        image) or a dict with keys `text`, `image`, `video` (a list of frames, a folder of frames, a video file or its
+        bytes), `instruction`, `task`, `think`, `reasoning` (a precomputed trace)."""
         where = f"inputs[{index}]"
-        task = task or DEFAULT_TASK_FAMILY
+        sampling = self.sampling_for_call(video_sampling)
         if item is None:
             raise ValueError(f"{where}: input is None")
         if isinstance(item, dict):
-            return self._parse_dict(item, where, instruction, task)
+            return self._parse_dict(item, where, instruction, task, sampling)
+        if isinstance(item, str) and looks_like_video_file(item):
+            return self._parse_dict({"video": item}, where, instruction, task, sampling)
         if isinstance(item, str) and not looks_like_image_reference(item):
-            return self._parse_dict({"text": item}, where, instruction, task)
+            return self._parse_dict({"text": item}, where, instruction, task, sampling)
         if isinstance(item, (str, bytes, bytearray, Image.Image)):
-            return self._parse_dict({"image": item}, where, instruction, task)
+            return self._parse_dict({"image": item}, where, instruction, task, sampling)
         raise TypeError(
-            f"{where}: expected str, PIL image, bytes or dict with 'text'/'image', got {type(item).__name__}"
+            f"{where}: expected str, PIL image, bytes or dict with 'text'/'image'/'video', got {type(item).__name__}"
         )
 
-    def parse_inputs(self, inputs, instruction: str | None = None, task: str | None = None) -> list[TTEInput]:
-        """Parse a batch (or one input) into `TTEInput`s, naming the offending item on bad input."""
+    def parse_inputs(self, inputs, instruction: str | None = None, task: str | None = None,
+                     video_sampling: VideoSampling | dict | None = None) -> list[TTEInput]:  # fmt: skip
+        """Parse a batch (or one input) into `TTEInput`s, naming the offending item on bad input. `video_sampling`
+        overrides the saved video settings for this call (`sampling_for_call`)."""
         if isinstance(inputs, (str, dict, bytes, bytearray, Image.Image)):
             inputs = [inputs]
         if not isinstance(inputs, (list, tuple)):
@@ -512,7 +604,8 @@ class TTEProcessor(ProcessorMixin):
             self._check_text(instruction, "instruction")
         if task is not None:
             self._check_task(task, "task")
-        return [self.parse_input(item, i, instruction, task) for i, item in enumerate(inputs)]
+        sampling = self.sampling_for_call(video_sampling)
+        return [self.parse_input(item, i, instruction, task, sampling) for i, item in enumerate(inputs)]
 
     # ----- prompts -----
 
@@ -520,6 +613,7 @@ class TTEProcessor(ProcessorMixin):
         """The reasoning conversation of one input (OpenAI-style content parts)."""
         user_text = "\n".join(part for part in (item.instruction, item.text) if part)
         content = ([{"type": "image"}] if item.image is not None else []) + (
+            [{"type": "video"}] if item.video is not None else []) + (
             [{"type": "text", "text": user_text}] if user_text else []
         )
         system = PROMPT_SETS[self.prompt_set_version][item.task]
@@ -596,13 +690,40 @@ class TTEProcessor(ProcessorMixin):
 
     def _encode(self, texts: list[str], items: list[TTEInput]) -> BatchFeature:
         images = [item.image for item in items if item.image is not None]
+        videos = [item.video for item in items if item.video is not None]
         kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt", "add_special_tokens": False,
                   "return_mm_token_type_ids": not self.text_only}  # fmt: skip
         if images:
-            kwargs["images"] = images
-            kwargs["size"] = self._image_size()
+            kwargs.update(images=images, images_kwargs={"size": self._image_size()})
+        if videos:  # sampled and fitted to the budgets already (`video_tte.load_video`): processed as they are
+            kwargs.update(videos=[video.frames for video in videos], videos_kwargs={
+                # our budgets are per frame and per video already: its own per-frame cap would only warn
+                "size": self._video_size(videos), "do_sample_frames": False, "cap_pixels_per_frame": False,
+                "return_metadata": True,
+                "video_metadata": [self._video_metadata(video) for video in videos]})  # fmt: skip
         with _TOKENIZER_LOCK:
-            return self(text=texts, **kwargs)
+            features = self(text=texts, **kwargs)
+        if videos and self.video_layout == "qwen2_5_vl":  # the seconds each temporal patch spans, as its processor
+            step = self.video_processor.temporal_patch_size
+            features["second_per_grid_ts"] = torch.tensor([step / self._video_metadata(video).sampled_fps
+                                                           for video in videos])  # fmt: skip
+        features.pop("video_metadata", None)
+        return features
+
+    @staticmethod
+    def _video_size(videos: list[Video]) -> dict:
+        """The video processor's resize bounds: the frames already fit their call's budget, so it only rounds them
+        to whole patch groups, never scaling them down again nor up to its own, larger default minimum."""
+        rounded = [math.ceil(width / PATCH_SIDE) * math.ceil(height / PATCH_SIDE) * PATCH_PIXELS
+                   for width, height in (video.frames[0].size for video in videos)]  # fmt: skip
+        return {"shortest_edge": PATCH_PIXELS, "longest_edge": max(rounded)}
+
+    @staticmethod
+    def _video_metadata(video: Video) -> VideoMetadata:
+        width, height = video.frames[0].size
+        duration = video.source_frames / video.source_fps if video.source_fps else None
+        return VideoMetadata(total_num_frames=video.source_frames, fps=video.source_fps, width=width, height=height,
+                             duration=duration, frames_indices=list(video.indices))  # fmt: skip
 
     def _image_size(self) -> dict:
         return {"shortest_edge": self.image_processor.size.shortest_edge, "longest_edge": self.max_pixels}

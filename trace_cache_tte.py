@@ -57,7 +57,8 @@ def trace_key(item: TTEInput, reasoner: dict) -> tuple[str, str]:
     """`(key, fields)` of the trace `reasoner` writes for `item`.
 
     Args:
-        item: the parsed input; its text, instruction, task family and image pixels enter the key.
+        item: the parsed input; its text, instruction, task family and image pixels (or its video's sampled frames
+            and their source frame numbers) enter the key.
         reasoner: everything else a trace depends on, as JSON-able values: the reasoner's identity, the prompt-set
             version, the decoding settings and the image processing (`TTEModel.trace_cache_context`).
     """
@@ -68,6 +69,8 @@ def trace_key(item: TTEInput, reasoner: dict) -> tuple[str, str]:
         "image": None if item.image is None else image_digest(item.image),
         **reasoner,
     }
+    if item.video is not None:  # only then: the keys of inputs without a video stay what they were
+        fields["video"] = item.video.digest()  # the kept frames' pixels and which source frames they are
     return key_of(fields)
 
 

@@ -1,4 +1,4 @@
-"""`tte`: embed texts and images with a TTE model folder, show the reasoning traces, rank candidates.
+"""`tte`: embed texts, images and videos with a TTE model folder, show the reasoning traces, rank candidates.
 
 Examples:
     tte embed MODEL_DIR "a red square" --image cat.png --show-reasoning
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("model", help="model folder (or Hub repo id) saved by TTEModel.save_pretrained")
     embed.add_argument("texts", nargs="*", help="texts to embed")
     embed.add_argument("--image", action="append", default=[], help="image path to embed (repeatable)")
+    embed.add_argument("--video", action="append", default=[], help="video file or folder of frames to embed "
+                       "(repeatable)")  # fmt: skip
     embed.add_argument("--side", choices=["query", "document"], default="query")
     embed.add_argument("--show-reasoning", action="store_true", help="print each input's trace")
     embed.add_argument("--full-vector", action="store_true", help="print whole vectors, not the first 8 values")
@@ -30,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("candidates", nargs="*", help="candidate texts")
     rank.add_argument("--query", required=True, help="query text")
     rank.add_argument("--query-image", help="image that goes with the query")
+    rank.add_argument("--query-video", help="video (file or folder of frames) that goes with the query")
     rank.add_argument("--candidate-image", action="append", default=[], help="candidate image path (repeatable)")
+    rank.add_argument("--candidate-video", action="append", default=[], help="candidate video (repeatable)")
     rank.add_argument("--show-reasoning", action="store_true")
     for sub in (embed, rank):
         sub.add_argument("--instruction", help="task instruction applied to every input")
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--think", choices=THINK_POLICIES,
                          help="thinking policy (default: the model's); auto needs a model with a gate")
         sub.add_argument("--max-new-tokens", type=int, help="trace length bound")
+        sub.add_argument("--num-frames", type=int, help="frames kept per video (default the model's)")
         sub.add_argument("--allow-urls", action="store_true", help="allow http(s) image URLs")
         sub.add_argument("--trace-cache", help="trace cache file (SQLite): reuse the traces it holds, store new ones")
         sub.add_argument("--stats", action="store_true", help="print what the call cost as a last JSON line "
@@ -60,8 +65,9 @@ def load_model(path: str, allow_urls: bool):
 
 
 def options(args) -> dict:
+    sampling = {"num_frames": args.num_frames} if args.num_frames is not None else None
     return {"instruction": args.instruction, "task": args.task, "think": args.think, "max_new_tokens": args.max_new_tokens,
-            "trace_cache": args.trace_cache, "return_stats": True}  # fmt: skip
+            "trace_cache": args.trace_cache, "return_stats": True, "video_sampling": sampling}  # fmt: skip
 
 
 def print_stats(args, stats) -> None:
@@ -70,9 +76,9 @@ def print_stats(args, stats) -> None:
 
 
 def run_embed(args) -> None:
-    inputs = list(args.texts) + [{"image": path} for path in args.image]
+    inputs = list(args.texts) + [{"image": path} for path in args.image] + [{"video": path} for path in args.video]
     if not inputs:
-        raise SystemExit("tte embed: give at least one text or --image")
+        raise SystemExit("tte embed: give at least one text, --image or --video")
     model = load_model(args.model, args.allow_urls)
     embeddings, traces, stats = model.embed(inputs, side=args.side, return_reasoning=True, **options(args))
     for item, vector, trace in zip(inputs, embeddings, traces):
@@ -84,11 +90,13 @@ def run_embed(args) -> None:
 
 
 def run_rank(args) -> None:
-    candidates = list(args.candidates) + [{"image": path} for path in args.candidate_image]
+    candidates = list(args.candidates) + [{"image": path} for path in args.candidate_image] + [
+        {"video": path} for path in args.candidate_video]  # fmt: skip
     if not candidates:
         raise SystemExit("tte rank: give at least one candidate")
     model = load_model(args.model, args.allow_urls)
-    query = {"text": args.query, **({"image": args.query_image} if args.query_image else {})}
+    query = {"text": args.query, **({"image": args.query_image} if args.query_image else {}),
+             **({"video": args.query_video} if args.query_video else {})}  # fmt: skip
     query_vector, query_trace, query_stats = model.encode_query([query], return_reasoning=True, **options(args))
     documents, document_traces, stats = model.encode_document(candidates, return_reasoning=True, **options(args))
     scores = documents @ query_vector[0]

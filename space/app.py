@@ -39,7 +39,7 @@ def load_model(name: str = MODEL):
     # families.
     policies = [policy for policy in sys.modules[type(model.config).__module__].THINK_POLICIES
                 if policy != "auto" or model.config.gate_threshold is not None]  # fmt: skip
-    tasks = sys.modules[type(model.processor).__module__].TASK_FAMILIES
+    tasks = model.processor.task_families
     return model, policies, tasks
 
 

@@ -60,7 +60,7 @@ def test_sentence_transformer_in_fresh_process_equals_embed(export_folder, tmp_p
     assert arrays["truncated"].shape == (4, 8)
     assert not np.allclose(arrays["query"], arrays["document"], atol=1e-3)  # queries thought, documents did not
     assert info["reasoning"] == traces and all(traces)
-    assert info["modalities"] == ["text", "image", ["image", "text"], "message"]
+    assert info["modalities"] == ["text", "image", "video", ["image", "text"], ["text", "video"], "message"]
     assert info["kwargs"] == ["instruction", "max_new_tokens", "task_family", "think"]
 
 

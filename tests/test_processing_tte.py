@@ -25,9 +25,11 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def test_prompt_set_covers_every_task_family_with_trace_format():
-    assert set(TASK_FAMILIES) == {"classification", "vqa", "retrieval", "grounding", "visual_document"}
-    for prompt in PROMPT_SETS["ecr-v1"].values():
-        assert "<think>" in prompt and "</think>" in prompt
+    assert set(PROMPT_SETS["ecr-v1"]) == {"classification", "vqa", "retrieval", "grounding", "visual_document"}
+    assert set(TASK_FAMILIES) == set(PROMPT_SETS["ecr-v2"]) == {*PROMPT_SETS["ecr-v1"], "video"}
+    for prompts in PROMPT_SETS.values():
+        for prompt in prompts.values():
+            assert "<think>" in prompt and "</think>" in prompt
 
 
 def test_parse_inputs_accepts_every_image_form(processor, tmp_path):

@@ -38,6 +38,7 @@ CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -128,13 +129,14 @@ def build_backbone(name: str, tokenizer, num_layers: int = 4, seed: int = 0, max
 
 def build_processor(name: str, bpe: bool = False):
     """A `TTEProcessor` with a small pixel budget (text-only for the llama backbone)."""
-    from tte.processing_tte import TTEProcessor
+    from tte.processing_tte import VIDEO_LAYOUTS, TTEProcessor
 
     image_processor = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
                                             min_pixels=28 * 28, max_pixels=56 * 56)  # fmt: skip
     video_processor = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
     return TTEProcessor(image_processor=image_processor, tokenizer=build_tokenizer(bpe=bpe),
-                        video_processor=video_processor, chat_template=CHAT_TEMPLATE, max_pixels=56 * 56, text_only=name == "llama")  # fmt: skip
+                        video_processor=video_processor, chat_template=CHAT_TEMPLATE, max_pixels=56 * 56,
+                        text_only=name == "llama", video_layout=name if name in VIDEO_LAYOUTS else "qwen2_vl")  # fmt: skip
 
 
 def build_tte(name: str = "qwen2_vl", variant: str = "unified", num_layers: int = 4, head_num_layers: int = 2,

@@ -285,7 +285,8 @@ def write_export(module: TTESentenceTransformer, card: str, folder: str, figure:
         shutil.copy(os.path.join(ROOT, name), folder)
     write_sentence_transformers_files(folder)
     with open(os.path.join(folder, "requirements.txt"), "w", encoding="utf-8") as handle:
-        handle.write("".join(f"{name}{spec}\n" for name, spec in REQUIREMENTS.items()) + "pillow\n")
+        # PyAV decodes video files and data:video URIs (frame lists need only Pillow)
+        handle.write("".join(f"{name}{spec}\n" for name, spec in REQUIREMENTS.items()) + "pillow\nav\n")
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as handle:
         handle.write(card)
     write_export_manifest(folder)

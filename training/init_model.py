@@ -45,7 +45,13 @@ class InitArgs:
     think: str = field(default="queries", metadata={"help": f"Default thinking policy, one of {THINK_POLICIES}."})
     matryoshka_dims: list[int] = field(default_factory=list, metadata={"help": "Dimensions truncate_dim accepts."})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "Resize budget per image (pixels)."})
+    prompt_set_version: str = field(default="ecr-v1", metadata={"help": "ECR prompts: ecr-v1, or ecr-v2 (ecr-v1 and a "
+                                                                        "video family)."})  # fmt: skip
     dtype: str = field(default="bfloat16", metadata={"help": "Weight dtype: float32, bfloat16 or float16."})
+
+
+# The video token layout (`processing_tte.VIDEO_LAYOUTS`) of each backbone family.
+VIDEO_LAYOUT_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen3_vl_moe": "qwen3_vl"}
 
 
 def is_tte_folder(path: str) -> bool:
@@ -70,6 +76,7 @@ def build_processor(args: InitArgs, vision_language: bool) -> TTEProcessor:
     folder's own processor as it is."""
     if is_tte_folder(args.backbone):
         return TTEProcessor.from_pretrained(args.backbone, trust_remote_code=False)  # our class; no folder code
+    video_layout = VIDEO_LAYOUT_OF.get(AutoConfig.from_pretrained(args.backbone).model_type, "qwen2_vl")
     if vision_language:
         source = AutoProcessor.from_pretrained(args.backbone)
         tokenizer, image_processor, video_processor = source.tokenizer, source.image_processor, source.video_processor
@@ -84,8 +91,8 @@ def build_processor(args: InitArgs, vision_language: bool) -> TTEProcessor:
         tokenizer.pad_token = tokenizer.eos_token  # left padding for batched generation needs a pad token
     tokenizer.add_tokens([EMBEDDING_TOKEN], special_tokens=True)
     return TTEProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                        chat_template=chat_template, max_pixels=args.max_pixels,
-                        text_only=not vision_language)  # fmt: skip
+                        chat_template=chat_template, max_pixels=args.max_pixels, text_only=not vision_language,
+                        prompt_set_version=args.prompt_set_version, video_layout=video_layout)  # fmt: skip
 
 
 def fit_vocabulary(model, vocabulary_size: int) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import BatchFeature
 
-from tte.modeling_tte import PrefixSplit, dropout_is_active, position_ids_of, prefix_keys_values
+from tte.modeling_tte import PrefixSplit, dropout_is_active, grids_of, position_ids_of, prefix_keys_values
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -171,7 +171,7 @@ def next_token_loss(model: torch.nn.Module, chunk: BatchFeature) -> torch.Tensor
         return model(**inputs).loss
     input_ids, attention_mask, labels = inputs.pop("input_ids"), inputs.pop("attention_mask"), inputs.pop("labels")
     position_ids = position_ids_of(generator, input_ids, attention_mask, inputs.pop("mm_token_type_ids", None),
-                                   inputs.get("image_grid_thw"))  # fmt: skip
+                                   **grids_of(inputs))  # fmt: skip
     split = PrefixSplit.of(input_ids, attention_mask, position_ids, prefix_lengths)
     states = [prefix_keys_values(generator, prefix) for prefix in split.prefixes]
     return model(input_ids=split.rest_ids, attention_mask=split.mask, position_ids=split.rest_positions,

@@ -27,6 +27,8 @@ class Manifest:
         num_frames: frames sampled per video.
         task_list_version: the pinned task list (`tasks.TASK_LIST_VERSIONS`).
         think: the thinking policy the embeddings were made under (`tte-eval evaluate --think`, default the model's).
+        max_frame_pixels, max_video_pixels: the processor's video pixel budgets (`video_tte.VideoSampling`); None
+            for a model without video (and in caches written before they were recorded: they match None).
     """
 
     model_hash: str
@@ -35,6 +37,8 @@ class Manifest:
     num_frames: int
     task_list_version: str
     think: str | bool = "queries"
+    max_frame_pixels: int | None = None
+    max_video_pixels: int | None = None
 
     def to_dict(self) -> dict:
         """The manifest as a plain dict (what the cache and the results file store)."""

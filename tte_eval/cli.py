@@ -94,11 +94,11 @@ def run_evaluate(args: argparse.Namespace) -> str:
     check_think(args.think)
     digest = model_hash(args.model)  # fails fast on a folder without config.json / weights
     model = load_tte_model(args.model)
-    encoder = ModelEncoder(model, args.think, args.trace_cache)
+    encoder = ModelEncoder(model, args.think, args.trace_cache, num_frames=args.num_frames)
     settings = {**model_settings(model), "think": encoder.think}
     task_list = TASK_LIST_VERSIONS[args.benchmark]
     manifest = Manifest(digest, settings["prompt_set_version"], settings["max_pixels"], args.num_frames, task_list,
-                        encoder.think)  # fmt: skip
+                        encoder.think, settings.get("max_frame_pixels"), settings.get("max_video_pixels"))  # fmt: skip
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     return results_markdown(evaluate(encoder, manifest, config, name, settings))
 

@@ -45,17 +45,21 @@ class ModelEncoder:
         model: a loaded TTE model.
         think: the thinking policy (default the model's `config.think`).
         trace_cache: a trace cache file, or None.
+        num_frames: the harness's frames per video (`--num-frames`): the loaders sample the frame lists, and the
+            model keeps them all (its own `num_frames` would sample them again).
     """
 
-    def __init__(self, model, think: str | bool | None = None, trace_cache: str | None = None):
+    def __init__(self, model, think: str | bool | None = None, trace_cache: str | None = None, num_frames: int = 8):
         self.model = model
         self.think = model.config.think if think is None else think
         self.trace_cache = trace_cache
+        self.video_sampling = {"num_frames": num_frames}
         self.stats = {}  # side -> EmbedStats of this run
 
     def _encode(self, inputs: list[dict], batch_size: int, side: str):
         embeddings, stats = self.model.embed(inputs, side=side, batch_size=batch_size, think=self.think,
-                                             trace_cache=self.trace_cache, return_stats=True)  # fmt: skip
+                                             trace_cache=self.trace_cache, return_stats=True,
+                                             video_sampling=self.video_sampling)  # fmt: skip
         self.stats[side] = self.stats[side] + stats if side in self.stats else stats
         return embeddings
 
@@ -78,10 +82,14 @@ class ModelEncoder:
 def model_settings(model) -> dict:
     """The model-side comparability knobs recorded in results files (harness doc §8.4)."""
     config = model.config
-    return {
+    settings = {
         "variant": config.variant,
         "think": config.think,  # "queries": only queries reason; candidates are embedded without a trace
         "max_new_tokens": config.max_new_tokens,
         "prompt_set_version": config.prompt_set_version,
         "max_pixels": model.processor.max_pixels,
     }
+    if not model.processor.text_only:  # how a video's frames are sized (their count is the harness's --num-frames)
+        sampling = model.processor.video_sampling
+        settings.update(max_frame_pixels=sampling.max_frame_pixels, max_video_pixels=sampling.max_video_pixels)
+    return settings

@@ -7,13 +7,14 @@ import pytest
 
 from tte_eval.cli import main
 from tte_eval.model_io import load_tte_model, model_hash
-from tte_eval.runner import EvalConfig, evaluate
+from tests.eval.synthetic_mmeb import VIDEO_TASKS
+from tte_eval.loaders import load_task
 
+from tte_eval.tasks import TASKS
 
 @pytest.fixture
 def tte_folder(tiny_tte_folder) -> str:
     return tiny_tte_folder
-
 
 def test_cli_evaluate_tiny_tte_image_and_visdoc(tte_folder, data_dir, tmp_path, capsys):
     output = tmp_path / "out"
@@ -30,7 +31,6 @@ def test_cli_evaluate_tiny_tte_image_and_visdoc(tte_folder, data_dir, tmp_path, 
         assert scores["num_pred"] == queries and 0.0 <= scores["hit@1"] <= 1.0
     assert sorted(os.listdir(output / "cache")) == ["OK-VQA.npz", "ViDoSeek-doc.npz", "WebQA.npz"]
     assert "| OK-VQA | I-QA | hit@1 |" in capsys.readouterr().out
-
 
 def test_cli_evaluate_think_policy_trace_cache_and_cost(tte_folder, data_dir, tmp_path):
     def run(think: str, output: str) -> dict:
@@ -52,14 +52,19 @@ def test_cli_evaluate_think_policy_trace_cache_and_cost(tte_folder, data_dir, tm
     assert again["cost"]["query"]["generated"] == 0 and again["cost"]["query"]["cache_hits"] == 3
     assert again["metrics"]["image"]["OK-VQA"]["num_pred"] == always["metrics"]["image"]["OK-VQA"]["num_pred"] == 3
 
-
-def test_evaluate_tiny_tte_video_is_passed_to_the_model(tte_folder, data_dir, manifest, tmp_path):
-    model = load_tte_model(tte_folder)
-    config = EvalConfig(data_dir, ("MSR-VTT",), str(tmp_path / "out"), str(tmp_path / "cache"))
-    # the core model does not embed video (yet); the runner passes frames through and must not fake support
-    with pytest.raises(ValueError, match="video"):
-        evaluate(model, manifest, config, "tiny-tte")
-
+def test_cli_evaluate_tiny_tte_runs_every_video_family(tte_folder, data_dir, tmp_path):
+    output = tmp_path / "out"
+    main(["evaluate", "--model", tte_folder, "--data", data_dir, "--tasks", *VIDEO_TASKS, "--output", str(output),
+          "--batch-size", "4", "--num-frames", "4", "--think", "never"])  # fmt: skip
+    report = json.loads((output / "results.json").read_text())
+    assert {TASKS[task].category for task in VIDEO_TASKS} == {"V-CLS", "V-QA", "V-RET", "V-MRET"}  # every family
+    for task in VIDEO_TASKS:
+        scores = report["metrics"]["video"][task]
+        assert scores["num_pred"] == len(load_task(data_dir, task).rows) and 0.0 <= scores["hit@1"] <= 1.0
+    meta = report["metadata"]
+    processor = load_tte_model(tte_folder).processor
+    assert meta["num_frames"] == 4 and meta["max_frame_pixels"] == processor.video_sampling.max_frame_pixels
+    assert report["cost"]["query"]["inputs"] > 0
 
 def test_cli_evaluate_think_auto_records_the_gate_skips(gated_export_folder, data_dir, tmp_path):
     main(["evaluate", "--model", gated_export_folder, "--data", data_dir, "--tasks", "OK-VQA", "--output",

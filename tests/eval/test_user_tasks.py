@@ -259,7 +259,8 @@ def test_main_evaluate_tasks_dir(tasks_dir, tmp_path, capsys, monkeypatch):
     # the model side is the table encoder; everything else is the real `tte-eval evaluate`
     monkeypatch.setattr(cli, "model_hash", lambda folder: "sha256-of-table-encoder")
     monkeypatch.setattr(cli, "load_tte_model", lambda folder: TableEncoder())
-    monkeypatch.setattr(cli, "ModelEncoder", lambda model, think, trace_cache: setattr(model, "think", "queries") or model)
+    monkeypatch.setattr(cli, "ModelEncoder",
+                        lambda model, think, trace_cache, num_frames: setattr(model, "think", "queries") or model)
     monkeypatch.setattr(cli, "model_settings", lambda model: {"prompt_set_version": "ecr-v1", "max_pixels": 1024})
     cli.main(["evaluate", "--model", "table", "--tasks-dir", tasks_dir, "--output", str(tmp_path / "out")])
     assert "| shapes-local | image | local | hit@1 | 50.00 | 2 |" in capsys.readouterr().out
