@@ -18,10 +18,10 @@ Request (the feature-extraction schema, extended with images and TTE parameters)
                      "truncate_dim": 256, "return_reasoning": false, "return_stats": false}
     }
 
-A bare string is text unless it is a `data:` URI. An image (or a video's frame) given as an http(s) URL is fetched only when the endpoint
-sets `TTE_ALLOW_IMAGE_URLS=1`, within the processor's `URLFetchLimits` (size, total deadline, http(s) only, public
-addresses only); `TTE_ALLOWED_PRIVATE_NETWORKS=10.0.0.0/8,...` lets it fetch from those private networks too. Local
-file paths are never read.
+A bare string is text unless it is a `data:` URI. An image (or a video's frame) given as an http(s) URL is fetched
+only when the endpoint sets `TTE_ALLOW_IMAGE_URLS=1`, within the processor's `URLFetchLimits` (size, total deadline,
+http(s) only, public addresses only); `TTE_ALLOWED_PRIVATE_NETWORKS=10.0.0.0/8,...` lets it fetch from those private
+networks too. Local file paths are never read.
 
 `TTE_TRACE_CACHE=/path/traces.sqlite` gives the endpoint a persistent trace cache (`trace_cache_tte.TraceCache`),
 which every worker process may share: a trace is generated once per input and reused.

@@ -692,8 +692,8 @@ class TTEModel(TTEPreTrainedModel):
 
     def positions_of(self, features) -> torch.LongTensor:
         """`position_ids_for` the processor's `features` (their ids, mask, token types and vision grids)."""
-        return self.position_ids_for(features["input_ids"], features["attention_mask"], features.get("mm_token_type_ids"),
-                                     **grids_of(features))  # fmt: skip
+        return self.position_ids_for(features["input_ids"], features["attention_mask"],
+                                     features.get("mm_token_type_ids"), **grids_of(features))  # fmt: skip
 
     def source_layer(self) -> nn.Module:
         """Unified variant: the backbone decoder layer whose outputs feed the head (layer L-N by default)."""

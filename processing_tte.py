@@ -455,7 +455,8 @@ class TTEProcessor(ProcessorMixin):
         if video_sampling is None or isinstance(video_sampling, VideoSampling):
             return video_sampling or self.video_sampling
         if not isinstance(video_sampling, dict):
-            raise TypeError(f"video_sampling must be a VideoSampling, a dict or None, got {type(video_sampling).__name__}")
+            raise TypeError(f"video_sampling must be a VideoSampling, a dict or None, got "
+                            f"{type(video_sampling).__name__}")  # fmt: skip
         unknown = set(video_sampling) - set(self.video_sampling.to_dict())
         if unknown:
             raise ValueError(f"video_sampling: unknown settings {sorted(unknown)}; allowed are "

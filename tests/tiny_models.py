@@ -136,7 +136,8 @@ def build_processor(name: str, bpe: bool = False):
     video_processor = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
     return TTEProcessor(image_processor=image_processor, tokenizer=build_tokenizer(bpe=bpe),
                         video_processor=video_processor, chat_template=CHAT_TEMPLATE, max_pixels=56 * 56,
-                        text_only=name == "llama", video_layout=name if name in VIDEO_LAYOUTS else "qwen2_vl")  # fmt: skip
+                        text_only=name == "llama",
+                        video_layout=name if name in VIDEO_LAYOUTS else "qwen2_vl")  # fmt: skip
 
 
 def build_tte(name: str = "qwen2_vl", variant: str = "unified", num_layers: int = 4, head_num_layers: int = 2,

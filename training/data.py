@@ -9,7 +9,9 @@ A data config (YAML or JSON) lists the sources, as VLM2Vec-V2's `train_v2.yaml` 
 Each row has MMEB-train's columns: `qry` (instruction + text; the Phi-3 image token `<|image_1|>` marks the image
 and is removed, since the processor inserts the backbone's own placeholder), `qry_image_path`, `pos_text`,
 `pos_image_path` and optionally `neg_text` / `neg_image_path` (a string or a list: hard negatives), `qry_inst` /
-`pos_inst` (a separate instruction) and `id`. Image paths are relative to the source's `image_dir`. A row is
+`pos_inst` (a separate instruction) and `id`. A side may have a video instead of an image: `qry_video_path`,
+`pos_video_path`, `neg_video_path` (a video file or a folder of frames, sampled by the processor). Image and video
+paths are relative to the source's `image_dir`. A row is
 turned into an `Example` whose `inputs` map each side (`"query"`, `"positive"`, `"negative-0"`, ...) to a processor
 input dict; prompts are built only by the processor's builders. A bad row raises, naming the source and row.
 """
@@ -33,8 +35,8 @@ from tte.processing_tte import TASK_FAMILIES, TTEInput, TTEProcessor
 
 
 PHI3_IMAGE_TOKEN = "<|image_1|>"  # MMEB-train's image placeholder
-KNOWN_COLUMNS = {"id", "qry", "qry_inst", "qry_image_path", "pos_text", "pos_inst", "pos_image_path", "neg_text",
-                 "neg_image_path"}  # fmt: skip
+KNOWN_COLUMNS = {"id", "qry", "qry_inst", "qry_image_path", "qry_video_path", "pos_text", "pos_inst", "pos_image_path",
+                 "pos_video_path", "neg_text", "neg_image_path", "neg_video_path"}  # fmt: skip
 TRACE_KINDS = ("query", "positive", "negative")
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -111,10 +113,14 @@ def _as_list(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _side_input(source: Source, text, image_path, instruction, where: str) -> dict:
+def _side_input(source: Source, text, image_path, instruction, where: str, video_path=None) -> dict:
     """Processor input dict of one side of a row."""
     if not isinstance(text or "", str) or not isinstance(image_path or "", str):
         raise ValueError(f"{where}: text and image path must be strings, got {text!r} and {image_path!r}")
+    if not isinstance(video_path or "", str):
+        raise ValueError(f"{where}: a video path must be a string, got {video_path!r}")
+    if image_path and video_path:
+        raise ValueError(f"{where}: has both an image path and a video path; a side takes one")
     if PHI3_IMAGE_TOKEN in (text or "") and not image_path:
         raise ValueError(f"{where}: text has the image token {PHI3_IMAGE_TOKEN!r} but no image path is given")
     text = (text or "").replace(PHI3_IMAGE_TOKEN, "").strip()
@@ -127,8 +133,12 @@ def _side_input(source: Source, text, image_path, instruction, where: str) -> di
         item["image"] = os.path.join(source.image_dir, image_path)
         if not os.path.isfile(item["image"]):
             raise ValueError(f"{where}: image file {item['image']!r} does not exist")
-    if "text" not in item and "image" not in item:
-        raise ValueError(f"{where}: neither text nor image")
+    if video_path:
+        item["video"] = os.path.join(source.image_dir, video_path)
+        if not os.path.exists(item["video"]):
+            raise ValueError(f"{where}: video {item['video']!r} (a file or a folder of frames) does not exist")
+    if not {"text", "image", "video"} & set(item):
+        raise ValueError(f"{where}: neither text nor image nor video")
     return item
 
 
@@ -137,17 +147,20 @@ def row_to_example(row: dict, source: Source, index: int) -> Example:
     where = f"source {source.name!r} row {index}"
     example = Example(str(row["id"]) if row.get("id") is not None else f"{source.name}/{index}", source.name, index)
     example.inputs["query"] = _side_input(source, row.get("qry"), row.get("qry_image_path"), row.get("qry_inst"),
-                                          f"{where} query")  # fmt: skip
+                                          f"{where} query", row.get("qry_video_path"))  # fmt: skip
     example.inputs["positive"] = _side_input(source, row.get("pos_text"), row.get("pos_image_path"),
-                                             row.get("pos_inst"), f"{where} positive")  # fmt: skip
-    texts, images = _as_list(row.get("neg_text")), _as_list(row.get("neg_image_path"))
-    if texts and images and len(texts) != len(images):
-        raise ValueError(f"{where}: {len(texts)} neg_text but {len(images)} neg_image_path entries")
-    count = max(len(texts), len(images))
-    texts, images = texts or [""] * count, images or [""] * count
-    for j, (text, image) in enumerate(zip(texts, images)):
+                                             row.get("pos_inst"), f"{where} positive", row.get("pos_video_path"))  # fmt: skip
+    columns = {name: _as_list(row.get(name)) for name in ("neg_text", "neg_image_path", "neg_video_path")}
+    count = max(map(len, columns.values()))
+    for name, values in columns.items():
+        if values and len(values) != count:
+            lengths = ", ".join(f"{len(v)} {n}" for n, v in columns.items() if v)
+            raise ValueError(f"{where}: the negative columns disagree on the number of negatives ({lengths} entries)")
+        columns[name] = values or [""] * count
+    for j, (text, image, video) in enumerate(zip(*columns.values())):
         # Negatives are targets: they take the positive side's instruction.
-        example.inputs[f"negative-{j}"] = _side_input(source, text, image, row.get("pos_inst"), f"{where} negative {j}")
+        example.inputs[f"negative-{j}"] = _side_input(source, text, image, row.get("pos_inst"), f"{where} negative {j}",
+                                                      video)  # fmt: skip
     return example
 
 
@@ -157,7 +170,8 @@ def load_rows(source: Source):
     unknown = set(rows.column_names) - KNOWN_COLUMNS
     if unknown:
         raise ValueError(f"source {source.name!r}: unknown columns {sorted(unknown)}; known: {sorted(KNOWN_COLUMNS)}")
-    for side, columns in (("query", ("qry", "qry_image_path")), ("positive", ("pos_text", "pos_image_path"))):
+    for side, columns in (("query", ("qry", "qry_image_path", "qry_video_path")),
+                          ("positive", ("pos_text", "pos_image_path", "pos_video_path"))):
         if not set(columns) & set(rows.column_names):
             raise ValueError(f"source {source.name!r}: no {side} column; it needs one of {columns}")
     return rows

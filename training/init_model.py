@@ -51,7 +51,8 @@ class InitArgs:
 
 
 # The video token layout (`processing_tte.VIDEO_LAYOUTS`) of each backbone family.
-VIDEO_LAYOUT_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen3_vl_moe": "qwen3_vl"}
+VIDEO_LAYOUT_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl",
+                   "qwen3_vl_moe": "qwen3_vl"}
 
 
 def is_tte_folder(path: str) -> bool:
