@@ -227,7 +227,7 @@ def evaluate(
         ValueError: for a bad task, row or image, or malformed embeddings, naming the offending item.
     """
     # Every user task is validated before anything is embedded, so a bad folder fails fast.
-    user_tasks = load_user_tasks(config.tasks_dir) if config.tasks_dir is not None else []
+    user_tasks = load_user_tasks(config.tasks_dir, manifest.num_frames) if config.tasks_dir is not None else []
     traces, trace_manifest = read_query_traces(config.traces) if config.traces is not None else (None, None)
     user_data = [with_query_traces(task.data, traces) for task in user_tasks]  # a missing trace fails before embedding
     results = [evaluate_task(name, encoder, manifest, config, traces) for name in config.tasks]

@@ -8,7 +8,7 @@
 
 Spec keys, all required, no others:
 - `name`: the task's name in the results and its cache file; letters, digits, `.`, `_`, `-`; not an MMEB task name.
-- `modality`: `"image"` or `"visdoc"`, the group the task is reported under (rows carry text and images, no video).
+- `modality`: `"image"`, `"video"` or `"visdoc"`, the group the task is reported under.
 - `eval_type`: `"local"` ranks each row's own targets (as MMEB's image tasks do); `"global"` ranks every distinct
   target of the task (as MMEB's retrieval and visdoc tasks do).
 - `metric`: the headline metric, one of `metrics.METRIC_NAMES` (`"hit@1"`, `"ndcg_linear@5"`, ...).
@@ -20,6 +20,9 @@ Row keys: the six fields of the MMEB-V2 image rows (`ziyjiang/MMEB_Test_Instruct
 - `tgt_text`, `tgt_img_path`: the targets, two lists of the same length (`""` for none);
 - `positives`: indices of the relevant targets (MMEB's "the positive is target 0" is `[0]`), each of grade 1.
 
+and optionally `qry_video_path`: a folder of frame images that is the query's video (instead of an image), sampled to
+`--num-frames` frames as MMEB's video tasks are (`rows.video_frames`).
+
 A query and each target need a text or an image. A target's id is its (instruction, image path, text) triple, so
 equal targets of different rows are one candidate of a global pool, embedded once. Exact score ties keep pool order
 (`metrics.rank`): list the positive first to give ties to it, as MMEB does.
@@ -30,6 +33,7 @@ Optional spec key:
   on MMEB tasks, TTE models reason with their default family (`"retrieval"`).
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from .cache import write_atomic
 from .image_rows import target_lists
 from .metrics import METRIC_NAMES
-from .mmeb_strings import IMAGE_MARKER
+from .mmeb_strings import IMAGE_MARKER, VIDEO_MARKER
 from .rows import (
     Candidate,
     Item,
@@ -53,6 +57,7 @@ from .rows import (
     parse_json_object,
     read_records_file,
     records_file,
+    video_frames,
 )
 from .tasks import EXCLUDED_TASKS, TASKS, TaskSpec
 
@@ -62,11 +67,12 @@ logger = logging.getLogger(__name__)
 SPEC_FILE = "task.json"
 ROWS_STEM = "test"  # `test.jsonl` / `test.parquet`, as in an MMEB task folder
 USER_CATEGORY = "user"  # category and family of every user task: outside the MMEB category table, never aggregated
-MODALITIES = ("image", "visdoc")
+MODALITIES = ("image", "video", "visdoc")
 EVAL_TYPES = ("local", "global")
 SPEC_KEYS = ("name", "modality", "eval_type", "metric")
 OPTIONAL_SPEC_KEYS = ("task",)
 ROW_KEYS = ("qry_inst", "qry_text", "qry_img_path", "tgt_inst", "tgt_text", "tgt_img_path", "positives")
+OPTIONAL_ROW_KEYS = ("qry_video_path",)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the name is also a cache file name
 
 
@@ -126,17 +132,24 @@ def _choice(spec: dict, key: str, options: tuple[str, ...], where: str) -> str:
     return value
 
 
-def user_row(record: dict, row_id: str, folder: str, where: str, ecr_task: str | None = None) -> QueryRow:
+def user_row(record: dict, row_id: str, folder: str, where: str, ecr_task: str | None = None,
+             num_frames: int = 8) -> QueryRow:  # fmt: skip
     """Build one query row: the query, the row's targets and a grade-1 label per positive.
 
     Raises:
-        ValueError: naming `where` for unknown keys, bad fields, a missing image or bad positives.
+        ValueError: naming `where` for unknown keys, bad fields, a missing image or video, or bad positives.
     """
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    check_keys(record, ROW_KEYS, where)
+    check_keys(record, ROW_KEYS + OPTIONAL_ROW_KEYS, where)
     query_parts = [field(record, key, str, where) for key in ("qry_inst", "qry_text", "qry_img_path")]
-    query = _item(*query_parts, folder, f"{where}: query", ecr_task)
+    video = field(record, "qry_video_path", str, where) if "qry_video_path" in record else ""
+    query = _item(*query_parts, folder, f"{where}: query", ecr_task, has_video=bool(video))
+    if video:
+        if query.image is not None:
+            raise ValueError(f"{where}: the query has both qry_img_path and qry_video_path; it takes one")
+        frames = video_frames(folder, video, num_frames, f"{where}: query")
+        query = dataclasses.replace(query, video=frames, harness_text=f"{VIDEO_MARKER} {query.harness_text}".strip())
     inst = field(record, "tgt_inst", str, where)
     texts, paths = target_lists(record, where)
     candidates = tuple(
@@ -151,9 +164,10 @@ def _target_id(inst: str, path: str, text: str) -> str:
     return json.dumps([inst, path, text], ensure_ascii=False)
 
 
-def _item(inst: str, text: str, path: str, folder: str, where: str, ecr_task: str | None = None) -> Item:
+def _item(inst: str, text: str, path: str, folder: str, where: str, ecr_task: str | None = None,
+          has_video: bool = False) -> Item:  # fmt: skip
     """A query or target from its instruction, text and image path, `""` meaning none."""
-    if not text.strip() and not path:
+    if not text.strip() and not path and not has_video:
         raise ValueError(f"{where}: has neither text nor image")
     image = media_path(folder, path, where) if path else None
     # No MMEB task owns these strings, so the informational harness string is a plain join of the present parts.
@@ -177,7 +191,7 @@ def _labels(record: dict, candidates: tuple[Candidate, ...], where: str) -> dict
 
 
 def build_user_task(folder: str, spec: TaskSpec, metric: str, records: list[dict], rows_file: str,
-                    ecr_task: str | None = None) -> UserTask:
+                    ecr_task: str | None = None, num_frames: int = 8) -> UserTask:
     """Validate every row and build the task; errors name `rows_file` and the 0-based row number.
 
     Raises:
@@ -185,12 +199,13 @@ def build_user_task(folder: str, spec: TaskSpec, metric: str, records: list[dict
     """
     if not records:
         raise ValueError(f"{rows_file}: no rows")
-    rows = [user_row(record, str(i), folder, f"{rows_file} row {i}", ecr_task) for i, record in enumerate(records)]
+    rows = [user_row(record, str(i), folder, f"{rows_file} row {i}", ecr_task, num_frames)
+            for i, record in enumerate(records)]  # fmt: skip
     return UserTask(folder, metric, build_task_data(spec, rows, []), ecr_task)
 
 
-def load_user_task(folder: str) -> UserTask:
-    """Load one task folder (`task.json` + `test.jsonl` or `test.parquet`).
+def load_user_task(folder: str, num_frames: int = 8) -> UserTask:
+    """Load one task folder (`task.json` + `test.jsonl` or `test.parquet`); query videos are sampled to `num_frames`.
 
     Raises:
         ValueError: naming the file, row and problem for a missing or bad spec, rows file, row or image.
@@ -201,10 +216,10 @@ def load_user_task(folder: str) -> UserTask:
     with open(spec_path, encoding="utf-8") as f:
         spec, metric, ecr_task = parse_spec(parse_json_object(f.read(), spec_path), spec_path)
     rows_file = records_file(folder, ROWS_STEM)
-    return build_user_task(folder, spec, metric, read_records_file(rows_file), rows_file, ecr_task)
+    return build_user_task(folder, spec, metric, read_records_file(rows_file), rows_file, ecr_task, num_frames)
 
 
-def load_user_tasks(tasks_dir: str) -> list[UserTask]:
+def load_user_tasks(tasks_dir: str, num_frames: int = 8) -> list[UserTask]:
     """Load every subfolder of `tasks_dir` holding a `task.json`, in name order; other subfolders are skipped.
 
     Raises:
@@ -216,7 +231,8 @@ def load_user_tasks(tasks_dir: str) -> list[UserTask]:
     skipped = [folder for folder in folders if os.path.isdir(folder) and not os.path.isfile(f"{folder}/{SPEC_FILE}")]
     if skipped:
         logger.info("%s: skipping subfolders without %s: %s", tasks_dir, SPEC_FILE, skipped)
-    tasks = [load_user_task(folder) for folder in folders if os.path.isfile(os.path.join(folder, SPEC_FILE))]
+    tasks = [load_user_task(folder, num_frames) for folder in folders
+             if os.path.isfile(os.path.join(folder, SPEC_FILE))]  # fmt: skip
     if not tasks:
         raise ValueError(f"tasks dir {tasks_dir!r} holds no task folder (a subfolder with a {SPEC_FILE})")
     first = {}
