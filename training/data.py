@@ -211,6 +211,11 @@ class PairDataset(Dataset):
     def sizes(self) -> list[int]:
         return [len(table) for table in self.tables]
 
+    @property
+    def has_videos(self) -> bool:
+        """Whether any source has a video column."""
+        return any(name.endswith("_video_path") for table in self.tables for name in table.column_names)
+
 
 def _endless_order(size: int, seed: str):
     """Indices `0..size-1` in a fresh shuffled order per pass, forever."""

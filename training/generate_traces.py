@@ -72,11 +72,15 @@ def load_reasoner(settings: TraceSettings, device) -> tuple[Callable[[list[TTEIn
     return (lambda items: model.generate_traces(items, settings.max_new_tokens)[0]), model.processor
 
 
-def open_store(settings: TraceSettings, processor: TTEProcessor, accelerator: Accelerator) -> TraceStore:
-    """Create (main process) or open the store; its manifest must match this run's reasoner and decoding."""
+def open_store(settings: TraceSettings, processor: TTEProcessor, accelerator: Accelerator,
+               videos: bool = False) -> TraceStore:  # fmt: skip
+    """Create (main process) or open the store; its manifest must match this run's reasoner and decoding, and, for
+    data with videos, the processor's video sampling (which frames the reasoner saw is part of a trace's key)."""
     name = settings.reasoner_name or settings.endpoint_model or os.path.basename(os.path.normpath(settings.model_path))
-    manifest = make_manifest(name, processor.prompt_set_version,
-                             {"greedy": True, "max_new_tokens": settings.max_new_tokens})  # fmt: skip
+    decoding = {"greedy": True, "max_new_tokens": settings.max_new_tokens}
+    if videos:  # only then: the stores of data without videos keep the manifest they had
+        decoding["video_sampling"] = processor.video_sampling.to_dict()
+    manifest = make_manifest(name, processor.prompt_set_version, decoding)
     if accelerator.is_main_process:
         TraceStore.create(settings.output_dir, manifest)  # raises if an existing store was made differently
     accelerator.wait_for_everyone()
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = parse_trace_kinds(settings.sides)
     dataset = PairDataset(load_sources(settings.data_config))
     reason, processor = load_reasoner(settings, accelerator.device)
-    store = open_store(settings, processor, accelerator)
+    store = open_store(settings, processor, accelerator, dataset.has_videos)
     done = store.read()
     todo = pending(dataset, kinds, done)
     accelerator.wait_for_everyone()  # every process has read the store before any appends

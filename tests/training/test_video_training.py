@@ -10,6 +10,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from tests.test_video import write_video
+from tests.tiny_models import build_processor
 from tests.training.helpers import COLOURS, read_metrics, train_arguments, write_trace_store
 from training.data import PairDataset, load_sources
 from training.generate_traces import main as generate_traces
@@ -82,3 +83,6 @@ def test_every_training_stage_reads_video_rows(tmp_path, model_folder, video_dat
                      "--max_new_tokens", "4", "--batch_size", "8"])  # fmt: skip
     dataset = PairDataset(load_sources(video_data))
     assert set(TraceStore(store).read()) == {(dataset[i].id, "query") for i in range(len(dataset))}
+    # which frames the reasoner saw is part of the store's key: another sampling is another store
+    sampling = TraceStore(store).manifest["decoding"]["video_sampling"]
+    assert sampling == build_processor("qwen2_vl").video_sampling.to_dict()
