@@ -1113,6 +1113,8 @@ class TTEModel(TTEPreTrainedModel):
         skipped = []  # queries the gate said no to, embedded by the gate's own pass
         if gated and not self._gates_in_generation():
             skipped = self._gate_on_plain_embeddings(call, gated, max_new_tokens)
+        elif gated and call.cache is not None:
+            self._gate_before_generation(call, gated, max_new_tokens)
         thinking = [i for i in batch if call.generate[i]]
         plain = [i for i in batch if not call.generate[i] and i not in skipped]
         if thinking:
@@ -1157,12 +1159,16 @@ class TTEModel(TTEPreTrainedModel):
                 names = [f"inputs[{start + i}]" for i in range(len(chunk))]
                 rows.append(self(**self._embedding_inputs(chunk, [[] for _ in chunk], names)).embeddings)
                 continue
-            prompts = self.processor.build_reasoning_inputs(chunk).to(self.device)
-            position_ids = self.positions_of(prompts)
-            states = self.source_states(prompts["input_ids"], prompts["attention_mask"], position_ids,
-                                        **vision_inputs_of(prompts))  # fmt: skip
-            rows.append(states[:, -1])  # left padding: the last column is each prompt's last token
+            rows.append(self._prompt_gate_states(chunk))
         return torch.cat(rows).float()
+
+    def _prompt_gate_states(self, items: list[TTEInput]) -> torch.Tensor:
+        """Unified: the layer L-N state of each reasoning prompt's last token, from a pass up to that layer (what
+        generation's prefill captures for the gate)."""
+        prompts = self.processor.build_reasoning_inputs(items).to(self.device)
+        states = self.source_states(prompts["input_ids"], prompts["attention_mask"], self.positions_of(prompts),
+                                    **vision_inputs_of(prompts))  # fmt: skip
+        return states[:, -1]  # left padding: the last column is each prompt's last token
 
     def _gates_in_generation(self) -> bool:
         """The unified model's gate reads generation's prefill; the others' gate reads a no-thinking embedding."""
@@ -1186,6 +1192,20 @@ class TTEModel(TTEPreTrainedModel):
         self._take_cached_traces(call, [i for i in gated if call.generate[i]], max_new_tokens)
         return skipped
 
+    def _gate_before_generation(self, call: EmbedCall, gated: list[int], max_new_tokens: int | None) -> None:
+        """Unified, with a trace cache: the gate reads the prefill state from a pass of its own (up to layer L-N)
+        before generation, so that a query it sends to think can take its trace from the cache instead of generating
+        it. A query it says no to is embedded with the empty trace, as when it decides inside generation. The price
+        is that pass: a thinking query's prompt is run twice (a cached trace saves every decode step)."""
+        started = self._clock()
+        thinks = (self.gate(self._prompt_gate_states([call.items[i] for i in gated]))
+                  > self.config.gate_threshold).tolist()  # fmt: skip
+        call.stats.generation_seconds += self._clock() - started
+        for i, think in zip(gated, thinks):
+            call.gated[i], call.generate[i] = False, think
+        call.stats.count_gate_skips(thinks.count(False))
+        self._take_cached_traces(call, [i for i in gated if call.generate[i]], max_new_tokens)
+
     @staticmethod
     def _count_generated(call: EmbedCall, thinking: list[int], generation: Generation) -> None:
         skipped = generation.gate_skipped or [False] * len(thinking)
@@ -1199,8 +1219,7 @@ class TTEModel(TTEPreTrainedModel):
 
     def _store_traces(self, call: EmbedCall, thinking: list[int], generation: Generation, max_new_tokens) -> None:
         """Put a batch's new traces into the call's trace cache, in one transaction. A trace cut at a bound the
-        context window lowered is not what the requested bound would give, so it is not stored. Queries the
-        unified gate decided during generation were not looked up, and are not stored."""
+        context window lowered is not what the requested bound would give, so it is not stored."""
         if call.cache is None:
             return
         requested = max_new_tokens or self.config.max_new_tokens

@@ -57,6 +57,20 @@ def test_a_skipped_query_equals_no_thinking_and_a_thinking_one_equals_always(tin
     assert (documents.generated, documents.gate_skips, documents.without_trace) == (0, 0, len(QUERIES))
 
 
+@pytest.mark.parametrize("variant", ["unified", "student"])
+def test_auto_reads_and_fills_the_trace_cache_for_the_queries_that_think(tiny_tte, variant, tmp_path):
+    model, logits = with_gate(tiny_tte("qwen2_vl", variant))
+    thinks = np.array([logit > model.config.gate_threshold for logit in logits])
+    without_cache = model.embed(QUERIES, think="auto")
+    cache = str(tmp_path / "traces.sqlite")
+    first, first_stats = model.embed(QUERIES, think="auto", trace_cache=cache, return_stats=True)
+    again, ids, stats = model.embed(QUERIES, think="auto", trace_cache=cache, return_reasoning="ids", return_stats=True)
+    assert (first_stats.generated, first_stats.cache_hits) == (int(thinks.sum()), 0)
+    assert (stats.generated, stats.cache_hits, stats.gate_skips) == (0, int(thinks.sum()), int((~thinks).sum()))
+    assert [bool(trace) for trace in ids] == thinks.tolist()  # the gate still decides; the cache only saves work
+    assert np.abs(first - without_cache).max() <= 1e-4 and np.abs(again - first).max() <= 1e-4
+
+
 @pytest.mark.parametrize("prefix_cache", [False, True])
 def test_a_gate_skipped_unified_query_runs_the_trunk_over_two_new_tokens_only(tiny_tte, prefix_cache):
     model, _ = with_gate(tiny_tte("qwen2_vl", "unified"), threshold=float("inf"))  # the gate says no to all
