@@ -68,6 +68,10 @@ class CaptionCollator:
         self.processor = processor
 
     def __call__(self, examples: list[Example]) -> BatchFeature:
+        for example in examples:  # one row of targets per image: a video has no place here
+            if "video" in example.inputs["query"]:
+                raise ValueError(f"{example.where}: the regression objective aligns images with their captions; this "
+                                 "row's query is a video (train video rows with --objective next_token)")  # fmt: skip
         items = [parse_side(self.processor, example, "query") for example in examples]
         captions = self.processor.tokenizer([_answer(example) for example in examples], add_special_tokens=False)
         return BatchFeature({**self.processor.build_image_inputs(items), "caption_ids": captions["input_ids"]})

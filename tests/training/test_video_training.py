@@ -1,5 +1,6 @@
 """Training rows with videos (`qry_video_path`, `pos_video_path`, `neg_video_path`: frame folders and a video file)
-through every stage that reads pair data: trace generation, reasoner SFT, embedder and head training."""
+through every stage that reads pair data: trace generation, reasoner SFT, embedder, head and gate training, and
+vision alignment's answer objective (its caption regression is for images, and says so)."""
 
 import json
 import math
@@ -16,8 +17,10 @@ from training.data import PairDataset, load_sources
 from training.generate_traces import main as generate_traces
 from training.traces import TraceStore
 from training.train_embedder import main as train_embedder
+from training.train_gate import main as train_gate
 from training.train_head import main as train_head
 from training.train_reasoner import main as train_reasoner
+from training.train_vision import main as train_vision
 
 
 pytest.importorskip("av")
@@ -41,7 +44,8 @@ def video_data(tmp_path_factory) -> str:
         for direction in ("left", "right"):
             moving_square(folder / "media" / f"{colour}-{direction}", colour, direction)
             rows.append({"qry": "what happens ?", "qry_video_path": f"{colour}-{direction}",
-                         "pos_text": f"{colour} square moves {direction}", "neg_text": ["a still picture"]})  # fmt: skip
+                         "pos_text": f"{colour} square moves {direction}",
+                         "neg_text": ["a still picture"]})  # fmt: skip
     write_video(str(folder / "media" / "clip.mp4"), count=8, size=(56, 56))
     rows.append({"qry": "what happens ?", "qry_video_path": "clip.mp4", "pos_text": "the screen brightens",
                  "neg_text": ["the screen darkens"]})  # fmt: skip
@@ -78,6 +82,27 @@ def test_every_training_stage_reads_video_rows(tmp_path, model_folder, video_dat
         output = str(tmp_path / stage.__module__)
         exported = stage(train_arguments(model_folder(variant), video_data, traces, output, "--max_steps", "2"))
         assert os.path.isfile(os.path.join(exported, "config.json")) and finite_losses(output, loss), stage.__module__
+    folder = os.path.dirname(video_data)  # vision alignment's answers are texts: the rows with a text positive
+    with open(os.path.join(folder, "videos.jsonl")) as handle:
+        answers = [line for line in handle if "pos_text" in json.loads(line)]
+    with open(os.path.join(folder, "answers.jsonl"), "w") as handle:
+        handle.writelines(answers)
+    answers_config = os.path.join(folder, "answers.yaml")
+    with open(answers_config, "w") as handle:
+        yaml.safe_dump({"sources": [{"name": "videos", "path": "answers.jsonl", "image_dir": "media", "task": "vqa"}]},
+                       handle)  # fmt: skip
+    vision = ["--model_path", model_folder("unified"), "--data_config", answers_config, "--per_device_batch_size", "4",
+              "--chunk_size", "4", "--max_steps", "2", "--logging_steps", "1", "--save_steps", "100"]  # fmt: skip
+    output = str(tmp_path / "vision-answers")
+    train_vision([*vision, "--output_dir", output, "--objective", "next_token"])
+    assert finite_losses(output, "lm_loss")
+    with pytest.raises(ValueError, match=r"source 'videos' row \d+ .* the regression objective aligns images with "
+                                         r"their captions; this row's query is a video"):  # fmt: skip
+        train_vision([*vision, "--output_dir", str(tmp_path / "vision-regression"), "--objective", "regression"])
+    summary = tmp_path / "gate" / "summary.json"
+    train_gate(["--model_path", model_folder("unified"), "--data_config", video_data, "--output_dir",
+                str(tmp_path / "gate"), "--max_queries", "8", "--steps", "5", "--max_new_tokens", "4"])  # fmt: skip
+    assert json.loads(summary.read_text())["queries"] == {"fit": 6, "held_out": 2}
     store = str(tmp_path / "generated")
     generate_traces(["--model_path", model_folder("unified"), "--data_config", video_data, "--output_dir", store,
                      "--max_new_tokens", "4", "--batch_size", "8"])  # fmt: skip
