@@ -388,6 +388,7 @@ class TTEProcessor(ProcessorMixin):
             `VideoSampling`'s default: a frame never gets more pixels than an image (a vision tower trained on small
             images stays on sizes it knows). `embed(..., video_sampling=...)` overrides them per call.
         video_layout: the backbone family's video tokens (`VIDEO_LAYOUTS`), set by `training.init_model`.
+        video_backend: the video file decoder, `"pyav"` or `"torchcodec"` (`video_tte`).
 
     URL fetching is a per-process choice of whoever runs the processor, never a saved setting: set
     `processor.allow_urls = True` (and, to change its limits or allow private networks, `processor.url_limits =
@@ -412,6 +413,7 @@ class TTEProcessor(ProcessorMixin):
         max_frame_pixels: int | None = None,
         max_video_pixels: int = VideoSampling.max_video_pixels,
         video_layout: str = "qwen2_vl",
+        video_backend: str = VideoSampling.backend,
         **kwargs,
     ):
         if prompt_set_version not in PROMPT_SETS:
@@ -422,6 +424,7 @@ class TTEProcessor(ProcessorMixin):
         self.max_image_pixels = max_image_pixels
         self.num_frames, self.video_fps = num_frames, video_fps
         self.max_frame_pixels, self.max_video_pixels = max_frame_pixels, max_video_pixels
+        self.video_backend = video_backend
         self.video_sampling  # checks the settings now rather than at the first video
         if video_layout not in VIDEO_LAYOUTS:
             raise ValueError(f"video_layout={video_layout!r} is not one of {VIDEO_LAYOUTS}")
@@ -444,10 +447,11 @@ class TTEProcessor(ProcessorMixin):
 
     @property
     def video_sampling(self) -> VideoSampling:
-        """The saved video settings (`num_frames`, `video_fps`, `max_frame_pixels`, `max_video_pixels`)."""
+        """The saved video settings (`num_frames`, `video_fps`, `max_frame_pixels`, `max_video_pixels`,
+        `video_backend`)."""
         frame_pixels = self.max_frame_pixels or min(self.max_pixels, VideoSampling.max_frame_pixels)
         return VideoSampling(num_frames=self.num_frames, fps=self.video_fps, max_frame_pixels=frame_pixels,
-                             max_video_pixels=self.max_video_pixels)  # fmt: skip
+                             max_video_pixels=self.max_video_pixels, backend=self.video_backend)  # fmt: skip
 
     def sampling_for_call(self, video_sampling: VideoSampling | dict | None) -> VideoSampling:
         """`video_sampling` as given to one call: a `VideoSampling`, a dict of the fields that differ from the saved

@@ -28,11 +28,13 @@ setup(
     ],
     extras_require={
         "train": ["accelerate>=1.10", "peft>=0.17", "datasets>=4", "matplotlib>=3.8,<4"],
-        "video": ["av>=14"],  # video files and data:video URIs (frame lists and folders need only Pillow)
+        # video files and data:video URIs (frame lists and folders need only Pillow); torchcodec, the optional
+        # faster decoder, also needs FFmpeg's libraries (Debian: ffmpeg)
+        "video": ["av>=14", "torchcodec==0.17.0"],
         # the demo Space (space/requirements.txt pins gradio for the Hub) and its browser test
         "space": ["gradio==6.31.0", "pandas", "selenium==4.48.0"],
         "test": ["pytest>=8", "accelerate>=1.10", "peft>=0.17", "datasets>=4", "matplotlib>=3.8,<4",
-                 "gradio==6.31.0", "pandas", "selenium==4.48.0", "av>=14"],
+                 "gradio==6.31.0", "pandas", "selenium==4.48.0", "av>=14", "torchcodec==0.17.0"],
     },
     entry_points={"console_scripts": ["tte=tte_cli:main", "tte-eval=tte_eval.cli:main"]},
 )

@@ -8,6 +8,11 @@ and fitted to a pixel budget before anything reaches the backbone's video proces
 
 Only the kept frames are ever held in memory: a file is decoded one frame at a time, each kept frame scaled down as
 it is converted, and a frame list or folder loads only the frames it keeps.
+
+Video files are decoded with PyAV by default, or with torchcodec (`VideoSampling.backend="torchcodec"`, when it and
+FFmpeg's libraries are installed), which seeks to the kept frames instead of decoding every frame before them: faster
+on long videos (`benchmarks/bench_video_decode.py`). The two convert and scale frames differently, so their pixels,
+and the embeddings, differ slightly: the backend is a setting, never chosen by what happens to be installed.
 """
 
 import hashlib
@@ -25,6 +30,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 PATCH_SIDE = 28  # a merged group of 2x2 14-pixel patches: the least a Qwen-VL vision tower takes, per side
 PATCH_PIXELS = PATCH_SIDE * PATCH_SIDE
+BACKENDS = ("pyav", "torchcodec")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class VideoSampling:
         max_frame_pixels: each kept frame is scaled down (aspect ratio kept) to at most this many pixels.
         max_video_pixels: the kept frames together hold at most this many pixels; frames shrink further to fit.
         min_frame_pixels: frames are never scaled below this; a budget that would need it is refused.
+        backend: the video file decoder, `"pyav"` or `"torchcodec"` (see the module docstring).
     """
 
     num_frames: int = 8
@@ -45,6 +52,7 @@ class VideoSampling:
     max_frame_pixels: int = 256 * PATCH_PIXELS
     max_video_pixels: int = 8 * 256 * PATCH_PIXELS
     min_frame_pixels: int = PATCH_PIXELS
+    backend: str = "pyav"
 
     def __post_init__(self):
         for name in ("num_frames", "max_frame_pixels", "max_video_pixels", "min_frame_pixels"):
@@ -54,6 +62,8 @@ class VideoSampling:
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
                                      or not self.fps > 0):  # fmt: skip
             raise ValueError(f"video sampling: fps must be a positive number or None, got {self.fps!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"video sampling: backend={self.backend!r} is not one of {BACKENDS}")
         if self.max_frame_pixels < self.min_frame_pixels:
             raise ValueError(f"video sampling: max_frame_pixels={self.max_frame_pixels} is under min_frame_pixels="
                              f"{self.min_frame_pixels}")  # fmt: skip
@@ -154,8 +164,9 @@ def load_video(value, where: str, sampling: VideoSampling, load_image, max_image
     """
     if isinstance(value, (list, tuple)):
         return _video_of_frames(list(value), where, sampling, load_image)
+    decode = _decode_with_torchcodec if sampling.backend == "torchcodec" else _decode
     if isinstance(value, (bytes, bytearray)):
-        return _decode(io.BytesIO(bytes(value)), "the video bytes", where, sampling, max_image_pixels)
+        return decode(bytes(value), "the video bytes", where, sampling, max_image_pixels)
     if not isinstance(value, str):
         raise TypeError(f"{where}: a video must be a list of frames, a folder, a video file's path or its bytes, got "
                         f"{type(value).__name__}")  # fmt: skip
@@ -163,7 +174,7 @@ def load_video(value, where: str, sampling: VideoSampling, load_image, max_image
         return _video_of_frames(frame_files(value, where), where, sampling, load_image)
     if not os.path.exists(value):
         raise ValueError(f"{where}: video {value!r} does not exist (a video file or a folder of frames)")
-    return _decode(value, repr(value), where, sampling, max_image_pixels)
+    return decode(value, repr(value), where, sampling, max_image_pixels)
 
 
 def _video_of_frames(frames: list, where: str, sampling: VideoSampling, load_image) -> Video:
@@ -183,13 +194,13 @@ def _video_of_frames(frames: list, where: str, sampling: VideoSampling, load_ima
 
 
 def _decode(source, name: str, where: str, sampling: VideoSampling, max_image_pixels: int) -> Video:
-    """Decode the kept frames of a video file (a path or a file object) with PyAV, one frame at a time."""
+    """Decode the kept frames of a video file (a path or its bytes) with PyAV, one frame at a time."""
     try:
         import av
     except ImportError as error:
         raise ImportError(f"{where}: decoding a video file needs PyAV (pip install av)") from error
     try:
-        container = av.open(source)
+        container = av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (av.FFmpegError, OSError, ValueError) as error:
         raise ValueError(f"{where}: {name} is not a readable video ({error})") from error
     with container:
@@ -222,6 +233,35 @@ def _decode(source, name: str, where: str, sampling: VideoSampling, max_image_pi
         raise ValueError(f"{where}: {name} decoded to fewer frames than the {total} it announces (frame "
                          f"{wanted[len(kept)]} is missing): a truncated or corrupt file")  # fmt: skip
     return Video(kept, wanted, source_fps, total)
+
+
+def _decode_with_torchcodec(source, name: str, where: str, sampling: VideoSampling, max_image_pixels: int) -> Video:
+    """Decode the kept frames of a video file (a path or its bytes) with torchcodec, seeking to each."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except (ImportError, OSError, RuntimeError) as error:  # torchcodec loads FFmpeg's libraries when imported
+        raise ImportError(f"{where}: backend='torchcodec' needs torchcodec and FFmpeg's libraries ({error})") from error
+    try:
+        decoder = VideoDecoder(source)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{where}: {name} is not a readable video ({error})") from error
+    metadata = decoder.metadata
+    width, height = metadata.width, metadata.height
+    if width * height > max_image_pixels:
+        raise ValueError(f"{where}: {name} has {width}x{height} frames, over max_image_pixels={max_image_pixels}")
+    total = metadata.num_frames or 0
+    if total == 0:
+        raise ValueError(f"{where}: {name} has no frames")
+    wanted = frame_indices(total, sampling, metadata.average_fps)
+    size = fitted_size(width, height, len(wanted), sampling, where)
+    try:
+        frames = decoder.get_frames_at(wanted).data  # (frames, channels, height, width), uint8 RGB
+    except RuntimeError as error:
+        raise ValueError(f"{where}: {name} is corrupt: decoding its frames {wanted} failed ({error})") from error
+    kept = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in frames]
+    if size != (width, height):
+        kept = [frame.resize(size, Image.Resampling.BICUBIC) for frame in kept]
+    return Video(kept, wanted, metadata.average_fps, total)
 
 
 def _count_frames(container, stream, name: str, where: str) -> int:

