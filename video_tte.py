@@ -145,7 +145,13 @@ def frame_files(folder: str, where: str) -> list[str]:
 
 
 def looks_like_video_file(value: str) -> bool:
-    return value.lower().endswith(VIDEO_EXTENSIONS) or value.startswith("data:video/")
+    """Whether a bare string names a video file (or is a `data:video/` URI) rather than being text: as for images, a
+    string with white space is text ("a clip named cat.mp4") unless it is the path of an existing file."""
+    if value.startswith("data:video/"):
+        return True
+    if not value.lower().endswith(VIDEO_EXTENSIONS):
+        return False
+    return not any(char.isspace() for char in value) or os.path.isfile(value)
 
 
 def load_video(value, where: str, sampling: VideoSampling, load_image, max_image_pixels: int) -> Video:

@@ -151,7 +151,9 @@ def test_bad_video_inputs_are_refused_by_name(tiny_tte, tmp_path):
         tiny_tte("llama", "unified").embed([{"video": FRAMES}], think="never")
 
 
-def test_a_video_file_path_is_a_video_input(tiny_tte, mp4):
+def test_a_video_file_path_is_a_video_input_and_a_sentence_naming_one_is_text(tiny_tte, mp4):
     model = tiny_tte("qwen2_vl", "student")
     with torch.no_grad():
         assert np.array_equal(model.embed(mp4, think="never"), model.embed({"video": mp4}, think="never"))
+    text, path = model.processor.parse_inputs(["watch the clip named holiday.mp4", mp4])
+    assert text.text == "watch the clip named holiday.mp4" and text.video is None and path.video is not None
