@@ -21,7 +21,6 @@ import hashlib
 import http.client
 import io
 import ipaddress
-import math
 import os
 import socket
 import ssl
@@ -37,7 +36,7 @@ from transformers import BatchFeature, ProcessorMixin, Qwen3VLProcessor
 from transformers.utils import logging
 from transformers.video_utils import VideoMetadata
 
-from .video_tte import PATCH_PIXELS, PATCH_SIDE, Video, VideoSampling, load_video, looks_like_video_file
+from .video_tte import PATCH_PIXELS, Video, VideoSampling, load_video, looks_like_video_file
 
 
 logger = logging.get_logger(__name__)
@@ -717,11 +716,9 @@ class TTEProcessor(ProcessorMixin):
 
     @staticmethod
     def _video_size(videos: list[Video]) -> dict:
-        """The video processor's resize bounds: the frames already fit their call's budget, so it only rounds them
-        to whole patch groups, never scaling them down again nor up to its own, larger default minimum."""
-        rounded = [math.ceil(width / PATCH_SIDE) * math.ceil(height / PATCH_SIDE) * PATCH_PIXELS
-                   for width, height in (video.frames[0].size for video in videos)]  # fmt: skip
-        return {"shortest_edge": PATCH_PIXELS, "longest_edge": max(rounded)}
+        """The video processor's resize bounds: the frames already fit their budget, so it only rounds them to whole
+        patch groups within it (Qwen-VL's `smart_resize`), never up to its own, larger default minimum."""
+        return {"shortest_edge": PATCH_PIXELS, "longest_edge": max(video.frame_pixels for video in videos)}
 
     @staticmethod
     def _video_metadata(video: Video) -> VideoMetadata:

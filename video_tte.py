@@ -74,12 +74,14 @@ class VideoSampling:
 
 @dataclass
 class Video:
-    """A sampled video: its kept frames (RGB, one size), their numbers in the source and the source's frame rate."""
+    """A sampled video: its kept frames (RGB, one size), their numbers in the source, the source's frame rate and the
+    pixels each frame may have (`frame_budget`; the video processor's rounding to whole patches must stay within)."""
 
     frames: list[Image.Image]
     indices: list[int]
     source_fps: float | None
     source_frames: int
+    frame_pixels: int
 
     def digest(self) -> str:
         """sha256 of the kept frames' pixels, their source numbers and the frame rate: what identifies the video as
@@ -106,13 +108,18 @@ def frame_indices(total: int, sampling: VideoSampling, source_fps: float | None 
     return np.linspace(0, total - 1, sampling.num_frames, dtype=int).tolist()
 
 
+def frame_budget(count: int, sampling: VideoSampling) -> int:
+    """The pixels each of `count` frames may have: the frame budget, or an even share of the video budget."""
+    return min(sampling.max_frame_pixels, sampling.max_video_pixels // count)
+
+
 def fitted_size(width: int, height: int, count: int, sampling: VideoSampling, where: str) -> tuple[int, int]:
     """The size `count` frames of `width` x `height` are scaled to (aspect ratio kept) to fit both budgets.
 
     Raises:
         ValueError: if the budgets leave a frame fewer than `min_frame_pixels`.
     """
-    budget = min(sampling.max_frame_pixels, sampling.max_video_pixels // count)
+    budget = frame_budget(count, sampling)
     if budget < sampling.min_frame_pixels:
         raise ValueError(f"{where}: {count} frames of at least {sampling.min_frame_pixels} pixels each need "
                          f"{count * sampling.min_frame_pixels} pixels, over max_video_pixels="
@@ -196,7 +203,7 @@ def _video_of_frames(frames: list, where: str, sampling: VideoSampling, load_ima
     size = fitted_size(*first, len(kept), sampling, where)
     if size != first:
         kept = [frame.resize(size, Image.Resampling.BICUBIC) for frame in kept]
-    return Video(kept, indices, None, len(frames))
+    return Video(kept, indices, None, len(frames), frame_budget(len(kept), sampling))
 
 
 def _decode(source, name: str, where: str, sampling: VideoSampling, max_image_pixels: int) -> Video:
@@ -238,7 +245,7 @@ def _decode(source, name: str, where: str, sampling: VideoSampling, max_image_pi
     if len(kept) < len(wanted):
         raise ValueError(f"{where}: {name} decoded to fewer frames than the {total} it announces (frame "
                          f"{wanted[len(kept)]} is missing): a truncated or corrupt file")  # fmt: skip
-    return Video(kept, wanted, source_fps, total)
+    return Video(kept, wanted, source_fps, total, frame_budget(len(kept), sampling))
 
 
 def _decode_with_torchcodec(source, name: str, where: str, sampling: VideoSampling, max_image_pixels: int) -> Video:
@@ -267,7 +274,7 @@ def _decode_with_torchcodec(source, name: str, where: str, sampling: VideoSampli
     kept = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in frames]
     if size != (width, height):
         kept = [frame.resize(size, Image.Resampling.BICUBIC) for frame in kept]
-    return Video(kept, wanted, metadata.average_fps, total)
+    return Video(kept, wanted, metadata.average_fps, total, frame_budget(len(kept), sampling))
 
 
 def _count_frames(container, stream, name: str, where: str) -> int:

@@ -94,6 +94,16 @@ def test_each_family_lays_out_its_video_tokens_and_positions(tiny_tte, mp4):
     assert text.count("<|vision_start|>") == text.count("<|vision_end|>") == 1 + 4
 
 
+def test_the_video_processor_keeps_each_frame_within_its_pixel_budget(tmp_path):
+    processor = build_processor("qwen2_vl")  # max_pixels 3136: a frame gets at most 3136 pixels
+    wide = write_video(str(tmp_path / "wide.mp4"), count=8, size=(96, 54))  # 16:9, scaled to 74x41 by the loader
+    for sampling in ({}, {"max_frame_pixels": 2 * 784}):
+        (item,) = processor.parse_inputs([{"video": wide}], video_sampling=sampling)
+        grid = processor.build_reasoning_inputs([item])["video_grid_thw"][0].tolist()
+        patch = processor.video_processor.patch_size
+        assert grid[1] * grid[2] * patch * patch <= processor.sampling_for_call(sampling).max_frame_pixels
+
+
 def test_a_video_reasons_with_the_video_family_where_the_prompt_set_has_one():
     processor = build_processor("qwen2_vl")
     assert processor.prompt_set_version == "ecr-v1"
