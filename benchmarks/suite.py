@@ -8,7 +8,8 @@ they embed). Every ratio times both sides alternately in each repeat and keeps e
 noise hits both alike. It runs unchanged on a GPU (`--device cuda --dtype bfloat16`).
 
 - P1: unified `embed` with thinking / bare `generate` of the same prompts (the same greedy tokens), batch 1, 8, 32.
-- P2: unified / student: `embed` latency with thinking, and parameter bytes held in memory.
+- P2: unified / student: `embed` latency with thinking (and, as a profile, its generation and embedding phases),
+  and parameter bytes held in memory.
 - P3: throughput of 32 thinking queries, batched / one at a time.
 - P4: `encode_document` / a plain transformers forward of the backbone over the same tokens + last-token pooling.
 - P5: `embed` with precomputed traces / a no-thinking encode of the same inputs with the trace in their text.
@@ -133,6 +134,14 @@ def measure(args) -> list[dict]:
                            args.repeats, sync)  # fmt: skip
         row("P2", "unified / student embed(think) latency, batch 8", times["unified"], times["student"], "<= 0.80",
             times["unified"] / times["student"] <= 0.80)  # fmt: skip
+        # Where P2's time goes: both generate the same number of tokens with a backbone of one size; they differ in
+        # the embedding pass after it (the unified head's N layers over the captured states, the student's whole
+        # embedder over prompt + trace). `EmbedStats` times the two phases of one call.
+        phases = {name: model.embed(thinking[:8], think=True, batch_size=8, return_stats=True)[1]
+                  for name, model in (("unified", unified), ("student", student))}  # fmt: skip
+        for phase in ("generation", "embedding"):
+            seconds = [getattr(phases[name], f"{phase}_seconds") for name in ("unified", "student")]
+            row("P2", f"unified / student {phase} seconds, batch 8 (profile)", *seconds, "context", True)
         memory = parameter_bytes(unified) / 2**20, parameter_bytes(student) / 2**20
         row("P2", "unified / student parameter memory (MiB)", *memory, "<= 0.60", memory[0] / memory[1] <= 0.60, "MiB")
         times = best_times({"batched": lambda: unified.embed(thinking, think=True, batch_size=args.batch),
