@@ -1186,10 +1186,7 @@ class TTEModel(TTEPreTrainedModel):
         call.stats.embedding_seconds += self._clock() - started
         skipped = [i for i, think in zip(gated, thinks) if not think]
         call.embeddings[skipped] = embeddings[[not think for think in thinks]]
-        for i, think in zip(gated, thinks):
-            call.gated[i], call.generate[i] = False, think
-        call.stats.count_gate_skips(len(skipped))
-        self._take_cached_traces(call, [i for i in gated if call.generate[i]], max_new_tokens)
+        self._follow_gate(call, gated, thinks, max_new_tokens)
         return skipped
 
     def _gate_before_generation(self, call: EmbedCall, gated: list[int], max_new_tokens: int | None) -> None:
@@ -1201,6 +1198,11 @@ class TTEModel(TTEPreTrainedModel):
         thinks = (self.gate(self._prompt_gate_states([call.items[i] for i in gated]))
                   > self.config.gate_threshold).tolist()  # fmt: skip
         call.stats.generation_seconds += self._clock() - started
+        self._follow_gate(call, gated, thinks, max_new_tokens)
+
+    def _follow_gate(self, call: EmbedCall, gated: list[int], thinks: list[bool], max_new_tokens: int | None) -> None:
+        """Record the gate's decisions made before generation: the queries it sends to think take their trace from
+        the trace cache where it holds one; the others are counted as gate skips."""
         for i, think in zip(gated, thinks):
             call.gated[i], call.generate[i] = False, think
         call.stats.count_gate_skips(thinks.count(False))

@@ -455,16 +455,19 @@ class TTEProcessor(ProcessorMixin):
     def sampling_for_call(self, video_sampling: VideoSampling | dict | None) -> VideoSampling:
         """`video_sampling` as given to one call: a `VideoSampling`, a dict of the fields that differ from the saved
         settings, or None for the saved settings."""
-        if video_sampling is None or isinstance(video_sampling, VideoSampling):
-            return video_sampling or self.video_sampling
-        if not isinstance(video_sampling, dict):
+        if isinstance(video_sampling, VideoSampling):
+            return video_sampling
+        if video_sampling is not None and not isinstance(video_sampling, dict):
             raise TypeError(f"video_sampling must be a VideoSampling, a dict or None, got "
                             f"{type(video_sampling).__name__}")  # fmt: skip
-        unknown = set(video_sampling) - set(self.video_sampling.to_dict())
+        saved = self.video_sampling
+        if not video_sampling:
+            return saved
+        unknown = set(video_sampling) - set(saved.to_dict())
         if unknown:
             raise ValueError(f"video_sampling: unknown settings {sorted(unknown)}; allowed are "
-                             f"{sorted(self.video_sampling.to_dict())}")  # fmt: skip
-        return VideoSampling(**{**self.video_sampling.to_dict(), **video_sampling})
+                             f"{sorted(saved.to_dict())}")  # fmt: skip
+        return VideoSampling(**{**saved.to_dict(), **video_sampling})
 
     @property
     def task_families(self) -> tuple[str, ...]:
@@ -699,18 +702,17 @@ class TTEProcessor(ProcessorMixin):
                   "return_mm_token_type_ids": not self.text_only}  # fmt: skip
         if images:
             kwargs.update(images=images, images_kwargs={"size": self._image_size()})
+        metadata = [self._video_metadata(video) for video in videos]
         if videos:  # sampled and fitted to the budgets already (`video_tte.load_video`): processed as they are
             kwargs.update(videos=[video.frames for video in videos], videos_kwargs={
                 # our budgets are per frame and per video already: its own per-frame cap would only warn
                 "size": self._video_size(videos), "do_sample_frames": False, "cap_pixels_per_frame": False,
-                "return_metadata": True,
-                "video_metadata": [self._video_metadata(video) for video in videos]})  # fmt: skip
+                "return_metadata": True, "video_metadata": metadata})  # fmt: skip
         with _TOKENIZER_LOCK:
             features = self(text=texts, **kwargs)
         if videos and self.video_layout == "qwen2_5_vl":  # the seconds each temporal patch spans, as its processor
             step = self.video_processor.temporal_patch_size
-            features["second_per_grid_ts"] = torch.tensor([step / self._video_metadata(video).sampled_fps
-                                                           for video in videos])  # fmt: skip
+            features["second_per_grid_ts"] = torch.tensor([step / data.sampled_fps for data in metadata])
         features.pop("video_metadata", None)
         return features
 

@@ -66,8 +66,9 @@ def load_model(path: str, allow_urls: bool):
 
 def options(args) -> dict:
     sampling = {"num_frames": args.num_frames} if args.num_frames is not None else None
-    return {"instruction": args.instruction, "task": args.task, "think": args.think, "max_new_tokens": args.max_new_tokens,
-            "trace_cache": args.trace_cache, "return_stats": True, "video_sampling": sampling}  # fmt: skip
+    return {"instruction": args.instruction, "task": args.task, "think": args.think,
+            "max_new_tokens": args.max_new_tokens, "trace_cache": args.trace_cache, "return_stats": True,
+            "video_sampling": sampling}  # fmt: skip
 
 
 def print_stats(args, stats) -> None:

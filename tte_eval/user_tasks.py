@@ -33,7 +33,6 @@ Optional spec key:
   on MMEB tasks, TTE models reason with their default family (`"retrieval"`).
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -144,12 +143,7 @@ def user_row(record: dict, row_id: str, folder: str, where: str, ecr_task: str |
     check_keys(record, ROW_KEYS + OPTIONAL_ROW_KEYS, where)
     query_parts = [field(record, key, str, where) for key in ("qry_inst", "qry_text", "qry_img_path")]
     video = field(record, "qry_video_path", str, where) if "qry_video_path" in record else ""
-    query = _item(*query_parts, folder, f"{where}: query", ecr_task, has_video=bool(video))
-    if video:
-        if query.image is not None:
-            raise ValueError(f"{where}: the query has both qry_img_path and qry_video_path; it takes one")
-        frames = video_frames(folder, video, num_frames, f"{where}: query")
-        query = dataclasses.replace(query, video=frames, harness_text=f"{VIDEO_MARKER} {query.harness_text}".strip())
+    query = _item(*query_parts, folder, f"{where}: query", ecr_task, video, num_frames)
     inst = field(record, "tgt_inst", str, where)
     texts, paths = target_lists(record, where)
     candidates = tuple(
@@ -165,14 +159,18 @@ def _target_id(inst: str, path: str, text: str) -> str:
 
 
 def _item(inst: str, text: str, path: str, folder: str, where: str, ecr_task: str | None = None,
-          has_video: bool = False) -> Item:  # fmt: skip
-    """A query or target from its instruction, text and image path, `""` meaning none."""
-    if not text.strip() and not path and not has_video:
+          video_path: str = "", num_frames: int = 8) -> Item:  # fmt: skip
+    """A query or target from its instruction, text, image path and video folder, `""` meaning none."""
+    if not text.strip() and not path and not video_path:
         raise ValueError(f"{where}: has neither text nor image")
+    if path and video_path:
+        raise ValueError(f"{where}: has both an image (qry_img_path) and a video (qry_video_path); it takes one")
     image = media_path(folder, path, where) if path else None
+    video = video_frames(folder, video_path, num_frames, where) if video_path else None
     # No MMEB task owns these strings, so the informational harness string is a plain join of the present parts.
-    harness = " ".join(part for part in (IMAGE_MARKER if image else "", inst, text) if part)
-    return Item(harness, optional_text(inst.strip()), optional_text(text), image, task=ecr_task)
+    marker = IMAGE_MARKER if image else VIDEO_MARKER if video else ""
+    harness = " ".join(part for part in (marker, inst, text) if part)
+    return Item(harness, optional_text(inst.strip()), optional_text(text), image, video, task=ecr_task)
 
 
 def _labels(record: dict, candidates: tuple[Candidate, ...], where: str) -> dict[str, float]:

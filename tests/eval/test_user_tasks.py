@@ -215,6 +215,9 @@ def test_load_user_task_bad_spec_raises(tmp_path, spec, message):
         (_row("q1", ["a"], [0], qry_img_path="images/nope.png"), "query: image file 'images/nope.png' not found"),
         (_row("q1", ["a", ""], [0], tgt_img_path=["", "nope.png"]), "target 1: image file 'nope.png' not found"),
         (_row("q1", "a", [0]), "field 'tgt_text' must be list or tuple or ndarray"),
+        (_row("q1", ["a"], [0], qry_img_path="images/x.png", qry_video_path="clips/0"),
+         r"query: has both an image \(qry_img_path\) and a video \(qry_video_path\); it takes one"),
+        (_row("q1", ["a"], [0], qry_video_path="clips/none"), "query: video frame folder 'clips/none' not found"),
     ],
 )  # fmt: skip
 def test_load_user_task_bad_row_names_file_and_row(tmp_path, row, message):

@@ -290,7 +290,8 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
     if not os.path.isfile(results):
         run_stage("tte_eval", ["evaluate", "--model", model, "--tasks-dir", tasks_dir, "--output",
                                os.path.dirname(results), "--model-name", name, "--batch-size", "16",
-                               *(["--traces", traces] if traces else []), *(["--think", think] if think else [])])  # fmt: skip
+                               *(["--traces", traces] if traces else []),
+                               *(["--think", think] if think else [])])  # fmt: skip
     return results
 
 
