@@ -1108,7 +1108,11 @@ class TTEModel(TTEPreTrainedModel):
         """Embed the inputs `batch` of `call` into `call.embeddings`; those that think get a new trace first, which
         is recorded in `call` with the token ids it is embedded with (the generated ids: see
         `TTEProcessor.build_embedding_inputs`) and stored in the call's trace cache. The `think="auto"` gate
-        decides first (student, teacher) or during generation (unified)."""
+        decides first (student, teacher, and unified with a trace cache) or during generation (unified).
+
+        The unified model embeds its new traces in a single pass with generation, except in a call with a trace
+        cache: there a new trace is embedded from its ids like a cached one, so that a later hit gives the same
+        embedding bit for bit (the single pass's incremental states differ from one forward in float rounding)."""
         gated = [i for i in batch if call.gated[i]]
         skipped = []  # queries the gate said no to, embedded by the gate's own pass
         if gated and not self._gates_in_generation():
@@ -1120,7 +1124,7 @@ class TTEModel(TTEPreTrainedModel):
         if thinking:
             items, names = [call.items[i] for i in thinking], [call.name(i) for i in thinking]
             started = self._clock()
-            if self._gates_in_generation():
+            if self._gates_in_generation() and call.cache is None:  # the single pass
                 texts, trace_ids, generation = self.generate_traces(
                     items, max_new_tokens, capture=True, where=names, streamer=call.streamer,
                     gated=[call.gated[i] for i in thinking],
@@ -1335,7 +1339,9 @@ class TTEModel(TTEPreTrainedModel):
                 A trace found in the trace cache is sent in one piece.
             trace_cache: a `TraceCache` or its file path, for this call (default `model.trace_cache`). A trace the
                 cache holds for the same input, reasoner, prompt set and decoding is reused instead of generated,
-                with the ids it was embedded with: the embedding equals `embed(reasoning=those ids)` bit for bit.
+                with the ids it was embedded with: the embedding equals `embed(reasoning=those ids)` bit for bit,
+                and equals the embedding the trace got when it was generated (the unified model then embeds new
+                traces from their ids too, one forward after generation instead of its single pass).
                 New traces are stored.
             return_stats: also return an `EmbedStats`: inputs that thought, cache hits, given traces, inputs without
                 a trace, generated tokens, traces cut at the bound, seconds generating and embedding.

@@ -15,6 +15,9 @@ noise hits both alike. It runs unchanged on a GPU (`--device cuda --dtype bfloat
 - P5: `embed` with precomputed traces / a no-thinking encode of the same inputs with the trace in their text.
 - P6: re-embedding `--cache-queries` thinking queries with a warm trace cache / `embed(reasoning=ids)` of the same
   inputs with the same trace tokens (what a plain encode of inputs + traces costs).
+  Context: a thinking call with a cold trace cache / the same call without one (with a cache, the unified model
+  embeds a new trace from its ids, one forward after generation instead of its single pass, so that a later hit is
+  bit-identical to it).
 - Peer context: documents per second of all-MiniLM-L6-v2 (sentence-transformers) and of `encode_document`.
 - Floor: decode seconds per token at batch 1 / the generator's parameter bytes over the measured memory bandwidth.
 - Memory: resident set size while encoding a `--corpus`-document corpus in chunks (it must stay flat).
@@ -171,6 +174,7 @@ def measure(args) -> list[dict]:
         row("P5", "embed(reasoning=traces) / no-thinking encode, trace in text", times["traces"], times["in text"],
             "<= 1.10", times["traces"] / times["in text"] <= 1.10)  # fmt: skip
         warm_trace_cache(unified, args, sync, row)
+        cold_trace_cache(unified, thinking[:8], args, sync, row)
         decode_floor(unified, thinking[0], args, sync, row)
         peer_context(unified, args, sync, row)
         corpus_memory(unified, args, row)
@@ -193,6 +197,24 @@ def warm_trace_cache(model, args, sync, row) -> None:
     model.trace_cache = None
     row("P6", f"{len(inputs)} queries: warm trace cache / encode with their trace ids", times["warm cache"],
         times["ids given"], "<= 1.10", times["warm cache"] / times["ids given"] <= 1.10)  # fmt: skip
+
+
+def cold_trace_cache(model, inputs: list[dict], args, sync, row) -> None:
+    """P6 context: what filling a trace cache costs a thinking call: each repeat starts from an empty cache file."""
+    paths = iter(os.path.join(args.cache_dir, f"p6-cold-{i}.sqlite") for i in range(2 * args.repeats))
+
+    def with_cold_cache():
+        path = next(paths)
+        model.embed(inputs, think=True, batch_size=len(inputs), trace_cache=path)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+
+    times = best_times({"cold cache": with_cold_cache,
+                        "no cache": lambda: model.embed(inputs, think=True, batch_size=len(inputs))},
+                       args.repeats, sync)  # fmt: skip
+    row("P6", f"{len(inputs)} thinking queries: cold trace cache / no cache (context)", times["cold cache"],
+        times["no cache"], "context", True)  # fmt: skip
 
 
 def decode_floor(model, query: dict, args, sync, row) -> None:
