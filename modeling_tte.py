@@ -29,8 +29,6 @@ from transformers import (
     BatchFeature,
     DynamicCache,
     GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
     PreTrainedModel,
 )
 from transformers.generation.streamers import BaseStreamer
@@ -38,6 +36,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from transformers.utils import ModelOutput, logging
 
 from .configuration_tte import THINK_POLICIES, TTEConfig
+from .decoding_tte import decode_greedily
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
 from .reasoning_tte import OpenAIChatReasoner
 from .trace_cache_tte import TraceCache, trace_key
@@ -241,27 +240,6 @@ class TTEGate(nn.Module):
         return self.score(self.norm(states.to(self.score.weight.dtype))).squeeze(-1).float()
 
 
-class GateAtFirstStep(LogitsProcessor):
-    """Runs the gate inside `generate`, after the prefill: the forward hook has captured the prefill's layer L-N
-    states, whose last column is each (left-padded) prompt's last token. A gated row the gate says no to gets EOS as
-    its first token, so its trace is empty (the batch carries it while other rows generate, as it carries any row
-    that stopped early)."""
-
-    def __init__(self, gate: TTEGate, threshold: float, gated: list[bool], captured: list, stop_id: int):
-        self.gate, self.threshold, self.captured, self.stop_id = gate, threshold, captured, stop_id
-        self.gated = torch.tensor(gated)
-        self.skipped: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.skipped is not None:
-            return scores
-        logits = self.gate(self.captured[0][:, -1])
-        self.skipped = self.gated.to(logits.device) & (logits <= self.threshold)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.stop_id] = 0.0
-        return torch.where(self.skipped[:, None], forced, scores)
-
-
 KeysValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
@@ -277,17 +255,16 @@ class PrefixStates:
 
 @dataclass
 class Generation:
-    """What one `generate_traces` call did: the bound and which traces hit it, and (with `capture=True`) what it fed
-    and captured, for the unified single pass. Each call has its own, so concurrent calls never share one."""
+    """What one `generate_traces` call did: the bound and which traces hit it, and (with `capture=True`) each row's
+    captured states, for the unified single pass. Each call has its own, so concurrent calls never share one."""
 
     trace_ids: list[list[int]]  # each row's trace, up to its stop token
-    cut: list[bool]  # the trace hit the bound: its last token was generated but never fed
+    cut: list[bool]  # the trace hit the bound
     budget: int | None  # the bound: max_new_tokens, or less where the context window is short (`trace_budget`);
     # None for an external reasoner, which applies its own
-    prompt_mask: torch.Tensor | None = None  # (batch, columns of the generation cache's prompt)
     first_fed: int = 0  # the first prompt column generation fed (after the cached prefixes)
-    cache: DynamicCache | None = None
-    captured: list[torch.Tensor] | None = None  # layer L-N outputs of each fed step
+    source_rows: list[torch.Tensor] | None = None  # layer L-N states of what generation fed (pads dropped) + trace
+    # + embedding token, per row (`decoding_tte.decode_greedily`)
     gate_skipped: list[bool] | None = None  # rows the think="auto" gate ended before their first token
 
 
@@ -885,58 +862,38 @@ class TTEModel(TTEPreTrainedModel):
                                 f"after the longest prompt; traces are bounded at {room} tokens")  # fmt: skip
         return min(requested, room)
 
-    def _trace_lengths(self, generated: torch.Tensor) -> tuple[list[int], list[bool]]:
-        """Per row: number of trace tokens before the first stop token, and whether the trace hit the bound."""
-        stops = set(np.atleast_1d(self.config.eos_token_id).tolist())
-        lengths, cut = [], []
-        for row in generated.tolist():
-            stop_at = next((j for j, token in enumerate(row) if token in stops), None)
-            lengths.append(len(row) if stop_at is None else stop_at)
-            cut.append(stop_at is None)
-        return lengths, cut
-
     @torch.no_grad()
     def generate_traces(
         self, items: list[TTEInput], max_new_tokens: int | None = None, capture: bool = False,
         where: list[str] | None = None, streamer: BaseStreamer | None = None, gated: list[bool] | None = None,
     ):  # fmt: skip
-        """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy), bounded by
-        `trace_budget` (`where` names the items in its errors; default `inputs[i]`). A `streamer` (transformers'
-        `BaseStreamer`, for one input) receives the tokens as they are generated. `gated` (unified, with `capture`):
-        the rows whose thinking the `think="auto"` gate decides after the prefill (`GateAtFirstStep`); a row it
-        skips gets the empty trace.
+        """Generate a trace per input with the built-in reasoner (batched, left-padded, greedy, a row leaving the
+        batch once its trace ended: `decoding_tte.decode_greedily`), bounded by `trace_budget` (`where` names the
+        items in its errors; default `inputs[i]`). A `streamer` (transformers' `BaseStreamer`, for one input)
+        receives the tokens as they are generated. `capture` (unified): also collect each row's layer L-N states of
+        prompt + trace + embedding token for the single pass. `gated` (unified, with `capture`): the rows whose
+        thinking the `think="auto"` gate decides after the prefill; a row it skips gets the empty trace.
 
         Returns:
             `(traces, trace_ids, generation)`: the trace strings, the generated token ids (what an embedding of the
-            trace is fed: `TTEProcessor.build_embedding_inputs`), and the `Generation` (its captured states only
-            when `capture`).
+            trace is fed: `TTEProcessor.build_embedding_inputs`), and the `Generation`.
         """
         processor = self.processor
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
         where = where or [f"inputs[{i}]" for i in range(len(items))]
         max_new_tokens = self.trace_budget(inputs["attention_mask"], max_new_tokens, where)
-        generator = self.generator()
         prompt = self._generation_inputs(inputs)  # with the prefix cache: prefixes cached, then only the rests
-        with capture_layer_output(self.source_layer()) if capture else nullcontext([]) as captured:
-            gate = None
-            if gated is not None and any(gated):
-                stop_id = int(np.atleast_1d(self.config.eos_token_id)[0])
-                gate = GateAtFirstStep(self.gate, self.config.gate_threshold, gated, captured, stop_id)
-            output = generator.generate(**prompt, generation_config=self.generator_generation_config(max_new_tokens),
-                                        streamer=streamer, logits_processor=LogitsProcessorList([gate] if gate else []))
-        prompt_length = prompt["input_ids"].shape[1]
-        generated = output.sequences[:, prompt_length:]
-        lengths, cut = self._trace_lengths(generated)
-        trace_ids = [row[:n] for row, n in zip(generated.tolist(), lengths)]
-        traces = [processor.decode_trace(ids) for ids in trace_ids]
-        if not capture:
-            return traces, trace_ids, Generation(trace_ids, cut, max_new_tokens)
-        # The prefill captured the prompt's columns from `first_fed` on (the rests, when the prefixes were cached).
-        first_fed = prompt_length - captured[0].shape[1]
-        skipped = gate.skipped.tolist() if gate is not None else [False] * len(items)
-        generation = Generation(trace_ids, cut, max_new_tokens, prompt["attention_mask"], first_fed, output.cache,
-                                captured, skipped)  # fmt: skip
-        return traces, trace_ids, generation
+        gate = None
+        if gated is not None and any(gated):
+            gated_rows = torch.tensor(gated, device=self.device)
+            gate = lambda states: gated_rows & (self.gate(states) <= self.config.gate_threshold)  # noqa: E731
+        with capture_layer_output(self.source_layer()) if capture else nullcontext(None) as captured:
+            decoded = decode_greedily(self.generator(), prompt, self.generator_generation_config(max_new_tokens),
+                                      streamer, captured, self.config.embedding_token_id, gate)  # fmt: skip
+        traces = [processor.decode_trace(ids) for ids in decoded.trace_ids]
+        generation = Generation(decoded.trace_ids, decoded.cut, max_new_tokens, decoded.first_fed,
+                                decoded.source_rows, decoded.gate_skipped)  # fmt: skip
+        return traces, decoded.trace_ids, generation
 
     def reason(
         self, items: list[TTEInput], max_new_tokens: int | None = None, where: list[str] | None = None
@@ -967,44 +924,6 @@ class TTEModel(TTEPreTrainedModel):
         trace_ids = [self.processor.trace_token_ids(trace, f"the reasoner's trace for {name}")
                      for trace, name in zip(traces, where)]  # fmt: skip
         return traces, trace_ids, Generation(trace_ids, [False] * len(traces), None)
-
-    # ----- unified single pass -----
-
-    def _missing_source_states(self, state: Generation, fed_length: int, position_ids) -> torch.Tensor:
-        """Run the tokens generation never fed (a trace cut at the bound, and the embedding token) through the trunk,
-        one step on top of the generation cache. Returns `(batch, 2, hidden)` layer L-N states."""
-        reasoning_mask = state.prompt_mask  # over the generation cache's columns
-        batch, prompt_length = reasoning_mask.shape
-        fed_length += state.first_fed
-        fed_mask = torch.zeros(batch, fed_length, dtype=reasoning_mask.dtype, device=self.device)
-        fed_mask[:, :prompt_length] = reasoning_mask
-        new_ids = torch.full((batch, 2), self.config.pad_token_id, dtype=torch.long, device=self.device)
-        new_mask = torch.zeros(batch, 2, dtype=reasoning_mask.dtype, device=self.device)
-        for i, (trace_ids, cut) in enumerate(zip(state.trace_ids, state.cut)):
-            fed_mask[i, prompt_length : prompt_length + len(trace_ids) - int(cut)] = 1  # eos and later pads stay masked
-            if cut:
-                new_ids[i, 0], new_mask[i, 0] = trace_ids[-1], 1
-            new_ids[i, 1], new_mask[i, 1] = self.config.embedding_token_id, 1
-        with capture_layer_output(self.source_layer()) as captured:
-            self.backbone(
-                input_ids=new_ids, attention_mask=torch.cat([fed_mask, new_mask], dim=1),
-                position_ids=position_ids[..., -2:], cache=state.cache, use_cache=True,
-            )  # fmt: skip
-        return captured[0]
-
-    def _single_pass_source_rows(self, state: Generation, position_ids) -> list[torch.Tensor]:
-        """Each row's layer L-N states of what follows its cached prefix (or of all of it) + trace + embedding token,
-        from what generation captured."""
-        captured = torch.cat(state.captured, dim=1)  # (batch, fed prompt columns + generated - 1, hidden)
-        missing = self._missing_source_states(state, captured.shape[1], position_ids)
-        fed_mask = state.prompt_mask[:, state.first_fed :]
-        fed_width = fed_mask.shape[1]
-        rows = []
-        for i, (trace_ids, cut) in enumerate(zip(state.trace_ids, state.cut)):
-            pads = int((fed_mask[i] == 0).sum())
-            fed = captured[i, pads : fed_width + len(trace_ids) - int(cut)]
-            rows.append(torch.cat([fed, missing[i, 1 - int(cut) :]], dim=0))
-        return rows
 
     # ----- embed: the public API -----
 
@@ -1258,12 +1177,12 @@ class TTEModel(TTEPreTrainedModel):
         inputs = self._embedding_inputs(items, trace_ids, where)
         position_ids = self.positions_of(inputs)
         if state.first_fed == 0:
-            source = right_aligned(self._single_pass_source_rows(state, position_ids), inputs["attention_mask"])
+            source = right_aligned(state.source_rows, inputs["attention_mask"])
             return self(**inputs, source_states=source, position_ids=position_ids).embeddings
         # The prefixes came from the cache: the head runs the rests over its own cached prefix keys and values.
         split = PrefixSplit.of(inputs["input_ids"], inputs["attention_mask"], position_ids, inputs["prefix_lengths"])
         head = split.cache([self.prefix_states(prefix).head for prefix in split.prefixes])
-        source = right_aligned(self._single_pass_source_rows(state, position_ids), split.rest_mask)
+        source = right_aligned(state.source_rows, split.rest_mask)
         hidden_states = self.head(source, split.mask, split.rest_positions, cache=head)
         return pool_embeddings(hidden_states, split.rest_mask, self.config.normalize)
 

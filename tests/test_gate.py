@@ -72,7 +72,7 @@ def test_auto_reads_and_fills_the_trace_cache_for_the_queries_that_think(tiny_tt
 
 
 @pytest.mark.parametrize("prefix_cache", [False, True])
-def test_a_gate_skipped_unified_query_runs_the_trunk_over_two_new_tokens_only(tiny_tte, prefix_cache):
+def test_a_gate_skipped_unified_query_runs_the_trunk_over_its_embedding_token_only(tiny_tte, prefix_cache):
     model, _ = with_gate(tiny_tte("qwen2_vl", "unified"), threshold=float("inf"))  # the gate says no to all
     model.config.use_prefix_cache = prefix_cache
     model.embed(QUERIES[:2], think="auto")  # the prefixes, when cached, are computed once here
@@ -80,8 +80,9 @@ def test_a_gate_skipped_unified_query_runs_the_trunk_over_two_new_tokens_only(ti
                                                                              return_stats=True))  # fmt: skip
     prompts = model.processor.build_reasoning_inputs(model.processor.parse_inputs(QUERIES[:2]), with_prefix_lengths=True)
     rests = prompts["attention_mask"].sum(dim=1) - prompts["prefix_lengths"]
-    # the prefill generation needs, then (no decode step: every row ended at once) the embedding token's step
-    assert seq_lengths == [int(rests.max()) if prefix_cache else prompts["input_ids"].shape[1], 2]
+    # the prefill generation needs, then (no decode step: every row ended at once, with the empty trace) the step of
+    # the embedding token alone
+    assert seq_lengths == [int(rests.max()) if prefix_cache else prompts["input_ids"].shape[1], 1]
     assert (stats.gate_skips, stats.generated) == (2, 0)
     assert np.abs(vectors - model.embed(QUERIES[:2], think=False)).max() <= 1e-4
 

@@ -295,9 +295,12 @@ def test_unified_single_pass_embeds_generated_ids_that_do_not_round_trip(name):
     tokenizer = model.processor.tokenizer
     retokenised = [tokenizer(trace, add_special_tokens=False)["input_ids"] for trace in traces]
     assert any(again != ids for again, ids in zip(retokenised, trace_ids))  # what a BPE tokenizer does, and SmolLM2's
+    model.embed(inputs, think=False)  # the embedder's shared prefixes are computed once, before the measured call
     seq_lengths, (single_pass, returned) = trunk_steps(model, lambda: model.embed(inputs, return_reasoning="ids"))
     assert returned == trace_ids
-    assert seq_lengths[-1] == 2  # the whole batch stayed in the single pass: its last trunk step is 2 tokens
+    # the whole batch stayed in the single pass: after the prefill the trunk ran decoding steps only (1 token, or
+    # at the bound the last token and the embedding token), never the embedding inputs again
+    assert max(seq_lengths[1:]) <= 2 and len(seq_lengths) <= model.config.max_new_tokens + 1
     from_ids = model.embed(inputs, reasoning=trace_ids)  # the generated ids, fed whole through the trunk
     assert np.abs(single_pass - from_ids).max() <= 1e-4
     _, texts = model.embed(inputs, reasoning=trace_ids, return_reasoning=True)
