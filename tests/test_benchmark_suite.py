@@ -56,3 +56,21 @@ def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export
     assert rows["never"]["think_rate"] == 0 and rows["queries"]["think_rate"] == 1
     assert rows["never"]["ratio_to_never"] == 1.0 and all(row["seconds_per_query"] > 0 for row in rows.values())
     assert "| auto |" in capsys.readouterr().out
+
+
+def test_compaction_benchmark_compares_the_compacting_decode_with_generate(export_folder, tmp_path, capsys,
+                                                                           monkeypatch):  # fmt: skip
+    from tests.eval.test_user_tasks import GLOBAL_SPEC, _global_rows
+    from tte_eval import write_task
+
+    write_task(str(tmp_path / "tasks" / "global"), GLOBAL_SPEC, _global_rows())
+    output = tmp_path / "compaction.json"
+    bench = os.path.join(os.path.dirname(SUITE), "bench_compaction.py")
+    arguments = ["--model", export_folder, "--tasks-dir", str(tmp_path / "tasks"), "--queries", "4", "--batch-size",
+                 "2", "--repeats", "1", "--output", str(output)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["bench_compaction.py", *arguments])
+    runpy.run_path(bench, run_name="__main__")
+    row = json.loads(output.read_text())
+    assert row["same_tokens"] is True and row["queries"] == 4
+    assert row["ratio"] == row["compacting_seconds"] / row["generate_seconds"] > 0
+    assert "compacting decode" in capsys.readouterr().out
