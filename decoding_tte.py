@@ -59,12 +59,13 @@ class DecodingBatch:
     def feed(self, generator: PreTrainedModel, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> torch.Tensor:
         """Feed a `(rows, k)` block of tokens (where `tokens_mask` is 0: padding) on top of the cache; return the
         last column's logits."""
-        width = tokens.shape[1]
-        positions = self.next_positions + torch.arange(width, device=tokens.device)
+        # A padding column takes no position: the row's next token follows its last real one.
+        offsets = (tokens_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        positions = self.next_positions + offsets
         self.attention_mask = torch.cat([self.attention_mask, tokens_mask.to(self.attention_mask.dtype)], dim=1)
         output = generator(input_ids=tokens, attention_mask=self.attention_mask, position_ids=positions,
                            cache=self.cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-        self.next_positions = self.next_positions + width
+        self.next_positions = self.next_positions + tokens_mask.long().sum(dim=1, keepdim=True)
         return output.logits[:, -1]
 
 

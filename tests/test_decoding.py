@@ -49,6 +49,18 @@ def with_early_stops(model, items):
     return model
 
 
+def with_a_stop_at_the_last_step(model, items):
+    """A copy of `model` whose reasoner also stops at the token one row generates last (and not before), so that
+    this row ends at the bound's last step while others are cut there."""
+    model = copy.deepcopy(model)
+    items = model.processor.parse_inputs(items)
+    reference = generate_reference(model, items, model.generator_generation_config())
+    stop = next(trace[-1] for trace in reference if trace[-1] not in trace[:-1]
+                and not all(trace[-1] in other[:-1] for other in reference))  # fmt: skip
+    model.config.eos_token_id = [*np.atleast_1d(model.config.eos_token_id).tolist(), stop]
+    return model
+
+
 def batch_sizes(model, call) -> tuple[list[int], object]:
     """Batch size the generator's first layer saw at each forward of `call()`, and its result."""
     sizes = []
@@ -119,3 +131,10 @@ def test_a_streamer_gets_the_prompt_then_each_token_as_from_generate(tiny_tte):
     assert received[0] == prompt["input_ids"].tolist() and received[-1] == "end"
     assert [token for (token,) in received[1:-1]] == decoded.trace_ids[0]  # cut at the bound: no stop token sent
     assert decoded.trace_ids == generate_reference(model, items, model.generator_generation_config())
+
+
+def test_a_trace_that_ends_at_the_last_step_gets_its_embedding_token_at_the_right_position(tiny_tte):
+    model = with_a_stop_at_the_last_step(tiny_tte("qwen2_vl", "unified", max_new_tokens=8), INPUTS)
+    single_pass, trace_ids = model.embed(INPUTS, return_reasoning="ids")
+    assert model.config.max_new_tokens - 1 in [len(ids) for ids in trace_ids]  # the row fed a pad and <|emb|>
+    assert np.abs(single_pass - model.embed(INPUTS, reasoning=trace_ids)).max() <= 1e-4
