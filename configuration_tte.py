@@ -19,6 +19,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 VARIANTS = ("teacher", "student", "unified")
 THINK_POLICIES = ("always", "never", "queries", "auto")
+GENERATION_CACHES = ("dynamic", "static")
 
 
 class TTEConfig(PretrainedConfig):
@@ -41,6 +42,11 @@ class TTEConfig(PretrainedConfig):
         use_prefix_cache: compute the keys and values of each task family's shared template prefix (the system turn)
             once and reuse them (exact: causal attention makes them independent of the input). Off for debugging
             and for the benchmark's side-by-side runs.
+        generation_cache: how traces are generated. `"dynamic"` (default): `decoding_tte.decode_greedily`, a
+            growing cache from which a row leaves once its trace has ended (batch compaction), and the unified
+            single pass. `"static"`: transformers' `generate` with a preallocated `StaticCache`, whose fixed shapes
+            transformers compiles with `torch.compile` on CUDA; no compaction, and the unified model embeds a new
+            trace from its ids after generation (one more forward). The same greedy tokens either way.
         matryoshka_dims: dimensions accepted by `truncate_dim` (the full dimension is always accepted).
         embedding_token_id: id of the token appended after the trace; its last-layer state is the embedding.
         embedding_dim: size of the embedding; always the backbone's hidden size (set from the backbone config).
@@ -63,6 +69,7 @@ class TTEConfig(PretrainedConfig):
     gate_threshold: float | None = None
     normalize: bool = True
     use_prefix_cache: bool = True
+    generation_cache: Literal["dynamic", "static"] = "dynamic"
     matryoshka_dims: list[int] | None = None
     embedding_token_id: int | None = None
     embedding_dim: int | None = None
@@ -80,6 +87,8 @@ class TTEConfig(PretrainedConfig):
             raise ValueError("variant='student' needs a reasoner_config (the reasoner's backbone config)")
         if self.variant != "student" and self.reasoner_config is not None:
             raise ValueError(f"reasoner_config is only used by variant='student', not {self.variant!r}")
+        if self.generation_cache not in GENERATION_CACHES:
+            raise ValueError(f"generation_cache={self.generation_cache!r} is not one of {GENERATION_CACHES}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         text_config = self.backbone_config.get_text_config()

@@ -195,3 +195,18 @@ def feed_the_bound_rows(generator, batch: DecodingBatch, ended, traces: TraceBuf
     budget = traces.generated.shape[1]
     traces.states[batch.rows[~ended], budget - 1] = states[~ended, 0]
     traces.states[batch.rows, traces.lengths[batch.rows]] = states[:, 1]
+
+
+@torch.no_grad()
+def decode_with_generate(generator: PreTrainedModel, prompt: dict, config: GenerationConfig,
+                         streamer: BaseStreamer | None = None) -> Decoded:  # fmt: skip
+    """The same greedy traces through transformers' `generate` (every row decodes until the batch's longest trace
+    ends), with the cache `config.cache_implementation` names: `"static"` is preallocated, and `generate` compiles
+    the forward for it on CUDA. `prompt` as for `decode_greedily` (with a static cache: without a `cache`)."""
+    sequences = generator.generate(**prompt, generation_config=config, streamer=streamer).sequences
+    stop_ids = set(np.atleast_1d(config.eos_token_id).tolist())
+    trace_ids = []
+    for row in sequences[:, prompt["input_ids"].shape[1] :].tolist():
+        trace_ids.append(row[: next((j for j, token in enumerate(row) if token in stop_ids), len(row))])
+    cut = [len(ids) == config.max_new_tokens for ids in trace_ids]
+    return Decoded(trace_ids, cut, 0, None, [False] * len(trace_ids))

@@ -36,7 +36,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from transformers.utils import ModelOutput, logging
 
 from .configuration_tte import THINK_POLICIES, TTEConfig
-from .decoding_tte import decode_greedily
+from .decoding_tte import Decoded, decode_greedily, decode_with_generate
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
 from .reasoning_tte import OpenAIChatReasoner
 from .trace_cache_tte import TraceCache, trace_key
@@ -829,6 +829,7 @@ class TTEModel(TTEPreTrainedModel):
             pad_token_id=self.config.pad_token_id,
             suppress_tokens=sorted(suppressed),
             return_dict_in_generate=True,
+            cache_implementation="static" if self.config.generation_cache == "static" else None,
         )
 
     @property
@@ -882,18 +883,29 @@ class TTEModel(TTEPreTrainedModel):
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
         where = where or [f"inputs[{i}]" for i in range(len(items))]
         max_new_tokens = self.trace_budget(inputs["attention_mask"], max_new_tokens, where)
+        decoded = self._decode(inputs, max_new_tokens, capture, streamer, gated)
+        traces = [processor.decode_trace(ids) for ids in decoded.trace_ids]
+        generation = Generation(decoded.trace_ids, decoded.cut, max_new_tokens, decoded.first_fed,
+                                decoded.source_rows, decoded.gate_skipped)  # fmt: skip
+        return traces, decoded.trace_ids, generation
+
+    def _decode(self, inputs: BatchFeature, max_new_tokens: int, capture: bool, streamer, gated) -> Decoded:
+        """`generate_traces`' decoding, as `config.generation_cache` says: the compacting decode (with the prefix
+        cache, the unified single pass's capture and the gate), or transformers' `generate` with a static cache."""
+        config = self.generator_generation_config(max_new_tokens)
+        if self.config.generation_cache == "static":
+            if capture:
+                raise ValueError("the unified single pass needs generation_cache='dynamic'")
+            prompt = {key: value for key, value in inputs.items() if key != "prefix_lengths"}
+            return decode_with_generate(self.generator(), prompt, config, streamer)
         prompt = self._generation_inputs(inputs)  # with the prefix cache: prefixes cached, then only the rests
         gate = None
         if gated is not None and any(gated):
             gated_rows = torch.tensor(gated, device=self.device)
             gate = lambda states: gated_rows & (self.gate(states) <= self.config.gate_threshold)  # noqa: E731
         with capture_layer_output(self.source_layer()) if capture else nullcontext(None) as captured:
-            decoded = decode_greedily(self.generator(), prompt, self.generator_generation_config(max_new_tokens),
-                                      streamer, captured, self.config.embedding_token_id, gate)  # fmt: skip
-        traces = [processor.decode_trace(ids) for ids in decoded.trace_ids]
-        generation = Generation(decoded.trace_ids, decoded.cut, max_new_tokens, decoded.first_fed,
-                                decoded.source_rows, decoded.gate_skipped)  # fmt: skip
-        return traces, decoded.trace_ids, generation
+            return decode_greedily(self.generator(), prompt, config, streamer, captured,
+                                   self.config.embedding_token_id, gate)  # fmt: skip
 
     def reason(
         self, items: list[TTEInput], max_new_tokens: int | None = None, where: list[str] | None = None
@@ -1027,23 +1039,23 @@ class TTEModel(TTEPreTrainedModel):
         """Embed the inputs `batch` of `call` into `call.embeddings`; those that think get a new trace first, which
         is recorded in `call` with the token ids it is embedded with (the generated ids: see
         `TTEProcessor.build_embedding_inputs`) and stored in the call's trace cache. The `think="auto"` gate
-        decides first (student, teacher, and unified with a trace cache) or during generation (unified).
+        decides first (student, teacher, and unified outside the single pass) or during generation (unified).
 
         The unified model embeds its new traces in a single pass with generation, except in a call with a trace
-        cache: there a new trace is embedded from its ids like a cached one, so that a later hit gives the same
-        embedding bit for bit (the single pass's incremental states differ from one forward in float rounding)."""
+        cache (`_single_pass`: there a new trace is embedded from its ids like a cached one, so that a later hit
+        gives the same embedding bit for bit) or with `generation_cache="static"`."""
         gated = [i for i in batch if call.gated[i]]
         skipped = []  # queries the gate said no to, embedded by the gate's own pass
         if gated and not self._gates_in_generation():
             skipped = self._gate_on_plain_embeddings(call, gated, max_new_tokens)
-        elif gated and call.cache is not None:
+        elif gated and not self._single_pass(call):
             self._gate_before_generation(call, gated, max_new_tokens)
         thinking = [i for i in batch if call.generate[i]]
         plain = [i for i in batch if not call.generate[i] and i not in skipped]
         if thinking:
             items, names = [call.items[i] for i in thinking], [call.name(i) for i in thinking]
             started = self._clock()
-            if self._gates_in_generation() and call.cache is None:  # the single pass
+            if self._single_pass(call):
                 texts, trace_ids, generation = self.generate_traces(
                     items, max_new_tokens, capture=True, where=names, streamer=call.streamer,
                     gated=[call.gated[i] for i in thinking],
@@ -1097,6 +1109,12 @@ class TTEModel(TTEPreTrainedModel):
         """The unified model's gate reads generation's prefill; the others' gate reads a no-thinking embedding."""
         return self.config.variant == "unified" and self.external_reasoner is None
 
+    def _single_pass(self, call: EmbedCall) -> bool:
+        """Whether the unified model embeds this call's new traces from the states generation captured. Not with a
+        trace cache (a new trace is embedded from its ids, as a later hit will be: bit for bit the same), nor with
+        `generation_cache="static"` (transformers' `generate` has no capture)."""
+        return self._gates_in_generation() and call.cache is None and self.config.generation_cache == "dynamic"
+
     def _gate_on_plain_embeddings(self, call: EmbedCall, gated: list[int], max_new_tokens: int | None) -> list[int]:
         """Student, teacher: embed the gated queries without a trace and ask the gate about those embeddings. A query
         it says no to keeps that embedding; the others think (from the trace cache where it holds their trace).
@@ -1113,9 +1131,9 @@ class TTEModel(TTEPreTrainedModel):
         return skipped
 
     def _gate_before_generation(self, call: EmbedCall, gated: list[int], max_new_tokens: int | None) -> None:
-        """Unified, with a trace cache: the gate reads the prefill state from a pass of its own (up to layer L-N)
-        before generation, so that a query it sends to think can take its trace from the cache instead of generating
-        it. A query it says no to is embedded with the empty trace, as when it decides inside generation. The price
+        """Unified outside the single pass (with a trace cache, or a static generation cache): the gate reads the
+        prefill state from a pass of its own (up to layer L-N) before generation, so that a query it sends to think
+        can take its trace from the cache instead of generating it. A query it says no to is embedded with the empty trace, as when it decides inside generation. The price
         is that pass: a thinking query's prompt is run twice (a cached trace saves every decode step)."""
         started = self._clock()
         thinks = (self.gate(self._prompt_gate_states([call.items[i] for i in gated]))

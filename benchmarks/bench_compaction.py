@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,20 +43,14 @@ def main(argv=None) -> dict:
     def prompt(batch):
         return model._generation_inputs(model.processor.build_reasoning_inputs(batch, with_prefix_lengths=True))
 
-    stop_ids = set(np.atleast_1d(config.eos_token_id).tolist())
+    def traces_of(decode) -> list[list[int]]:
+        return [trace for batch in batches for trace in decode(model.generator(), prompt(batch), config).trace_ids]
 
     def compacting() -> list[list[int]]:
-        return [trace for batch in batches
-                for trace in decoding.decode_greedily(model.generator(), prompt(batch), config).trace_ids]  # fmt: skip
+        return traces_of(decoding.decode_greedily)
 
     def generate() -> list[list[int]]:
-        traces = []
-        for batch in batches:
-            inputs = prompt(batch)
-            sequences = model.generator().generate(**inputs, generation_config=config).sequences
-            for row in sequences[:, inputs["input_ids"].shape[1] :].tolist():
-                traces.append(row[: next((j for j, token in enumerate(row) if token in stop_ids), len(row))])
-        return traces
+        return traces_of(decoding.decode_with_generate)
 
     best = {"compacting": float("inf"), "generate": float("inf")}
     results = {}

@@ -60,9 +60,10 @@ def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export
 
 def test_compaction_benchmark_compares_the_compacting_decode_with_generate(export_folder, tmp_path, capsys,
                                                                            monkeypatch):  # fmt: skip
-    from tests.eval.test_user_tasks import GLOBAL_SPEC, _global_rows
+    from tests.eval.test_user_tasks import GLOBAL_SPEC, LOCAL_SPEC, _global_rows, _local_rows
     from tte_eval import write_task
 
+    write_task(str(tmp_path / "tasks" / "local"), LOCAL_SPEC, _local_rows(str(tmp_path / "tasks" / "local")))
     write_task(str(tmp_path / "tasks" / "global"), GLOBAL_SPEC, _global_rows())
     output = tmp_path / "compaction.json"
     bench = os.path.join(os.path.dirname(SUITE), "bench_compaction.py")

@@ -138,3 +138,48 @@ def test_a_trace_that_ends_at_the_last_step_gets_its_embedding_token_at_the_righ
     single_pass, trace_ids = model.embed(INPUTS, return_reasoning="ids")
     assert model.config.max_new_tokens - 1 in [len(ids) for ids in trace_ids]  # the row fed a pad and <|emb|>
     assert np.abs(single_pass - model.embed(INPUTS, reasoning=trace_ids)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("variant", ["unified", "student"])
+def test_a_static_generation_cache_gives_the_same_traces_and_embeddings(tiny_tte, variant, monkeypatch):
+    from transformers import cache_utils
+
+    static_caches = []
+    original_init = cache_utils.StaticCache.__init__
+
+    def recording_init(self, *args, **kwargs):
+        static_caches.append(self)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache_utils.StaticCache, "__init__", recording_init)
+    dynamic = with_early_stops(tiny_tte("qwen2_vl", variant, max_new_tokens=8), INPUTS)
+    static = copy.deepcopy(dynamic)
+    static.config.generation_cache = "static"
+    assert static.generator_generation_config().cache_implementation == "static"
+    vectors, trace_ids = dynamic.embed(INPUTS, return_reasoning="ids")
+    static_vectors, static_ids, stats = static.embed(INPUTS, return_reasoning="ids", return_stats=True)
+    assert static_ids == trace_ids and len({len(ids) for ids in trace_ids}) > 1
+    assert stats.generated == len(INPUTS)
+    # generation, then a forward over the generated ids (the unified model too: no single pass)
+    assert np.array_equal(static_vectors, static.embed(INPUTS, reasoning=trace_ids))
+    assert static_caches  # transformers' generate ran with a preallocated StaticCache
+    assert np.abs(static_vectors - vectors).max() <= 1e-4
+    with pytest.raises(ValueError, match="single pass needs generation_cache='dynamic'"):
+        static.generate_traces(static.processor.parse_inputs(INPUTS[:1]), capture=True)
+
+
+def test_a_static_generation_cache_still_gates_queries(tiny_tte):
+    from tests.test_gate import QUERIES, with_gate
+
+    model, logits = with_gate(tiny_tte("qwen2_vl", "unified"))
+    model.config.generation_cache = "static"
+    thinks = [logit > model.config.gate_threshold for logit in logits]
+    _, trace_ids, stats = model.embed(QUERIES, think="auto", return_reasoning="ids", return_stats=True)
+    assert [bool(ids) for ids in trace_ids] == thinks and stats.gate_skips == len(QUERIES) - sum(thinks)
+
+
+def test_generation_cache_is_validated():
+    from tte.configuration_tte import TTEConfig
+
+    with pytest.raises(ValueError, match="generation_cache='paged' is not one of"):
+        TTEConfig(generation_cache="paged")
