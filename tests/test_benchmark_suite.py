@@ -38,19 +38,26 @@ def test_suite_reports_every_ratio_with_its_setting_and_goal(tmp_path, monkeypat
     assert (tmp_path / "cache" / "student" / "config.json").is_file()  # the twin is built by training.init_model
 
 
-def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export_folder, tmp_path, capsys,
-                                                                    monkeypatch):  # fmt: skip
+def user_tasks(tmp_path) -> str:
+    """A tte-eval tasks folder of two small user tasks (a local-candidate and a global-corpus one)."""
     from tests.eval.test_user_tasks import GLOBAL_SPEC, LOCAL_SPEC, _global_rows, _local_rows
     from tte_eval import write_task
 
     write_task(str(tmp_path / "tasks" / "local"), LOCAL_SPEC, _local_rows(str(tmp_path / "tasks" / "local")))
     write_task(str(tmp_path / "tasks" / "global"), GLOBAL_SPEC, _global_rows())
+    return str(tmp_path / "tasks")
+
+
+def run_benchmark(script: str, arguments: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [script, *arguments])
+    runpy.run_path(os.path.join(os.path.dirname(SUITE), script), run_name="__main__")
+
+
+def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export_folder, tmp_path, capsys,
+                                                                    monkeypatch):  # fmt: skip
     output = tmp_path / "policies.json"
-    bench = os.path.join(os.path.dirname(SUITE), "bench_policies.py")
-    arguments = ["--model", gated_export_folder, "--tasks-dir", str(tmp_path / "tasks"), "--queries", "4",
-                 "--repeats", "1", "--output", str(output)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", ["bench_policies.py", *arguments])
-    runpy.run_path(bench, run_name="__main__")
+    run_benchmark("bench_policies.py", ["--model", gated_export_folder, "--tasks-dir", user_tasks(tmp_path),
+                                        "--queries", "4", "--repeats", "1", "--output", str(output)], monkeypatch)
     rows = json.loads(output.read_text())["rows"]
     assert list(rows) == ["never", "queries", "auto"]
     assert rows["never"]["think_rate"] == 0 and rows["queries"]["think_rate"] == 1
@@ -60,17 +67,10 @@ def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export
 
 def test_compaction_benchmark_compares_the_compacting_decode_with_generate(export_folder, tmp_path, capsys,
                                                                            monkeypatch):  # fmt: skip
-    from tests.eval.test_user_tasks import GLOBAL_SPEC, LOCAL_SPEC, _global_rows, _local_rows
-    from tte_eval import write_task
-
-    write_task(str(tmp_path / "tasks" / "local"), LOCAL_SPEC, _local_rows(str(tmp_path / "tasks" / "local")))
-    write_task(str(tmp_path / "tasks" / "global"), GLOBAL_SPEC, _global_rows())
     output = tmp_path / "compaction.json"
-    bench = os.path.join(os.path.dirname(SUITE), "bench_compaction.py")
-    arguments = ["--model", export_folder, "--tasks-dir", str(tmp_path / "tasks"), "--queries", "4", "--batch-size",
-                 "2", "--repeats", "1", "--output", str(output)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", ["bench_compaction.py", *arguments])
-    runpy.run_path(bench, run_name="__main__")
+    run_benchmark("bench_compaction.py", ["--model", export_folder, "--tasks-dir", user_tasks(tmp_path), "--queries",
+                                          "4", "--batch-size", "2", "--repeats", "1", "--output", str(output)],
+                  monkeypatch)  # fmt: skip
     row = json.loads(output.read_text())
     assert row["same_tokens"] is True and row["queries"] == 4
     assert row["ratio"] == row["compacting_seconds"] / row["generate_seconds"] > 0
