@@ -23,15 +23,18 @@ PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "cache")
 
 
 @dataclass
-class Decoded:
-    """What `decode_greedily` generated, per row of its batch."""
+class Generation:
+    """What one generation call did, per row of its batch: the traces, the bound and which traces hit it, and (for
+    the unified single pass) each row's captured states. Each call has its own, so concurrent calls never share one."""
 
     trace_ids: list[list[int]]  # the trace, up to (not including) its stop token
     cut: list[bool]  # the trace hit the bound without a stop token
-    first_fed: int  # prompt columns the given cache already held (shared prefixes); the prefill fed the rest
-    source_rows: list[torch.Tensor] | None  # with `captured`: the captured layer's states of what the prefill fed
-    # (left pads dropped) + trace + embedding token, `(length, hidden)` per row
-    gate_skipped: list[bool]  # rows the gate ended before their first token
+    budget: int | None  # the bound: max_new_tokens, or less where the context window is short
+    # (`TTEModel.trace_budget`); None for an external reasoner, which applies its own
+    first_fed: int = 0  # prompt columns the given cache already held (shared prefixes); the prefill fed the rest
+    source_rows: list[torch.Tensor] | None = None  # with `captured`: the captured layer's states of what the
+    # prefill fed (left pads dropped) + trace + embedding token, `(length, hidden)` per row
+    gate_skipped: list[bool] | None = None  # rows the think="auto" gate ended before their first token
 
 
 class DecodingBatch:
@@ -92,7 +95,7 @@ def prefill(generator: PreTrainedModel, prompt: dict) -> tuple[torch.Tensor, Dec
 def decode_greedily(
     generator: PreTrainedModel, prompt: dict, config: GenerationConfig, streamer: BaseStreamer | None = None,
     captured: list | None = None, embedding_token_id: int | None = None, gate=None,
-) -> Decoded:  # fmt: skip
+) -> Generation:  # fmt: skip
     """Greedy traces of a left-padded prompt batch, at most `config.max_new_tokens` tokens each, never containing
     `config.suppress_tokens`, ended by any of `config.eos_token_id`; rows leave the batch once they have ended.
 
@@ -129,7 +132,7 @@ def decode_greedily(
         feed_the_bound_rows(generator, batch, ended, traces, captured, embedding_token_id)
     if streamer is not None:
         streamer.end()
-    return traces.decoded(first_fed, prompt["attention_mask"][:, first_fed:], skipped)
+    return traces.generation(first_fed, prompt["attention_mask"][:, first_fed:], skipped)
 
 
 def greedy_tokens(logits: torch.Tensor, suppressed: list[int] | None) -> torch.Tensor:
@@ -159,7 +162,7 @@ class TraceBuffer:
         self.lengths[rows[ended]] = step
         return ended
 
-    def decoded(self, first_fed: int, fed_mask: torch.Tensor, skipped: torch.Tensor) -> Decoded:
+    def generation(self, first_fed: int, fed_mask: torch.Tensor, skipped: torch.Tensor) -> Generation:
         lengths, rows = self.lengths.tolist(), self.generated.tolist()
         source_rows = None
         if self.states is not None:
@@ -167,8 +170,9 @@ class TraceBuffer:
             source_rows = [torch.cat([self.prompt_states[i, pads[i] :], self.states[i, : length + 1]])
                            for i, length in enumerate(lengths)]  # fmt: skip
         budget = self.generated.shape[1]
-        return Decoded([row[:length] for row, length in zip(rows, lengths)], [length == budget for length in lengths],
-                       first_fed, source_rows, skipped.tolist())  # fmt: skip
+        return Generation([row[:length] for row, length in zip(rows, lengths)],
+                          [length == budget for length in lengths], budget, first_fed, source_rows,
+                          skipped.tolist())  # fmt: skip
 
 
 def advance(generator, batch: DecodingBatch, tokens, ended, traces: TraceBuffer, step: int, captured,
@@ -199,7 +203,7 @@ def feed_the_bound_rows(generator, batch: DecodingBatch, ended, traces: TraceBuf
 
 @torch.no_grad()
 def decode_with_generate(generator: PreTrainedModel, prompt: dict, config: GenerationConfig,
-                         streamer: BaseStreamer | None = None) -> Decoded:  # fmt: skip
+                         streamer: BaseStreamer | None = None) -> Generation:  # fmt: skip
     """The same greedy traces through transformers' `generate` (every row decodes until the batch's longest trace
     ends), with the cache `config.cache_implementation` names: `"static"` is preallocated, and `generate` compiles
     the forward for it on CUDA. `prompt` as for `decode_greedily` (with a static cache: without a `cache`)."""
@@ -209,4 +213,4 @@ def decode_with_generate(generator: PreTrainedModel, prompt: dict, config: Gener
     for row in sequences[:, prompt["input_ids"].shape[1] :].tolist():
         trace_ids.append(row[: next((j for j, token in enumerate(row) if token in stop_ids), len(row))])
     cut = [len(ids) == config.max_new_tokens for ids in trace_ids]
-    return Decoded(trace_ids, cut, 0, None, [False] * len(trace_ids))
+    return Generation(trace_ids, cut, config.max_new_tokens)

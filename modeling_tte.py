@@ -36,7 +36,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from transformers.utils import ModelOutput, logging
 
 from .configuration_tte import THINK_POLICIES, TTEConfig
-from .decoding_tte import Decoded, decode_greedily, decode_with_generate
+from .decoding_tte import Generation, decode_greedily, decode_with_generate
 from .processing_tte import EMBEDDING_TOKEN, TTEInput, TTEProcessor
 from .reasoning_tte import OpenAIChatReasoner
 from .trace_cache_tte import TraceCache, trace_key
@@ -251,21 +251,6 @@ class PrefixStates:
     length: int
     trunk: KeysValues
     head: KeysValues | None
-
-
-@dataclass
-class Generation:
-    """What one `generate_traces` call did: the bound and which traces hit it, and (with `capture=True`) each row's
-    captured states, for the unified single pass. Each call has its own, so concurrent calls never share one."""
-
-    trace_ids: list[list[int]]  # each row's trace, up to its stop token
-    cut: list[bool]  # the trace hit the bound
-    budget: int | None  # the bound: max_new_tokens, or less where the context window is short (`trace_budget`);
-    # None for an external reasoner, which applies its own
-    first_fed: int = 0  # the first prompt column generation fed (after the cached prefixes)
-    source_rows: list[torch.Tensor] | None = None  # layer L-N states of what generation fed (pads dropped) + trace
-    # + embedding token, per row (`decoding_tte.decode_greedily`)
-    gate_skipped: list[bool] | None = None  # rows the think="auto" gate ended before their first token
 
 
 @dataclass
@@ -883,13 +868,10 @@ class TTEModel(TTEPreTrainedModel):
         inputs = processor.build_reasoning_inputs(items, with_prefix_lengths=True).to(self.device)
         where = where or [f"inputs[{i}]" for i in range(len(items))]
         max_new_tokens = self.trace_budget(inputs["attention_mask"], max_new_tokens, where)
-        decoded = self._decode(inputs, max_new_tokens, capture, streamer, gated)
-        traces = [processor.decode_trace(ids) for ids in decoded.trace_ids]
-        generation = Generation(decoded.trace_ids, decoded.cut, max_new_tokens, decoded.first_fed,
-                                decoded.source_rows, decoded.gate_skipped)  # fmt: skip
-        return traces, decoded.trace_ids, generation
+        generation = self._decode(inputs, max_new_tokens, capture, streamer, gated)
+        return [processor.decode_trace(ids) for ids in generation.trace_ids], generation.trace_ids, generation
 
-    def _decode(self, inputs: BatchFeature, max_new_tokens: int, capture: bool, streamer, gated) -> Decoded:
+    def _decode(self, inputs: BatchFeature, max_new_tokens: int, capture: bool, streamer, gated) -> Generation:
         """`generate_traces`' decoding, as `config.generation_cache` says: the compacting decode (with the prefix
         cache, the unified single pass's capture and the gate), or transformers' `generate` with a static cache."""
         config = self.generator_generation_config(max_new_tokens)
@@ -1133,8 +1115,9 @@ class TTEModel(TTEPreTrainedModel):
     def _gate_before_generation(self, call: EmbedCall, gated: list[int], max_new_tokens: int | None) -> None:
         """Unified outside the single pass (with a trace cache, or a static generation cache): the gate reads the
         prefill state from a pass of its own (up to layer L-N) before generation, so that a query it sends to think
-        can take its trace from the cache instead of generating it. A query it says no to is embedded with the empty trace, as when it decides inside generation. The price
-        is that pass: a thinking query's prompt is run twice (a cached trace saves every decode step)."""
+        can take its trace from the cache instead of generating it. A query it says no to is embedded with the empty
+        trace, as when it decides inside generation. The price is that pass: a thinking query's prompt is run twice
+        (a cached trace saves every decode step)."""
         started = self._clock()
         thinks = (self.gate(self._prompt_gate_states([call.items[i] for i in gated]))
                   > self.config.gate_threshold).tolist()  # fmt: skip

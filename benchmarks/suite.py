@@ -181,13 +181,18 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def remove_trace_cache(path: str) -> None:
+    """Delete a trace cache file with its SQLite companions (write-ahead log, shared memory)."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+
+
 def warm_trace_cache(model, args, sync, row) -> None:
     """P6: what a cache hit adds to an encode: the keys (image digests, the weights digest, memoised after the first
     call), one SQLite lookup, the ids' check. The cache file is fresh, and warmed by one thinking pass."""
     path = os.path.join(args.cache_dir, "p6-traces.sqlite")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
+    remove_trace_cache(path)
     inputs = queries(args.cache_queries, seed=2)
     model.trace_cache = path  # the model's own TraceCache class, as a Hub folder's code has it
     _, trace_ids = model.embed(inputs, think=True, batch_size=args.batch, return_reasoning="ids")
@@ -201,14 +206,11 @@ def warm_trace_cache(model, args, sync, row) -> None:
 
 def cold_trace_cache(model, inputs: list[dict], args, sync, row) -> None:
     """P6 context: what filling a trace cache costs a thinking call: each repeat starts from an empty cache file."""
-    paths = iter(os.path.join(args.cache_dir, f"p6-cold-{i}.sqlite") for i in range(2 * args.repeats))
+    path = os.path.join(args.cache_dir, "p6-cold.sqlite")
 
     def with_cold_cache():
-        path = next(paths)
         model.embed(inputs, think=True, batch_size=len(inputs), trace_cache=path)
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.remove(path + suffix)
+        remove_trace_cache(path)
 
     times = best_times({"cold cache": with_cold_cache,
                         "no cache": lambda: model.embed(inputs, think=True, batch_size=len(inputs))},
