@@ -43,8 +43,12 @@ ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
 LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
 MAX_DELTA_RANK = 64
 HALF_PRECISION_PREFIXES = ("head.",)
-# The base the assets apply to: the recipe's init stage runs `init_model` with exactly these settings.
-INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(build_backbone.IMAGE_PIXELS),
+# Images are resized to at least the backbone's budget (build_backbone.IMAGE_PIXELS: a 64-px image, 4 visual tokens)
+# and at most this one (16 tokens): a 128-px grid scene (training.scene_tasks) gets 2x2 tokens per cell.
+MAX_PIXELS = 112 * 112
+# The base new assets apply to: the recipe's init stage runs `init_model` with exactly these settings, and the
+# manifest records them (assets are built again with their manifest's settings).
+INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(MAX_PIXELS),
                  "--dtype", "float32", "--max_new_tokens", "64"]  # fmt: skip
 
 
@@ -58,12 +62,13 @@ def state_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def build_base(folder: str, gguf: str, cache_dir: str | None = None) -> str:
-    """The untrained TTE-mini folder: the composed backbone wrapped by `init_model` (the assets apply to it)."""
+def build_base(folder: str, gguf: str, cache_dir: str | None = None, init_settings: list[str] = INIT_SETTINGS) -> str:
+    """The untrained TTE-mini folder: the composed backbone wrapped by `init_model` with `init_settings` (the assets
+    apply to it)."""
     backbone = os.path.join(folder, "backbone")
     cache = ["--cache_dir", cache_dir] if cache_dir else []
     build_backbone.main(["--output_dir", backbone, "--gguf", gguf, *cache])
-    return init_model.main(["--backbone", backbone, "--output_dir", os.path.join(folder, "base"), *INIT_SETTINGS])
+    return init_model.main(["--backbone", backbone, "--output_dir", os.path.join(folder, "base"), *init_settings])
 
 
 def low_rank_factors(trained: torch.Tensor, base: torch.Tensor, max_rank: int):
@@ -205,9 +210,9 @@ def name_of(path: str, assets_dir: str) -> str:
     return os.path.relpath(path, assets_dir)
 
 
-def is_up_to_date(folder: str, manifest: dict, args: ExportArgs) -> bool:
+def is_up_to_date(folder: str, manifest: dict, args: ExportArgs, init_settings: list[str]) -> bool:
     """Whether `folder` already holds the manifest's weights, this repository's current model code, the card the
-    assets make and their plot."""
+    assets make, their plot and the image budget of `init_settings`."""
     weights = os.path.join(folder, WEIGHT_FILE)
     if not os.path.isfile(weights) or state_digest(load_file(weights)) != manifest["model_digest"]:
         return False
@@ -222,30 +227,36 @@ def is_up_to_date(folder: str, manifest: dict, args: ExportArgs) -> bool:
     from tte.processing_tte import TTEProcessor
 
     card = os.path.join(folder, "README.md")
-    text_only = TTEProcessor.from_pretrained(folder, trust_remote_code=False).text_only
+    processor = TTEProcessor.from_pretrained(folder, trust_remote_code=False)
+    if processor.max_pixels != int(init_settings[init_settings.index("--max_pixels") + 1]):
+        return False
+    text_only = processor.text_only
     expected = render_card(args, TTEConfig.from_pretrained(folder), text_only)
     return os.path.isfile(card) and open(card, encoding="utf-8").read() == expected
 
 
 def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache_dir: str | None = None,
-                repo_id: str = "tte-mini") -> str:  # fmt: skip
-    """Build the full model folder from the base GGUF and the assets; see the module docstring.
+                repo_id: str = "tte-mini", init_settings: list[str] | None = None) -> str:  # fmt: skip
+    """Build the full model folder from the base GGUF and the assets; see the module docstring. The base is made with
+    `init_settings`, by default the manifest's (those the assets were trained with).
 
     Raises:
         ValueError: a missing or corrupt asset, a different GGUF, or a built model whose weights differ from the
             published model's (the manifest's digest).
     """
     manifest = read_manifest(assets_dir)
+    init_settings = init_settings or manifest["init_settings"]
     gguf = gguf or build_backbone.default_gguf()
     if sha256_of(gguf) != manifest["base_gguf"]["sha256"]:
         raise ValueError(f"{gguf} is not the GGUF the assets were trained on ({manifest['base_gguf']['file']})")
-    if is_up_to_date(output_dir, manifest, export_args(assets_dir, manifest, output_dir, output_dir, repo_id)):
+    args = export_args(assets_dir, manifest, output_dir, output_dir, repo_id)
+    if is_up_to_date(output_dir, manifest, args, init_settings):
         print(f"{output_dir} is up to date with {assets_dir}")
         return output_dir
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".building-", dir=parent) as scratch:  # same disk: the rename is atomic
-        base = build_base(scratch, gguf, cache_dir)
+        base = build_base(scratch, gguf, cache_dir, init_settings)
         weights = apply_differences(load_file(os.path.join(base, WEIGHT_FILE)),
                                     load_file(os.path.join(assets_dir, WEIGHTS)))  # fmt: skip
         save_file(weights, os.path.join(base, WEIGHT_FILE), metadata={"format": "pt"})

@@ -95,7 +95,10 @@ def test_a_built_folder_is_stale_when_the_assets_plot_changes(tte_mini, tmp_path
 
     manifest = read_manifest(ASSETS)
     args = export_args(ASSETS, manifest, tte_mini, tte_mini, "tte-mini")  # as build_model asks
-    assert is_up_to_date(tte_mini, manifest, args)
+    assert is_up_to_date(tte_mini, manifest, args, manifest["init_settings"])
+    settings = manifest["init_settings"]
+    other_budget = [*settings[: settings.index("--max_pixels") + 1], "1", *settings[settings.index("--max_pixels") + 2 :]]
+    assert not is_up_to_date(tte_mini, manifest, args, other_budget)
     redrawn = tmp_path / FIGURE
     redrawn.write_bytes(open(os.path.join(ASSETS, PLOT), "rb").read() + b"\0")
-    assert not is_up_to_date(tte_mini, manifest, dataclasses.replace(args, figure=str(redrawn)))
+    assert not is_up_to_date(tte_mini, manifest, dataclasses.replace(args, figure=str(redrawn)), manifest["init_settings"])
