@@ -78,6 +78,11 @@ def results_file(run_dir: str, name: str, think: str | None = None) -> str:
     return os.path.join(run_dir, "eval", folder, "results.json")
 
 
+def reading_file(run_dir: str, name: str) -> str:
+    """How well the variant's reasoner reads the test scenes (`training.trace_quality`)."""
+    return os.path.join(run_dir, "eval", f"reading-{name}.json")
+
+
 def training_settings(run_dir: str, name: str) -> dict:
     """The settings of the variant's embedder (or head) training run, as its last checkpoint recorded them."""
     with open(os.path.join(latest_checkpoint(os.path.join(run_dir, "variants", name)), "settings.json")) as handle:
@@ -224,6 +229,16 @@ def markdown(comparison: dict) -> str:
             label = f"{name} (oracle teacher)" if name == "teacher" else name
             thinking, never = entry["scores"]["overall"], entry["without_thinking"]["scores"]["overall"]
             lines.append(f"| {label} | {thinking:.1f} | {never:.1f} | {thinking - never:+.1f} |")
+    readers = {name: entry["scene_reading"] for name, entry in comparison["variants"].items()
+               if "scene_reading" in entry}  # fmt: skip
+    if readers:
+        lines += ["", "How each reasoner reads the test scenes (`training.trace_quality`: the \"The image shows ...\" "
+                  "sentence of its traces against the oracle's, on the first image queries of each scene task):", "",
+                  "| reasoner | queries | scene read exactly | cell occupancy | colour | shape |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, reading in readers.items():
+            lines.append(f"| {name} | {reading['queries']} | {reading['scene_exact']:.1f} | "
+                         f"{reading['cell_occupancy']:.1f} | {reading['colour']:.1f} | {reading['shape']:.1f} |")
     baseline = comparison["baselines"]["minilm"]
     lines += ["", f"- Scores: hit@1 (%); overall is the {comparison['overall']}.",
               f"- The teacher is an **oracle**, {comparison['teacher']}: its traces are written from the scene graph, "
@@ -301,6 +316,9 @@ def compare(args: CompareArgs) -> dict:
             scores, settings = task_scores(results_file(args.run_dir, name, "never"))
             variants[name]["without_thinking"] = {"scores": summarise(scores), "task_scores": scores,
                                                   "settings": settings}  # fmt: skip
+        if os.path.isfile(reading_file(args.run_dir, name)):
+            with open(reading_file(args.run_dir, name)) as handle:
+                variants[name]["scene_reading"] = json.load(handle)
     models = {name: TTEModel.from_pretrained(variant_model(args.run_dir, name)).eval() for name in VARIANTS}
     oracle, _ = read_query_traces(oracle_store)
     plain, with_trace = latency_sample(tasks_dir, args.latency_queries, oracle)

@@ -87,7 +87,7 @@ def test_card_shows_the_plot_of_the_assets(tte_mini):
     assert open(os.path.join(tte_mini, FIGURE), "rb").read() == open(os.path.join(ASSETS, PLOT), "rb").read()
 
 
-def test_a_built_folder_is_stale_when_the_assets_plot_changes(tte_mini, tmp_path):
+def test_a_built_folder_is_stale_when_the_assets_plot_or_the_image_budget_changes(tte_mini, tmp_path):
     import dataclasses
 
     from training.assets import PLOT, export_args, is_up_to_date
@@ -96,9 +96,10 @@ def test_a_built_folder_is_stale_when_the_assets_plot_changes(tte_mini, tmp_path
     manifest = read_manifest(ASSETS)
     args = export_args(ASSETS, manifest, tte_mini, tte_mini, "tte-mini")  # as build_model asks
     assert is_up_to_date(tte_mini, manifest, args, manifest["init_settings"])
-    settings = manifest["init_settings"]
-    other_budget = [*settings[: settings.index("--max_pixels") + 1], "1", *settings[settings.index("--max_pixels") + 2 :]]
-    assert not is_up_to_date(tte_mini, manifest, args, other_budget)
+    settings = list(manifest["init_settings"])
+    settings[settings.index("--max_pixels") + 1] = "1"
+    assert not is_up_to_date(tte_mini, manifest, args, settings)
     redrawn = tmp_path / FIGURE
     redrawn.write_bytes(open(os.path.join(ASSETS, PLOT), "rb").read() + b"\0")
-    assert not is_up_to_date(tte_mini, manifest, dataclasses.replace(args, figure=str(redrawn)), manifest["init_settings"])
+    redrawn_args = dataclasses.replace(args, figure=str(redrawn))
+    assert not is_up_to_date(tte_mini, manifest, redrawn_args, manifest["init_settings"])

@@ -18,7 +18,7 @@ from tests.training.helpers import REPO_ROOT, subprocess_env
 from training.assets import MANIFEST, PLOT, WEIGHTS, build_model, read_manifest, state_digest
 from training.compare_variants import THINKING_VARIANTS, markdown, summarise, task_scores, variant_model
 from training.export import FIGURE
-from training.recipes.tte_mini import part1_from_assets
+from training.recipes.tte_mini import READERS, part1_from_assets
 from tte_eval.model_io import model_hash
 
 
@@ -98,6 +98,7 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
     expected = {WEIGHTS, "easy_vqa.json", "results/comparison.json", "results/comparison.md", PLOT,
                 *(f"results/{name}.json" for name in VARIANTS), *(f"runs/{name}.json" for name in STAGES),
                 *(f"results/{name}-think-never.json" for name in THINKING_VARIANTS),
+                *(f"results/reading-{name}.json" for name in READERS),
                 *(f"settings/{name}.json" for name in STAGES)}  # fmt: skip
     assert set(manifest["files"]) == expected
     results = json.load(open(os.path.join(assets, "easy_vqa.json")))
@@ -144,6 +145,12 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
             assert settings["model_settings"]["think"] == "never" and settings["query_traces"] is None
         else:
             assert "without_thinking" not in entry
+        if name in READERS:  # how its reasoner reads the test scenes
+            reading = json.load(open(os.path.join(assets, "results", f"reading-{name}.json")))
+            assert entry["scene_reading"] == reading and reading["queries"] > 0
+            assert reading["model_hash"] == model_hash(variant_model(smoke_run, name))
+        else:
+            assert "scene_reading" not in entry
     assert comparison["seed"] == 0
     assert markdown(comparison) == open(os.path.join(assets, "results", "comparison.md")).read()
 

@@ -30,7 +30,8 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
 13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
     `training.train_head` (N layers) on the frozen SFT'd backbone for unified;
 14. `eval/<name>/`: `tte-eval` on the held-out test tasks (and `eval/<name>-think-never/`, each variant that thinks
-    evaluated with `--think never`), then `training.compare_variants` writes the comparison.
+    evaluated with `--think never`), `eval/reading-<name>.json`: `training.trace_quality`, how each reasoner reads the
+    test scenes, then `training.compare_variants` writes the comparison.
 
 A stage whose output exists is skipped, and a training stage that was interrupted resumes from its newest
 checkpoint, so rerunning the same command continues where a run stopped.
@@ -49,7 +50,7 @@ from transformers import HfArgumentParser
 from training.assets import (COMPARISON, INIT_SETTINGS, MANIFEST, PLOT, add_asset_files, build_model, extract_assets,
                              read_manifest)
 from training.checkpoint import latest_checkpoint, prune_training_state, write_atomic
-from training.compare_variants import THINKING_VARIANTS, results_file, variant_model
+from training.compare_variants import THINKING_VARIANTS, reading_file, results_file, variant_model
 from training.scene_tasks import KINDS, SceneTaskArgs, write_one_shape_sft, write_scene_tasks
 from training.scenes import write_alignment_source
 
@@ -99,13 +100,17 @@ class Sizes:
     head_layers: int = 4  # of 30; the unified head and every other embedder train this many top layers
     max_new_tokens: int = 64  # the oracle's traces are at most 60 SmolLM2 tokens
     latency_queries: int = 8
+    reading_queries: int = 20  # per scene task: the image queries whose traces `training.trace_quality` reads
     qa_images: int = 50  # easy-VQA question answering of the published model
 
 
 SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2,
               scene_images=30, test_rows=2, control_images=1, grid_steps=2, sft_steps=2, sft_batch=2,
               one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, max_new_tokens=8, latency_queries=2,
-              qa_images=2)  # fmt: skip
+              reading_queries=1, qa_images=2)  # fmt: skip
+
+
+READERS = ("zero-shot", "student", "unified")  # the variants whose own reasoner writes the traces
 
 
 def run_stage(module: str, arguments: list[str]) -> None:
@@ -377,13 +382,19 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
     for name in THINKING_VARIANTS:  # the same models without thinking: what each one's traces buy
         results[f"{name}-think-never"] = evaluate_variant(models[name], tasks_dir, results_file(root, name, "never"),
                                                           name, think="never")  # fmt: skip
+    for name in READERS:  # how each reasoner reads the test scenes: the quality of its traces
+        if not os.path.isfile(reading_file(root, name)):
+            run_stage("training.trace_quality", ["--model", models[name], "--tasks_dir", tasks_dir, "--output",
+                                                 reading_file(root, name), "--queries_per_task",
+                                                 str(sizes.reading_queries)])  # fmt: skip
     comparison = os.path.join(root, "comparison")
     run_stage("training.compare_variants", ["--run_dir", root, "--output", comparison,
                                             "--latency_queries", str(sizes.latency_queries)])  # fmt: skip
     files = {"easy_vqa.json": qa, COMPARISON: os.path.join(comparison, "comparison.md"),
              "results/comparison.json": os.path.join(comparison, "comparison.json"),
              PLOT: os.path.join(comparison, os.path.basename(PLOT)),
-             **{f"results/{name}.json": path for name, path in results.items()}}  # fmt: skip
+             **{f"results/{name}.json": path for name, path in results.items()},
+             **{f"results/reading-{name}.json": reading_file(root, name) for name in READERS}}  # fmt: skip
     add_asset_files(assets_dir, files)
     print(f"trained parts of {models['unified']} stored in {assets_dir}")
     return build_model(assets_dir, variant_model(root, "unified"))  # now with the comparison in its card
