@@ -43,12 +43,9 @@ ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
 LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
 MAX_DELTA_RANK = 64
 HALF_PRECISION_PREFIXES = ("head.",)
-# Images are resized to at least the backbone's budget (build_backbone.IMAGE_PIXELS: a 64-px image, 4 visual tokens)
-# and at most this one (16 tokens): a 128-px grid scene (training.scene_tasks) gets 2x2 tokens per cell.
-MAX_PIXELS = 112 * 112
 # The base new assets apply to: the recipe's init stage runs `init_model` with exactly these settings, and the
 # manifest records them (assets are built again with their manifest's settings).
-INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(MAX_PIXELS),
+INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(build_backbone.IMAGE_PIXELS),
                  "--dtype", "float32", "--max_new_tokens", "64"]  # fmt: skip
 
 

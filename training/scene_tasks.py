@@ -1,9 +1,8 @@
 """Scene tasks where an inference step matters: relations, counts, grounding, retrieval and classification.
 
-Scenes are 2x2 grids (`grid_scene`): a 128x128 image whose four 64-pixel cells each hold at most one shape. The
-model resizes it to 112x112, 16 visual tokens: 2x2 per cell, so each cell is seen at the resolution at which part 1's
-vision tower learned one shape (a 64x64 image, 4 tokens). "What is left of the red circle?" asks for one perception
-step per cell and one relational step over them: the step a reasoning trace can write out.
+Scenes are 2x2 grids (`grid_scene`): a 64x64 image whose four 32-pixel cells each hold at most one shape. The grid
+matches the vision tower's 4 visual tokens (one merged token per cell), so "what is left of the red circle?" asks
+for one perception step per cell and one relational step over them: the step a reasoning trace can write out.
 
 Task kinds (MMEB's families; the ECR prompt family of each is in `KINDS`):
 
@@ -42,9 +41,7 @@ from tte.processing_tte import THINK_END, THINK_START
 from tte_eval.user_tasks import write_task
 
 
-LAYOUT = 64  # scenes are laid out in 64-px units (32-px cells, shapes of 12-26 px) ...
-GRID = 128  # ... and rendered at this side in pixels. At 64 px a cell was 1 visual token, and the grid-trained
-# student described only 46 % of its shapes' colours right (56 % of their shapes): perception, not reasoning, bound it.
+GRID = 64  # image side in pixels; each cell is GRID // 2
 CELLS = ("top left", "top right", "bottom left", "bottom right")  # raster order, as the visual tokens
 HELD_OUT = (("red", "triangle"), ("blue", "circle"), ("green", "rectangle"), ("gray", "triangle"))
 COMBOS = [(colour, shape) for colour in COLOURS for shape in SHAPES]
@@ -77,16 +74,15 @@ def cell_of(obj: SceneObject) -> int:
 
 def grid_scene(rng: random.Random, num_objects: int, combos=TRAIN_COMBOS, must_hold=()) -> Scene:
     """A 2x2 grid scene of `num_objects` distinct colour-shape combinations, one per cell, from `combos`;
-    `must_hold` combinations are placed first. Shapes span 12-26 of `LAYOUT`'s 64 units inside their 32-unit cell."""
+    `must_hold` combinations are placed first. Shapes span 12-26 px inside their 32-px cell."""
     cells = rng.sample(range(4), num_objects)
     chosen = list(must_hold) + rng.sample([c for c in combos if c not in must_hold], num_objects - len(must_hold))
-    half, scale, objects = LAYOUT // 2, GRID // LAYOUT, []
+    half, objects = GRID // 2, []
     for cell, (colour, shape) in zip(cells, chosen):
         width, height = rng.randint(12, 26), rng.randint(12, 26)
         left = (cell % 2) * half + rng.randint(3, half - width - 3)
         top = (cell // 2) * half + rng.randint(3, half - height - 3)
-        box = (left, top, left + width, top + height)
-        objects.append(SceneObject(colour, shape, tuple(value * scale for value in box)))
+        objects.append(SceneObject(colour, shape, (left, top, left + width, top + height)))
     return Scene(GRID, tuple(rng.randint(230, 255) for _ in range(3)), sorted(objects, key=cell_of))
 
 

@@ -10,7 +10,6 @@ import pytest
 from training.data import PairDataset, load_sources
 from training.scene_tasks import (
     CELLS,
-    GRID,
     HELD_OUT,
     KINDS,
     ORACLE_REASONER,
@@ -29,28 +28,12 @@ from tte_eval.user_tasks import load_user_tasks
 
 
 def scene_of(*placed) -> Scene:
-    """A scene from `(colour, shape, cell)` triples, each shape a box of 5/8 of its cell, centred in it."""
-    objects, half = [], GRID // 2
+    """A scene from `(colour, shape, cell)` triples, each shape a 20-px box centred in its cell."""
+    objects = []
     for colour, shape, cell in placed:
-        left, top = (cell % 2) * half + half * 3 // 16, (cell // 2) * half + half * 3 // 16
-        objects.append(SceneObject(colour, shape, (left, top, left + half * 5 // 8, top + half * 5 // 8)))
-    return Scene(GRID, (240, 240, 240), objects)
-
-
-def test_the_model_sees_each_grid_cell_as_part_1_saw_a_one_shape_image():
-    """2x2 visual tokens per cell of a grid scene, and 2x2 for a 64-px one-shape image: the same patches per shape."""
-    from transformers import Qwen2VLImageProcessor
-
-    from training.assets import MAX_PIXELS
-    from training.build_backbone import IMAGE_PIXELS
-
-    processor = Qwen2VLImageProcessor(patch_size=14, merge_size=2, min_pixels=IMAGE_PIXELS, max_pixels=MAX_PIXELS)
-    grid = render(grid_scene(random.Random(0), 3))
-    one_shape = render(Scene(64, (240, 240, 240), [SceneObject("red", "circle", (12, 12, 52, 52))]))
-    assert grid.size == (GRID, GRID)
-    for image, cells in ((grid, 4), (one_shape, 1)):
-        (t, h, w), = processor(images=[image], return_tensors="pt")["image_grid_thw"].tolist()
-        assert (t, h // 2 * (w // 2)) == (1, 4 * cells)  # visual tokens after the 2x2 merge
+        left, top = (cell % 2) * 32 + 6, (cell // 2) * 32 + 6
+        objects.append(SceneObject(colour, shape, (left, top, left + 20, top + 20)))
+    return Scene(64, (240, 240, 240), objects)
 
 
 def test_grid_scenes_hold_one_distinct_shape_per_cell_and_render_it_there():

@@ -22,7 +22,7 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
    classification queries, held-out colour-shape combinations in every test scene, and the **oracle teacher's**
    traces (written from the scene graph, not by a model);
 9. `vision-grid/`: `training.train_vision --objective next_token` on grid captions and cell questions (plus part 1's
-   one-shape data), so the 16 visual tokens (2x2 per cell) describe the 4 cells;
+   one-shape data), so the 4 visual tokens describe the 4 cells;
 10. `reasoner/`: `training.train_reasoner` (LoRA) on the oracle's traces: the student reasoner and TTE_u stage 1;
 11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models (the
     zero-shot reasoner is the aligned backbone before any reasoner SFT), each removed once its stage 13 finished;
@@ -232,8 +232,8 @@ def part1_from_assets(assets_dir: str, root: str) -> tuple[str, dict[str, str]]:
     if "settings/reasoner.json" in manifest["files"]:  # building them would give the SFT'd model, not the aligned one
         raise ValueError(f"{assets_dir} holds part 2's trained parts (settings/reasoner.json), not part 1's: train "
                          "part 1 (leave out --part1_assets) or pass the assets of a part-1 run")
-    # Built with this code's settings, not part 1's (the image budget grew for part 2's grid scenes): the vision
-    # tower's weights do not depend on the budget, and one-shape 64-px images get the same 4 tokens either way.
+    # Built with this code's init settings, not those part 1's manifest recorded (they may differ in settings that
+    # change no weight, e.g. its max_new_tokens 48 where the code now has 64): part 2 starts from this code's base.
     aligned = build_model(copy, os.path.join(root, "vision-answers", "model"), init_settings=INIT_SETTINGS)
     carried = [name for name in manifest["files"] if name.startswith(("settings/", "runs/")) or name == "easy_vqa.json"]
     return aligned, {name: os.path.join(copy, name) for name in carried}
