@@ -79,7 +79,7 @@ def image_queries(tasks_dir: str, per_task: int) -> dict[str, dict]:
     return queries
 
 
-def generate(model: TTEModel, queries: dict[str, dict], batch_size: int) -> dict[str, str]:
+def model_traces(model: TTEModel, queries: dict[str, dict], batch_size: int) -> dict[str, str]:
     """The model's trace of each query (its own reasoner, greedy, as `tte-eval` runs it)."""
     keys, traces = list(queries), []
     with torch.no_grad():
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"{args.tasks_dir}: no image query of a grid scene with an oracle trace to compare with")
     model = TTEModel.from_pretrained(args.model).eval()
     scores = {"model_hash": model_hash(args.model), "reference": manifest["reasoner"],
-              **reading_scores(generate(model, queries, args.batch_size), oracle)}  # fmt: skip
+              **reading_scores(model_traces(model, queries, args.batch_size), oracle)}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_atomic(args.output, json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores, indent=2))
