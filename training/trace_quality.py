@@ -80,12 +80,12 @@ def image_queries(tasks_dir: str, per_task: int) -> dict[str, dict]:
 
 
 def model_traces(model: TTEModel, queries: dict[str, dict], batch_size: int) -> dict[str, str]:
-    """The model's trace of each query (its own reasoner, greedy, as `tte-eval` runs it)."""
+    """The model's trace of each query (its own reasoner, greedy, the tokens `tte-eval` embeds); no embedding."""
     keys, traces = list(queries), []
     with torch.no_grad():
         for start in range(0, len(keys), batch_size):
             batch = [queries[key] for key in keys[start : start + batch_size]]
-            traces += model.encode_query(batch, think="always", return_reasoning=True)[1]
+            traces += model.reason(model.processor.parse_inputs(batch))
     return dict(zip(keys, traces))
 
 
