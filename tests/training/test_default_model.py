@@ -103,3 +103,24 @@ def test_a_built_folder_is_stale_when_the_assets_plot_or_the_image_budget_change
     redrawn.write_bytes(open(os.path.join(ASSETS, PLOT), "rb").read() + b"\0")
     redrawn_args = dataclasses.replace(args, figure=str(redrawn))
     assert not is_up_to_date(tte_mini, manifest, redrawn_args, manifest["init_settings"])
+
+
+def test_assets_are_built_with_the_init_settings_they_were_trained_with(tmp_path):
+    """Assets trained under other init settings than the code's `INIT_SETTINGS` today rebuild with their manifest's."""
+    import json
+    import shutil
+
+    from training.assets import INIT_SETTINGS, MANIFEST, build_model
+
+    assets = tmp_path / "assets"
+    shutil.copytree(ASSETS, assets)
+    manifest = json.loads((assets / MANIFEST).read_text())
+    settings = list(manifest["init_settings"])
+    budget = settings.index("--max_new_tokens") + 1
+    settings[budget] = str(int(INIT_SETTINGS[INIT_SETTINGS.index("--max_new_tokens") + 1]) - 16)
+    (assets / MANIFEST).write_text(json.dumps({**manifest, "init_settings": settings}))
+
+    built = build_model(str(assets), str(tmp_path / "tte-mini"))
+
+    config = json.loads(open(os.path.join(built, "config.json")).read())
+    assert config["max_new_tokens"] == int(settings[budget])
