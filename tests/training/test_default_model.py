@@ -114,7 +114,7 @@ def test_assets_are_built_with_the_init_settings_they_were_trained_with(tmp_path
 
     assets = tmp_path / "assets"
     shutil.copytree(ASSETS, assets)
-    manifest = json.loads((assets / MANIFEST).read_text())
+    manifest = read_manifest(str(assets))
     settings = list(manifest["init_settings"])
     budget = settings.index("--max_new_tokens") + 1
     settings[budget] = str(int(INIT_SETTINGS[INIT_SETTINGS.index("--max_new_tokens") + 1]) - 16)
@@ -122,5 +122,6 @@ def test_assets_are_built_with_the_init_settings_they_were_trained_with(tmp_path
 
     built = build_model(str(assets), str(tmp_path / "tte-mini"))
 
-    config = json.loads(open(os.path.join(built, "config.json")).read())
+    with open(os.path.join(built, "config.json")) as handle:
+        config = json.load(handle)
     assert config["max_new_tokens"] == int(settings[budget])
