@@ -122,7 +122,8 @@ class AdapterSettings(TrainSettings):
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
     use_dora: bool = field(default=False, metadata={"help": "DoRA (weight-decomposed LoRA)."})
-    freeze_vision: bool = field(default=True, metadata={"help": "Keep the vision tower frozen (full training)."})
+    freeze_vision: bool = field(default=True, metadata={"help": "Keep the vision tower frozen. With --lora, false "
+                                "trains the whole tower beside the adapters (the exported model holds both)."})
 
 
 def parse_settings(settings_class: type, argv: list[str] | None = None):
@@ -198,10 +199,11 @@ def load_model(settings: TrainSettings) -> TTEModel:
     return model
 
 
-def freeze_vision_tower(module: torch.nn.Module) -> None:
+def set_vision_tower_trainable(module: torch.nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze every vision tower (`visual`, with its merger) inside `module`, peft-wrapped or not."""
     for name, submodule in module.named_modules():
         if name.split(".")[-1] == "visual":
-            submodule.requires_grad_(False)
+            submodule.requires_grad_(trainable)
 
 
 def add_adapter(module: torch.nn.Module, settings: AdapterSettings, prefix: str = "") -> PeftModel:
@@ -347,5 +349,5 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
 
 
 __all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings",
-           "start_run", "load_model", "fit", "add_adapter", "freeze_vision_tower", "merge_adapters", "make_accelerator",
+           "start_run", "load_model", "fit", "add_adapter", "set_vision_tower_trainable", "merge_adapters", "make_accelerator",
            "pause_if_requested"]  # fmt: skip

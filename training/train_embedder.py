@@ -20,9 +20,9 @@ from training.loop import (
     ContrastiveSettings,
     add_adapter,
     fit_contrastive,
-    freeze_vision_tower,
     load_model,
     parse_settings,
+    set_vision_tower_trainable,
     start_run,
 )
 from tte.modeling_tte import TTEModel, decoder_of
@@ -49,7 +49,9 @@ def trainable_part(model: TTEModel, settings: EmbedderSettings) -> torch.nn.Modu
         raise ValueError("a unified model's embedder is its head: train it with training.train_head")
     model.requires_grad_(False)
     if settings.lora:
-        return add_adapter(model, settings, prefix=r"backbone\.")
+        model = add_adapter(model, settings, prefix=r"backbone\.")
+        set_vision_tower_trainable(model.get_base_model().backbone, not settings.freeze_vision)
+        return model
     if settings.top_layers:
         decoder = decoder_of(model.backbone)
         if settings.top_layers > len(decoder.layers):
@@ -58,8 +60,7 @@ def trainable_part(model: TTEModel, settings: EmbedderSettings) -> torch.nn.Modu
             module.requires_grad_(True)
         return model
     model.backbone.requires_grad_(True)
-    if settings.freeze_vision:
-        freeze_vision_tower(model.backbone)
+    set_vision_tower_trainable(model.backbone, not settings.freeze_vision)
     return model
 
 

@@ -2,7 +2,8 @@
 
 Next-token loss on the trace tokens and the stop token only: the reasoning prompt is masked (-100), so the model
 learns to write traces, not to reproduce prompts. Trains the model's generator (`model.reasoner` of a student,
-`model.backbone` of a unified model), fully with the vision tower frozen by default, or through LoRA / DoRA.
+`model.backbone` of a unified model), fully or through LoRA / DoRA, with the vision tower frozen by default
+(`--freeze_vision false` trains it too).
 
     accelerate launch -m training.train_reasoner --model_path tte-init --data_config data.yaml \
         --traces teacher-traces/ --output_dir runs/reasoner --learning_rate 2e-5 --max_steps 1000
@@ -11,7 +12,8 @@ learns to write traces, not to reproduce prompts. Trains the model's generator (
 from functools import partial
 
 from training.data import PairDataset, SFTCollator, load_sources, load_traces, parse_trace_kinds
-from training.loop import AdapterSettings, add_adapter, fit, freeze_vision_tower, load_model, parse_settings, start_run
+from training.loop import (AdapterSettings, add_adapter, fit, load_model, parse_settings, set_vision_tower_trainable,
+                           start_run)
 from training.losses import next_token_step
 
 
@@ -31,8 +33,9 @@ def main(argv: list[str] | None = None) -> str:
         generator = add_adapter(generator, settings)
     else:
         generator.requires_grad_(True)
-        if settings.freeze_vision:
-            freeze_vision_tower(generator)
+    # Trained with the adapters, the tower learns from the traces' descriptions of every object, not only from the
+    # grid stage's captions through the frozen language model.
+    set_vision_tower_trainable(generator, not settings.freeze_vision)
     return fit(accelerator, model, generator, dataset, collator,
                lambda prepared: partial(next_token_step, prepared, accelerator), settings)  # fmt: skip
 

@@ -50,6 +50,16 @@ def test_train_embedder_merges_dora_adapters_on_export(tmp_path, model_folder, p
     assert AutoModel.from_pretrained(exported, trust_remote_code=True).embed("red cat", think=False).shape == (1, 32)
 
 
+def test_train_embedder_lora_trains_the_backbones_vision_tower_when_asked(tmp_path, model_folder, pair_data,
+                                                                         trace_store):  # fmt: skip
+    exported = main(train_arguments(model_folder("student"), pair_data, trace_store, str(tmp_path / "run"),
+                               "--max_steps", "4", "--lora", "--freeze_vision", "false"))  # fmt: skip
+    weights, initial = saved_weights(exported), saved_weights(model_folder("student"))
+    changed = {name for name in initial if not torch.equal(weights[name], initial[name])}
+    assert "backbone.visual.patch_embed.proj.weight" in changed
+    assert not any(name.startswith("reasoner.") for name in changed)  # the reasoner's own tower stays as it was
+
+
 def test_train_embedder_refuses_an_existing_run_without_resume(tmp_path, model_folder, pair_data, trace_store):
     arguments = train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1")
     main(arguments)

@@ -101,6 +101,19 @@ def test_train_reasoner_lora_on_a_unified_backbone_is_merged(tmp_path, model_fol
     assert all(name.startswith("backbone.model.layers.") for name in changed)  # merged into the projections only
 
 
+def test_train_reasoner_lora_trains_the_vision_tower_when_asked(tmp_path, model_folder, pair_data, trace_store):
+    initial = saved_weights(model_folder("unified"))
+    changed = {}
+    for freeze in ("true", "false"):
+        exported = main(train_arguments(model_folder("unified"), pair_data, trace_store, str(tmp_path / freeze),
+                                   "--max_steps", "4", "--lora", "--freeze_vision", freeze))  # fmt: skip
+        weights = saved_weights(exported)
+        changed[freeze] = {name for name in initial if not torch.equal(weights[name], initial[name])}
+    assert not any(".visual." in name for name in changed["true"])  # the default: adapters only
+    tower = {name for name in changed["false"] if ".visual." in name}
+    assert tower and changed["false"] == changed["true"] | tower  # the same merged projections, and the tower
+
+
 def test_train_reasoner_rejects_a_teacher_model(tmp_path, model_folder, pair_data, trace_store):
     with pytest.raises(ValueError, match="'teacher' model: it has no reasoner"):
         main(train_arguments(model_folder("teacher"), pair_data, trace_store, str(tmp_path / "run"), "--max_steps", "1"))
