@@ -349,5 +349,5 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
 
 
 __all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings",
-           "start_run", "load_model", "fit", "add_adapter", "set_vision_tower_trainable", "merge_adapters", "make_accelerator",
-           "pause_if_requested"]  # fmt: skip
+           "start_run", "load_model", "fit", "add_adapter", "set_vision_tower_trainable", "merge_adapters",
+           "make_accelerator", "pause_if_requested"]  # fmt: skip

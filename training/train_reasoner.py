@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> str:
         generator = add_adapter(generator, settings)
     else:
         generator.requires_grad_(True)
-    # Trained with the adapters, the tower learns from the traces' descriptions of every object, not only from the
-    # grid stage's captions through the frozen language model.
+    # Also beside LoRA adapters: a tower trained in the SFT learns from the traces' description of every object, not
+    # only from the captions it was aligned on.
     set_vision_tower_trainable(generator, not settings.freeze_vision)
     return fit(accelerator, model, generator, dataset, collator,
                lambda prepared: partial(next_token_step, prepared, accelerator), settings)  # fmt: skip
