@@ -15,17 +15,12 @@ import os
 import sys
 
 from training.trace_quality import read_cells
-from training.traces import TraceStore
-
-
-def query_traces(store: str) -> dict[str, str]:
-    return {key: trace for (key, side), trace in TraceStore(store).read().items() if side == "query"}
+from tte_eval.runner import read_query_traces
 
 
 def describe_test_scenes(model_dir: str, test_dir: str, count: int) -> list[tuple[dict, dict]]:
     import torch
     from tte.modeling_tte import TTEModel
-    from tte_eval.runner import read_query_traces
     from tte_eval.user_tasks import load_user_tasks
 
     model = TTEModel.from_pretrained(model_dir).eval()
@@ -70,9 +65,9 @@ if __name__ == "__main__":
     mode, *arguments = sys.argv[1:]
     if mode == "store":
         oracle_store, trace_store, output = arguments
-        oracle, traces = query_traces(oracle_store), query_traces(trace_store)
-        pairs = [(read_cells(oracle[key]), read_cells(trace)) for key, trace in traces.items()
-                 if read_cells(oracle.get(key, ""))]
+        (oracle, _), (traces, _) = read_query_traces(oracle_store), read_query_traces(trace_store)
+        scenes = {key: read_cells(oracle.get(key, "")) for key in traces}
+        pairs = [(scenes[key], read_cells(trace)) for key, trace in traces.items() if scenes[key]]
         source = trace_store
     else:
         model_dir, test_dir, count, output = arguments
