@@ -114,14 +114,20 @@ class ContrastiveSettings(TrainSettings):
 
 
 @dataclass
-class AdapterSettings(TrainSettings):
-    """Settings of scripts that train backbone weights, fully or through LoRA / DoRA adapters."""
+class LoraSettings(TrainSettings):
+    """LoRA / DoRA adapter settings (`add_adapter`); with `lora` false the script trains what it trains without."""
 
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged on export), not all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
     use_dora: bool = field(default=False, metadata={"help": "DoRA (weight-decomposed LoRA)."})
+
+
+@dataclass
+class AdapterSettings(LoraSettings):
+    """Settings of scripts that train backbone weights, fully or through LoRA / DoRA adapters."""
+
     freeze_vision: bool = field(default=True, metadata={"help": "Keep the vision tower frozen. With --lora, false "
                                 "trains the whole tower beside the adapters (the exported model holds both)."})
 
@@ -206,7 +212,7 @@ def set_vision_tower_trainable(module: torch.nn.Module, trainable: bool) -> None
             submodule.requires_grad_(trainable)
 
 
-def add_adapter(module: torch.nn.Module, settings: AdapterSettings, prefix: str = "") -> PeftModel:
+def add_adapter(module: torch.nn.Module, settings: LoraSettings, prefix: str = "") -> PeftModel:
     """Wrap `module` with LoRA / DoRA adapters on its decoder projections (names matching `prefix + LORA_TARGETS`)."""
     config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                         use_dora=settings.use_dora, target_modules=prefix + LORA_TARGETS)  # fmt: skip
@@ -348,6 +354,6 @@ def exportable_model(accelerator: Accelerator, model: TTEModel, module: torch.nn
     return unsharded
 
 
-__all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "AdapterSettings", "fit_contrastive", "parse_settings",
-           "start_run", "load_model", "fit", "add_adapter", "set_vision_tower_trainable", "merge_adapters",
-           "make_accelerator", "pause_if_requested"]  # fmt: skip
+__all__ = ["TrainSettings", "fast_bf16", "ContrastiveSettings", "LoraSettings", "AdapterSettings", "fit_contrastive",
+           "parse_settings", "start_run", "load_model", "fit", "add_adapter", "set_vision_tower_trainable",
+           "merge_adapters", "make_accelerator", "pause_if_requested"]  # fmt: skip

@@ -1,7 +1,9 @@
 """Align a new vision tower to a frozen language model (TTE-mini's second stage).
 
-Only the vision tower and its merger train; every language weight stays frozen. Two objectives, run one after
-the other (each is one run of this script; the second starts from the first's exported model):
+The vision tower and its merger train; every language weight stays frozen, except that `next_token` with `--lora`
+also trains LoRA adapters on the language model's decoder projections (merged on export), so that the LM learns to
+read the tokens the tower learns to write. Two objectives, run one after the other (each is one run of this script;
+the second starts from the first's exported model):
 
 - `regression` (cheap, no pass through the LM): each image's merged visual tokens regress onto the LM's *input
   embeddings* of its caption's tokens ("a red triangle", truncated or padded with its last token to the number of
@@ -25,7 +27,8 @@ from accelerate import Accelerator
 from transformers import BatchFeature
 
 from training.data import Example, PairDataset, chunked, load_sources, parse_side
-from training.loop import TrainSettings, fit, load_model, parse_settings, start_run
+from training.loop import (LoraSettings, add_adapter, fit, load_model, parse_settings, set_vision_tower_trainable,
+                           start_run)
 from training.losses import next_token_step
 
 
@@ -33,13 +36,16 @@ OBJECTIVES = ("regression", "next_token")
 
 
 @dataclass
-class VisionSettings(TrainSettings):
+class VisionSettings(LoraSettings):
     objective: str = field(default="next_token", metadata={"help": f"One of {OBJECTIVES}."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective {self.objective!r} is not one of {OBJECTIVES}")
+        if self.lora and self.objective == "regression":
+            raise ValueError("--lora needs --objective next_token: the regression objective never runs the language "
+                             "model, so adapters on it would not train")
 
 
 def _answer(example: Example) -> str:
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> str:
         embeddings = generator.get_input_embeddings()
         return fit(accelerator, model, vision_tower, dataset, CaptionCollator(model.processor),
                    lambda prepared: partial(regression_step, prepared, embeddings, accelerator), settings)  # fmt: skip
+    if settings.lora:  # peft freezes all but its adapters, so the tower is made trainable again inside the wrapper
+        generator = add_adapter(generator, settings)
+        set_vision_tower_trainable(generator, True)
     return fit(accelerator, model, generator, dataset, AnswerCollator(model.processor, settings.chunk_size),
                lambda prepared: partial(next_token_step, prepared, accelerator), settings)  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -45,6 +46,26 @@ def test_only_the_vision_tower_trains(tmp_path, model_folder, scene_data, object
     changed = _changed(saved_weights(start), saved_weights(exported))
     assert changed and all(key.startswith("backbone.visual.") for key in changed), sorted(changed)[:5]
     assert TTEModel.from_pretrained(exported).config.variant == "unified"
+
+
+def test_lora_trains_the_tower_and_the_language_models_projections_only(tmp_path, model_folder, scene_data):
+    """With --lora the LM learns to read what the tower writes: both change, and nothing else does."""
+    start = model_folder("unified")
+    exported = main(_arguments(start, scene_data["answers"], str(tmp_path / "run"), "next_token", 3,
+                               "--learning_rate", "1e-3", "--lora", "--lora_dropout", "0"))  # fmt: skip
+    changed = _changed(saved_weights(start), saved_weights(exported))
+    tower = {key for key in changed if key.startswith("backbone.visual.")}
+    language = changed - tower
+    assert tower and language, sorted(changed)[:5]
+    projection = re.compile(r"\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
+    assert all(projection.search(key) for key in language), sorted(language)
+    assert set(saved_weights(exported)) == set(saved_weights(start))  # merged: no adapter tensors are left
+
+
+def test_lora_with_the_regression_objective_is_refused(tmp_path, model_folder, scene_data):
+    with pytest.raises(ValueError, match="--lora needs --objective next_token"):
+        main(_arguments(model_folder("unified"), scene_data["captions"], str(tmp_path / "run"), "regression", 1,
+                        "--lora"))  # fmt: skip
 
 
 def test_regression_loss_falls(tmp_path, model_folder, scene_data):

@@ -178,3 +178,32 @@ def test_build_refuses_corrupt_or_foreign_inputs(smoke_run, tmp_path):
     with pytest.raises(ValueError, match="manifest.json does not exist"):
         build_model(assets, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
+
+
+class _StopAfterGridStage(Exception):
+    pass
+
+
+@pytest.mark.parametrize("grid_lora", [False, True])
+def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path, monkeypatch, grid_lora):
+    """The recipe's `--grid_lora` reaches the grid stage's `train_vision` command (whose `--lora` is tested in
+    test_train_vision.py), and without it the grid stage trains the tower alone, as the committed model was made."""
+    from training.recipes import tte_mini
+
+    commands = []
+
+    def record_and_stop(module, folder, arguments, starting_points=()):
+        commands.append((module, os.path.basename(folder), arguments))
+        raise _StopAfterGridStage
+
+    monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
+    monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
+    monkeypatch.setattr(tte_mini, "write_variant_data", lambda *arguments: {"grid": "grid.yaml"})
+    monkeypatch.setattr(tte_mini, "training_stage", record_and_stop)
+    with pytest.raises(_StopAfterGridStage):
+        tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants", *(["--grid_lora"] if grid_lora else [])])
+    ((module, folder, arguments),) = commands
+    assert (module, folder) == ("training.train_vision", "vision-grid")
+    assert arguments[arguments.index("--objective") + 1] == "next_token"
+    assert ("--lora" in arguments) == grid_lora
+    assert json.load(open(tmp_path / "recipe.json"))["grid_lora"] == grid_lora

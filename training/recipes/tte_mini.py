@@ -68,6 +68,9 @@ class RecipeArgs:
     part1_assets: str | None = field(default=None, metadata={"help": "Start from part 1's trained parts (e.g. "
                                      "assets/tte-mini) instead of training part 1: the aligned model is built from "
                                      "them, and their settings, run summaries and evaluation are carried over."})  # fmt: skip
+    grid_lora: bool = field(default=False, metadata={"help": "Experimental, not yet the default: the grid stage also "
+                            "trains LoRA adapters (merged) on the language model, so that it learns to read the grid's "
+                            "4 visual tokens, not only the tower to write them."})  # fmt: skip
 
 
 @dataclass
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> str:
         aligned, part1_files = train_part1(root, sizes, common, args.seed, answers, captions)
     assets_dir = args.assets_dir or os.path.join(root, "assets")
     if args.variants:
-        return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files)
+        return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files, args.grid_lora)
     extract_assets(aligned, assets_dir, extra_files=part1_files)
     print(f"trained parts of {aligned} stored in {assets_dir}")
     return aligned
@@ -303,9 +306,10 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
 
 
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
-                 part1_files: dict[str, str]) -> str:  # fmt: skip
+                 part1_files: dict[str, str], grid_lora: bool = False) -> str:  # fmt: skip
     """Part 2: train every variant with the same embedder budget, publish the unified one as the default model (its
     assets), evaluate each variant (the unified one as published) and write the comparison into the assets.
+    `grid_lora`: see `RecipeArgs`.
 
     Returns:
         The published unified model folder.
@@ -319,6 +323,7 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
         "--per_device_batch_size", str(sizes.answer_batch), "--chunk_size", str(sizes.answer_batch),
         "--max_steps", str(sizes.grid_steps), "--learning_rate", str(sizes.answer_lr), "--weight_decay", "0.01",
         "--lr_scheduler", "cosine", "--warmup_steps", str(sizes.grid_steps // 20), "--save_steps", "100", *common,
+        *(["--lora", "--lora_dropout", "0"] if grid_lora else []),
     ])  # fmt: skip
     reasoner = training_stage("training.train_reasoner", os.path.join(root, "reasoner"), [
         # No LoRA dropout: 200 steps of 8 see each of the ~20,000 training rows at most once, and without dropout
