@@ -29,6 +29,7 @@ manifest names it as such (`ORACLE_REASONER`).
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
@@ -93,6 +94,21 @@ def by_cell(scene: Scene) -> dict[int, SceneObject]:
 def caption(scene: Scene) -> str:
     """The objects in raster order: "red circle at top left, blue triangle at bottom right"."""
     return ", ".join(f"{obj.name} at {CELLS[cell]}" for cell, obj in sorted(by_cell(scene).items()))
+
+
+PLACED = re.compile(rf"({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at ({'|'.join(CELLS)})")  # one part of a caption
+
+
+def parse_caption(text: str) -> dict[str, tuple[str, str]]:
+    """The inverse of `caption`: `{cell: (colour, shape)}`; raises on a part it cannot read or a cell named twice."""
+    cells = {}
+    for part in text.split(", "):
+        placed = PLACED.fullmatch(part)
+        if placed is None or placed.group(3) in cells:
+            raise ValueError(f"{part!r} in the caption {text!r} is not '<colour> <shape> at <cell>' with a cell of "
+                             f"{CELLS} named once")  # fmt: skip
+        cells[placed.group(3)] = (placed.group(1), placed.group(2))
+    return cells
 
 
 def neighbour(cell: int, relation: str) -> int | None:
@@ -240,8 +256,9 @@ def write_oracle_traces(folder: str, traces: list[tuple[str, str, str]]) -> None
 def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
     """Render `num_images` training scenes (1-3 shapes, held-out combinations excluded) and write one MMEB-train
     source per ECR family (`<family>.jsonl`: every kind of query each scene allows), the oracle's traces of every
-    row (`oracle-traces/`) and `perception.jsonl` (the vision tower's data: each scene's caption and what one cell
-    holds). Returns the data-config source entries of the family sources."""
+    row (`oracle-traces/`), `perception.jsonl` (the vision tower's data: each scene's caption and what one cell
+    holds) and `captions.jsonl` (its caption rows alone: the cells objective's data). Returns the data-config source
+    entries of the family sources."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     rows = {family: [] for family, _, _ in KINDS.values()}
@@ -270,6 +287,8 @@ def write_train_sources(folder: str, num_images: int, seed: int) -> list[dict]:
             traces.append((row["id"], TRACE_SIDE, query.trace))
     write_oracle_traces(os.path.join(folder, "oracle-traces"), traces)
     write_atomic(os.path.join(folder, "perception.jsonl"), "".join(json.dumps(r) + "\n" for r in perception))
+    write_atomic(os.path.join(folder, "captions.jsonl"),
+                 "".join(json.dumps(r) + "\n" for r in perception if r["id"].endswith("-describe")))
     sources = []
     for family, family_rows in rows.items():
         write_atomic(os.path.join(folder, f"{family}.jsonl"), "".join(json.dumps(r) + "\n" for r in family_rows))

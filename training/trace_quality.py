@@ -22,8 +22,7 @@ import torch
 from transformers import HfArgumentParser
 
 from training.checkpoint import write_atomic
-from training.scene_tasks import CELLS
-from training.scenes import COLOURS, SHAPES
+from training.scene_tasks import CELLS, PLACED
 from tte.modeling_tte import TTEModel
 from tte_eval.model_io import model_hash
 from tte_eval.runner import read_query_traces
@@ -31,7 +30,6 @@ from tte_eval.user_tasks import load_user_tasks
 
 
 SEEN = re.compile(r"The image shows (.*?)\.")
-PLACED = re.compile(rf"^({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at ({'|'.join(CELLS)})$")
 
 
 @dataclass
@@ -48,7 +46,7 @@ def read_cells(trace: str) -> dict[str, tuple[str, str]]:
     seen = SEEN.search(trace)
     cells = {}
     for part in seen.group(1).split(", ") if seen else []:
-        placed = PLACED.match(part.strip())
+        placed = PLACED.fullmatch(part.strip())
         if placed:
             cells[placed.group(3)] = (placed.group(1), placed.group(2))
     return cells

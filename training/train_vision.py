@@ -2,8 +2,8 @@
 
 The vision tower and its merger train; every language weight stays frozen, except that `next_token` with `--lora`
 also trains LoRA adapters on the language model's decoder projections (merged on export), so that the LM learns to
-read the tokens the tower learns to write. Two objectives, run one after the other (each is one run of this script;
-the second starts from the first's exported model):
+read the tokens the tower learns to write. Three objectives, each one run of this script (a later one starts from an
+earlier one's exported model):
 
 - `regression` (cheap, no pass through the LM): each image's merged visual tokens regress onto the LM's *input
   embeddings* of its caption's tokens ("a red triangle", truncated or padded with its last token to the number of
@@ -11,6 +11,12 @@ the second starts from the first's exported model):
   its own the LM does not answer from these tokens.
 - `next_token`: the answer to an image question given the exact reasoning prompt the model uses at inference
   (`processor.build_sft_inputs`: ECR system turn, image, question), next-token loss on the answer and the stop token.
+- `cells` (2x2 grid scenes, `training.scene_tasks`; no pass through the LM): each of an image's 4 merged visual
+  tokens, one per cell in raster order, says its cell's colour and shape through two linear classifiers shared by
+  the 4 tokens (cross-entropy, "empty" a class of each; the classifiers are not exported). The labels are read from
+  the row's caption (`pos_text`, `training.scene_tasks.caption`). It makes the tokens carry each cell's attributes
+  linearly, held-out colour-shape combinations included, which next-token training through the LM did not
+  (`benchmarks/results/tte-mini-readout-2026-12-04/`).
 
 Rows are MMEB-train rows (`training/data.py`): the query is image + question, `pos_text` the answer or caption
 (`training.scenes.write_alignment_source` writes them).
@@ -24,15 +30,19 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from transformers import BatchFeature
 
 from training.data import Example, PairDataset, chunked, load_sources, parse_side
 from training.loop import (LoraSettings, add_adapter, fit, load_model, parse_settings, set_vision_tower_trainable,
                            start_run)
 from training.losses import next_token_step
+from training.scene_tasks import CELLS, parse_caption
+from training.scenes import COLOURS, SHAPES
 
 
-OBJECTIVES = ("regression", "next_token")
+OBJECTIVES = ("regression", "next_token", "cells")
+CELL_COLOURS, CELL_SHAPES = ("empty", *COLOURS), ("empty", *SHAPES)  # the cells objective's classes
 
 
 @dataclass
@@ -43,9 +53,9 @@ class VisionSettings(LoraSettings):
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective {self.objective!r} is not one of {OBJECTIVES}")
-        if self.lora and self.objective == "regression":
-            raise ValueError("--lora needs --objective next_token: the regression objective never runs the language "
-                             "model, so adapters on it would not train")
+        if self.lora and self.objective != "next_token":
+            raise ValueError(f"--lora needs --objective next_token: the {self.objective} objective never runs the "
+                             "language model, so adapters on it would not train")
 
 
 def _answer(example: Example) -> str:
@@ -74,13 +84,75 @@ class CaptionCollator:
         self.processor = processor
 
     def __call__(self, examples: list[Example]) -> BatchFeature:
-        for example in examples:  # one row of targets per image: a video has no place here
-            if "video" in example.inputs["query"]:
-                raise ValueError(f"{example.where}: the regression objective aligns images with their captions; this "
-                                 "row's query is a video (train video rows with --objective next_token)")  # fmt: skip
-        items = [parse_side(self.processor, example, "query") for example in examples]
+        items = _image_rows(self.processor, examples, "regression")
         captions = self.processor.tokenizer([_answer(example) for example in examples], add_special_tokens=False)
         return BatchFeature({**self.processor.build_image_inputs(items), "caption_ids": captions["input_ids"]})
+
+
+def _image_rows(processor, examples: list[Example], objective: str) -> list[dict]:
+    """The queries' images as processor items; a video query is refused (these objectives have one target per image)."""
+    for example in examples:
+        if "video" in example.inputs["query"]:
+            raise ValueError(f"{example.where}: the {objective} objective aligns images with their captions; this "
+                             "row's query is a video (train video rows with --objective next_token)")  # fmt: skip
+    return [parse_side(processor, example, "query") for example in examples]
+
+
+def cell_labels(caption: str) -> list[tuple[int, int]]:
+    """Per cell of `CELLS`, the indices of its colour in `CELL_COLOURS` and of its shape in `CELL_SHAPES`."""
+    cells = parse_caption(caption)
+    return [(CELL_COLOURS.index(cells[cell][0]), CELL_SHAPES.index(cells[cell][1])) if cell in cells else (0, 0)
+            for cell in CELLS]  # fmt: skip
+
+
+class CellCollator:
+    """Cells batches: the images' vision inputs and `cell_labels` `(images, cells, 2)` read from their captions."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, examples: list[Example]) -> BatchFeature:
+        items = _image_rows(self.processor, examples, "cells")
+        labels = []
+        for example in examples:
+            try:
+                labels.append(cell_labels(_answer(example)))
+            except ValueError as error:
+                raise ValueError(f"{example.where}: the cells objective needs a grid scene's caption as the "
+                                 f"positive: {error}") from error  # fmt: skip
+        return BatchFeature({**self.processor.build_image_inputs(items), "cell_labels": torch.tensor(labels)})
+
+
+class CellReadout(torch.nn.Module):
+    """The vision tower and the cells objective's classifiers: logits `(images, cells, colours + shapes)`."""
+
+    def __init__(self, vision_tower: torch.nn.Module, width: int):
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.classifiers = torch.nn.Linear(width, len(CELL_COLOURS) + len(CELL_SHAPES))
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        tokens = self.vision_tower(pixel_values, grid_thw=image_grid_thw).pooler_output
+        images = len(image_grid_thw)
+        if tokens.shape[0] != images * len(CELLS):
+            raise ValueError(f"the cells objective needs {len(CELLS)} merged visual tokens per image, one per cell of "
+                             f"the 2x2 grid; these {images} images gave {tokens.shape[0]}")  # fmt: skip
+        return self.classifiers(tokens).view(images, len(CELLS), -1)
+
+
+def cells_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each cell's colour plus that of its shape, averaged over cells (empty ones included)."""
+    colours, shapes = logits.float().flatten(0, 1).split([len(CELL_COLOURS), len(CELL_SHAPES)], dim=-1)
+    labels = labels.flatten(0, 1)
+    return F.cross_entropy(colours, labels[:, 0]) + F.cross_entropy(shapes, labels[:, 1])
+
+
+def cells_step(readout: CellReadout, accelerator: Accelerator, batch: BatchFeature) -> dict[str, float]:
+    """One cells step over this process's images; DDP averages the gradients over processes."""
+    logits = readout(batch["pixel_values"].to(accelerator.device), batch["image_grid_thw"].to(accelerator.device))
+    loss = cells_loss(logits, batch["cell_labels"].to(accelerator.device))
+    accelerator.backward(loss)
+    return {"cells_loss": accelerator.reduce(loss.detach(), reduction="mean").item()}
 
 
 def caption_targets(caption_ids: list[list[int]], embeddings: torch.nn.Embedding,
@@ -135,6 +207,13 @@ def main(argv: list[str] | None = None) -> str:
         embeddings = generator.get_input_embeddings()
         return fit(accelerator, model, vision_tower, dataset, CaptionCollator(model.processor),
                    lambda prepared: partial(regression_step, prepared, embeddings, accelerator), settings)  # fmt: skip
+    if settings.objective == "cells":  # the tower and its classifiers train; only the tower is exported
+        if accelerator.distributed_type == DistributedType.FSDP:
+            raise ValueError("the cells objective trains classifiers outside the model, which FSDP export cannot "
+                             "gather: run it on one process or with DDP")  # fmt: skip
+        readout = CellReadout(vision_tower, generator.get_input_embeddings().embedding_dim)
+        return fit(accelerator, model, readout, dataset, CellCollator(model.processor),
+                   lambda prepared: partial(cells_step, prepared, accelerator), settings)  # fmt: skip
     if settings.lora:  # peft freezes all but its adapters, so the tower is made trainable again inside the wrapper
         generator = add_adapter(generator, settings)
         set_vision_tower_trainable(generator, True)
@@ -142,7 +221,8 @@ def main(argv: list[str] | None = None) -> str:
                lambda prepared: partial(next_token_step, prepared, accelerator), settings)  # fmt: skip
 
 
-__all__ = ["VisionSettings", "AnswerCollator", "CaptionCollator", "regression_loss", "caption_targets", "main"]
+__all__ = ["VisionSettings", "AnswerCollator", "CaptionCollator", "CellCollator", "CellReadout", "cell_labels",
+           "cells_loss", "regression_loss", "caption_targets", "main"]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_differences_store_rows_factors_bf16_head_and_whole_tensors():
     stored = weight_differences(trained, base)
     assert stored["backbone.layers.0.q_proj.weight" + LEFT_SUFFIX].shape == (96, 4)
     assert stored["backbone.layers.0.q_proj.weight" + RIGHT_SUFFIX].shape == (4, 80)
+    assert stored["backbone.layers.0.q_proj.weight" + LEFT_SUFFIX].dtype == torch.bfloat16  # half the bytes
     assert "backbone.layers.0.q_proj.weight" not in stored
     assert stored["head.layers.0.q_proj.weight"].dtype == torch.bfloat16
     assert torch.equal(stored["backbone.visual.proj.weight"], trained["backbone.visual.proj.weight"])
@@ -32,8 +33,9 @@ def test_differences_store_rows_factors_bf16_head_and_whole_tensors():
 
     published = apply_differences(base, stored)
     assert {name: tensor.dtype for name, tensor in published.items()} == {name: torch.float32 for name in base}
-    assert torch.allclose(published["backbone.layers.0.q_proj.weight"], trained["backbone.layers.0.q_proj.weight"],
-                          atol=1e-6)  # fmt: skip
+    # bf16 factors round the change, not the weight: the error is a small fraction of the change itself
+    error = (published["backbone.layers.0.q_proj.weight"] - trained["backbone.layers.0.q_proj.weight"]).abs().max()
+    assert 0 < error < 0.01 * lora.abs().max()
     head = trained["head.layers.0.q_proj.weight"]
     assert torch.equal(published["head.layers.0.q_proj.weight"], head.to(torch.bfloat16).float())
     for name in ("backbone.model.embed_tokens.weight", "backbone.visual.proj.weight", "backbone.layers.1.k_proj.weight"):

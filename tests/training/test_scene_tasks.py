@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from training.scene_tasks import (
     cell_of,
     distractors,
     grid_scene,
+    parse_caption,
     write_one_shape_sft,
     write_test_tasks,
     write_train_sources,
@@ -113,6 +115,27 @@ def test_training_sources_load_and_every_row_has_an_oracle_trace(tmp_path):
     for line in (tmp_path / "perception.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert not any(name in row["pos_text"] for name in held_out)
+
+
+def test_captions_parse_back_to_their_scenes_and_bad_parts_are_named(tmp_path):
+    rng = random.Random(0)
+    for _ in range(50):
+        scene = grid_scene(rng, rng.randint(1, 4))
+        expected = {CELLS[cell_of(obj)]: (obj.colour, obj.shape) for obj in scene.objects}
+        assert parse_caption(caption(scene)) == expected
+    for bad, part in (("red circle at top left, a blue square at bottom left", "a blue square at bottom left"),
+                      ("red circle at top left, blue circle at top left", "blue circle at top left"),
+                      ("nothing", "nothing")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(repr(part))):
+            parse_caption(bad)
+
+
+def test_the_captions_file_holds_each_scenes_caption_row_once(tmp_path):
+    write_train_sources(str(tmp_path), 12, seed=0)
+    perception = [json.loads(line) for line in (tmp_path / "perception.jsonl").read_text().splitlines()]
+    captions = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert captions == [row for row in perception if row["id"].endswith("-describe")] and len(captions) == 12
+    assert all(parse_caption(row["pos_text"]) for row in captions)
 
 
 def test_one_shape_sft_rows_ask_as_the_easy_vqa_evaluation_does_and_join_the_oracle_store(tmp_path):

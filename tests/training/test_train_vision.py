@@ -10,8 +10,12 @@ import yaml
 
 from tests.training.helpers import TWO_PROCESSES, read_metrics, run_module, run_until_paused_then_kill, saved_weights
 from training.data import PairDataset, load_sources
+from types import SimpleNamespace
+
+from training.scene_tasks import write_train_sources
 from training.scenes import write_alignment_source
-from training.train_vision import AnswerCollator, caption_targets, main, regression_loss
+from training.train_vision import (CELL_COLOURS, CELL_SHAPES, AnswerCollator, CellCollator, CellReadout,
+                                   caption_targets, cell_labels, main, regression_loss)
 from tte.modeling_tte import TTEModel
 
 
@@ -28,6 +32,17 @@ def scene_data(tmp_path_factory) -> dict:
     return configs
 
 
+@pytest.fixture(scope="module")
+def grid_captions(tmp_path_factory) -> str:
+    """Data config of the captions of 12 rendered 2x2 grid scenes (the cells objective's data)."""
+    folder = tmp_path_factory.mktemp("grid-data")
+    write_train_sources(str(folder / "train"), 12, seed=0)
+    config = str(folder / "cells.yaml")
+    source = {"name": "grid-captions", "path": "train/captions.jsonl", "image_dir": "train", "task": "vqa"}
+    yaml.safe_dump({"sources": [source]}, open(config, "w"))
+    return config
+
+
 def _arguments(model: str, data: str, output: str, objective: str, steps: int, *extra: str) -> list[str]:
     return ["--model_path", model, "--data_config", data, "--output_dir", output, "--objective", objective,
             "--per_device_batch_size", "4", "--chunk_size", "4", "--max_steps", str(steps), "--logging_steps", "1",
@@ -38,10 +53,11 @@ def _changed(before: dict, after: dict) -> set[str]:
     return {key for key in before if not torch.equal(before[key], after[key])}
 
 
-@pytest.mark.parametrize("objective", ["regression", "next_token"])
-def test_only_the_vision_tower_trains(tmp_path, model_folder, scene_data, objective):
+@pytest.mark.parametrize("objective", ["regression", "next_token", "cells"])
+def test_only_the_vision_tower_trains(tmp_path, model_folder, scene_data, grid_captions, objective):
     start = model_folder("unified")
-    data = scene_data["captions" if objective == "regression" else "answers"]
+    data = {"regression": scene_data["captions"], "next_token": scene_data["answers"],
+            "cells": grid_captions}[objective]
     exported = main(_arguments(start, data, str(tmp_path / "run"), objective, 3, "--learning_rate", "1e-3"))
     changed = _changed(saved_weights(start), saved_weights(exported))
     assert changed and all(key.startswith("backbone.visual.") for key in changed), sorted(changed)[:5]
@@ -62,9 +78,10 @@ def test_lora_trains_the_tower_and_the_language_models_projections_only(tmp_path
     assert set(saved_weights(exported)) == set(saved_weights(start))  # merged: no adapter tensors are left
 
 
-def test_lora_with_the_regression_objective_is_refused(tmp_path, model_folder, scene_data):
-    with pytest.raises(ValueError, match="--lora needs --objective next_token"):
-        main(_arguments(model_folder("unified"), scene_data["captions"], str(tmp_path / "run"), "regression", 1,
+@pytest.mark.parametrize("objective", ["regression", "cells"])
+def test_lora_without_the_language_model_in_the_objective_is_refused(tmp_path, model_folder, scene_data, objective):
+    with pytest.raises(ValueError, match=f"--lora needs --objective next_token: the {objective} objective"):
+        main(_arguments(model_folder("unified"), scene_data["captions"], str(tmp_path / "run"), objective, 1,
                         "--lora"))  # fmt: skip
 
 
@@ -96,6 +113,44 @@ def test_regression_on_two_processes_matches_one_process(tmp_path, model_folder,
     losses = [[record["regression_loss"] for record in read_metrics(str(tmp_path / name))] for name in ("single", "double")]
     assert losses[1][0] == pytest.approx(losses[0][0], abs=5e-4)
     assert losses[1] == pytest.approx(losses[0], rel=1e-2) and losses[0][-1] < losses[0][0]
+
+
+def test_cells_loss_falls(tmp_path, model_folder, grid_captions):
+    output = str(tmp_path / "run")
+    main(_arguments(model_folder("unified"), grid_captions, output, "cells", 30, "--per_device_batch_size", "12",
+                    "--learning_rate", "5e-3"))  # fmt: skip
+    losses = [record["cells_loss"] for record in read_metrics(output)]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+
+
+def test_cells_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, model_folder, grid_captions):
+    """The classifiers are not exported, but they are in the checkpoint: without them the resumed tower would differ."""
+    start = model_folder("unified")
+    straight = main(_arguments(start, grid_captions, str(tmp_path / "straight"), "cells", 6, "--save_steps", "3"))
+    arguments = _arguments(start, grid_captions, str(tmp_path / "resumed"), "cells", 6, "--save_steps", "3")
+    run_until_paused_then_kill("training.train_vision", arguments, pause_after=3)
+    resumed = main([*arguments, "--resume"])
+    assert _changed(saved_weights(straight), saved_weights(resumed)) == set()
+
+
+def test_cell_labels_follow_the_raster_order_with_empty_cells_as_class_zero():
+    labels = cell_labels("red circle at top right, gray triangle at bottom left")
+    assert labels == [(0, 0), (CELL_COLOURS.index("red"), CELL_SHAPES.index("circle")),
+                      (CELL_COLOURS.index("gray"), CELL_SHAPES.index("triangle")), (0, 0)]  # fmt: skip
+
+
+def test_the_cells_collator_names_a_row_without_a_grid_caption(model_folder, scene_data):
+    processor = TTEModel.from_pretrained(model_folder("unified")).processor
+    dataset = PairDataset(load_sources(scene_data["captions"]))  # one-shape captions: "a red circle"
+    with pytest.raises(ValueError, match=r"source 'captions' row 0 .*: the cells objective needs a grid scene's "
+                                         r"caption as the positive: .* is not '<colour> <shape> at <cell>'"):
+        CellCollator(processor)([dataset[0]])
+
+
+def test_the_cells_readout_refuses_a_tower_without_one_token_per_cell():
+    five_tokens = lambda pixels, grid_thw: SimpleNamespace(pooler_output=torch.zeros(5, 8))  # noqa: E731
+    with pytest.raises(ValueError, match="needs 4 merged visual tokens per image, one per cell .* 1 images gave 5"):
+        CellReadout(five_tokens, 8)(torch.zeros(16, 3), torch.tensor([[1, 4, 4]]))
 
 
 def test_answer_collator_labels_only_the_answer_and_the_stop_token(model_folder, scene_data):

@@ -17,8 +17,10 @@ from safetensors.torch import load_file
 from tests.training.helpers import REPO_ROOT, subprocess_env
 from training.assets import MANIFEST, PLOT, WEIGHTS, build_model, read_manifest, state_digest
 from training.compare_variants import THINKING_VARIANTS, markdown, summarise, task_scores, variant_model
+from training.data import PairDataset, load_sources
 from training.export import FIGURE
 from training.recipes.tte_mini import READERS, part1_from_assets
+from training.scene_tasks import parse_caption
 from tte_eval.model_io import model_hash
 
 
@@ -207,3 +209,50 @@ def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path,
     assert arguments[arguments.index("--objective") + 1] == "next_token"
     assert ("--lora" in arguments) == grid_lora
     assert json.load(open(tmp_path / "recipe.json"))["grid_lora"] == grid_lora
+
+
+@pytest.mark.parametrize("grid_cells", [False, True])
+def test_grid_cells_trains_the_tower_on_the_cells_objective_before_the_grid_stage(tmp_path, monkeypatch, grid_cells):
+    """`--grid_cells` adds a `vision-cells` stage (`train_vision --objective cells` on the grid captions, tested in
+    test_train_vision.py) between the aligned model and the grid stage, which then starts from its model."""
+    from training.recipes import tte_mini
+
+    commands = []
+
+    def record_until_the_grid_stage(module, folder, arguments, starting_points=()):
+        commands.append((module, os.path.basename(folder), arguments))
+        if os.path.basename(folder) == "vision-grid":
+            raise _StopAfterGridStage
+        return os.path.join(folder, "model")
+
+    monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
+    monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
+    monkeypatch.setattr(tte_mini, "write_variant_data", lambda *arguments: {"grid": "grid.yaml", "cells": "cells.yaml"})
+    monkeypatch.setattr(tte_mini, "training_stage", record_until_the_grid_stage)
+    with pytest.raises(_StopAfterGridStage):
+        tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants",
+                       *(["--grid_cells"] if grid_cells else [])])
+    folders = [folder for _, folder, _ in commands]
+    assert folders == (["vision-cells", "vision-grid"] if grid_cells else ["vision-grid"])
+    grid_arguments = commands[-1][2]
+    if grid_cells:
+        cells_arguments = commands[0][2]
+        assert cells_arguments[cells_arguments.index("--objective") + 1] == "cells"
+        assert cells_arguments[cells_arguments.index("--data_config") + 1] == "cells.yaml"
+        assert cells_arguments[cells_arguments.index("--model_path") + 1] == "aligned"
+    expected_start = os.path.join(str(tmp_path), "vision-cells", "model") if grid_cells else "aligned"
+    assert grid_arguments[grid_arguments.index("--model_path") + 1] == expected_start
+    assert json.load(open(tmp_path / "recipe.json"))["grid_cells"] == grid_cells
+
+
+def test_the_cells_data_config_holds_every_training_scenes_caption(tmp_path):
+    from training.recipes.tte_mini import SMOKE, write_data, write_variant_data
+
+    answers, _ = write_data(str(tmp_path), SMOKE, seed=0)
+    configs = write_variant_data(str(tmp_path), SMOKE, 0, answers)
+    captions = PairDataset(load_sources(configs["cells"]))
+    assert len(captions) == SMOKE.scene_images
+    for index in range(len(captions)):
+        example = captions[index]
+        assert "image" in example.inputs["query"] and parse_caption(example.inputs["positive"]["text"])
+

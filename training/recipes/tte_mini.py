@@ -22,7 +22,8 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
    classification queries, held-out colour-shape combinations in every test scene, and the **oracle teacher's**
    traces (written from the scene graph, not by a model);
 9. `vision-grid/`: `training.train_vision --objective next_token` on grid captions and cell questions (plus part 1's
-   one-shape data), so the 4 visual tokens describe the 4 cells;
+   one-shape data), so the 4 visual tokens describe the 4 cells (with the experimental `--grid_cells`, after
+   `vision-cells/`: `training.train_vision --objective cells` on the grid captions);
 10. `reasoner/`: `training.train_reasoner` (LoRA) on the oracle's traces: the student reasoner and TTE_u stage 1;
 11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models (the
     zero-shot reasoner is the aligned backbone before any reasoner SFT), each removed once its stage 13 finished;
@@ -71,6 +72,9 @@ class RecipeArgs:
     grid_lora: bool = field(default=False, metadata={"help": "Experimental, not yet the default: the grid stage also "
                             "trains LoRA adapters (merged) on the language model, so that it learns to read the grid's "
                             "4 visual tokens, not only the tower to write them."})  # fmt: skip
+    grid_cells: bool = field(default=False, metadata={"help": "Experimental, not yet the default: before the grid "
+                             "stage, the tower alone learns each cell token's colour and shape (`train_vision "
+                             "--objective cells`), so that its tokens carry held-out combinations."})  # fmt: skip
 
 
 @dataclass
@@ -90,6 +94,10 @@ class Sizes:
     test_rows: int = 50  # per test task (350 test queries over the 7 scene tasks)
     control_images: int = 20  # easy-VQA control task
     grid_steps: int = 1000  # 500 left the grid captions at loss 0.83, and the student's traces followed them
+    # --grid_cells: 1,500 x 64 images (32 epochs of the 3,000 grid captions) took 3.5 min on the 2-core CPU
+    cells_steps: int = 1500
+    cells_batch: int = 64
+    cells_lr: float = 1e-3
     sft_steps: int = 300
     sft_batch: int = 8
     sft_lr: float = 2e-4
@@ -108,9 +116,9 @@ class Sizes:
 
 
 SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2,
-              scene_images=30, test_rows=2, control_images=1, grid_steps=2, sft_steps=2, sft_batch=2,
-              one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, max_new_tokens=8, latency_queries=2,
-              reading_queries=1, qa_images=2)  # fmt: skip
+              scene_images=30, test_rows=2, control_images=1, grid_steps=2, cells_steps=2, cells_batch=4, sft_steps=2,
+              sft_batch=2, one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, max_new_tokens=8,
+              latency_queries=2, reading_queries=1, qa_images=2)  # fmt: skip
 
 
 READERS = ("zero-shot", "student", "unified")  # the variants whose own reasoner writes the traces
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> str:
         aligned, part1_files = train_part1(root, sizes, common, args.seed, answers, captions)
     assets_dir = args.assets_dir or os.path.join(root, "assets")
     if args.variants:
-        return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files, args.grid_lora)
+        return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files, args.grid_lora,
+                            args.grid_cells)  # fmt: skip
     extract_assets(aligned, assets_dir, extra_files=part1_files)
     print(f"trained parts of {aligned} stored in {assets_dir}")
     return aligned
@@ -243,10 +252,10 @@ def part1_from_assets(assets_dir: str, root: str) -> tuple[str, dict[str, str]]:
 
 
 def write_variant_data(folder: str, sizes: Sizes, seed: int, answers: str) -> dict[str, str]:
-    """Scene tasks, oracle traces and the data configs of part 2: `grid` (vision), `sft` (all training rows) and
-    `embed` (the rows of the first scenes, the same for every variant's embedder)."""
-    configs = {name: os.path.join(folder, f"{name}.yaml") for name in ("grid", "sft", "embed")}
-    if os.path.isfile(configs["embed"]):
+    """Scene tasks, oracle traces and the data configs of part 2: `grid` (vision), `cells` (the grid captions),
+    `sft` (all training rows) and `embed` (the rows of the first scenes, the same for every variant's embedder)."""
+    configs = {name: os.path.join(folder, f"{name}.yaml") for name in ("grid", "cells", "sft", "embed")}
+    if all(os.path.isfile(config) for config in configs.values()):
         return configs
     tasks = SceneTaskArgs(os.path.join(folder, "scene-tasks"), train_images=sizes.scene_images,
                           test_rows=sizes.test_rows, control_images=sizes.control_images, seed=seed)  # fmt: skip
@@ -268,6 +277,8 @@ def write_variant_data(folder: str, sizes: Sizes, seed: int, answers: str) -> di
         write_atomic(os.path.join(folder, path), "".join(rows))
         embed_sources.append({**source, "path": path, "weight": float(len(rows))})
     write_atomic(configs["grid"], yaml.safe_dump({"sources": [grid, *one_shape]}))
+    cells = {**grid, "name": "grid-captions", "path": os.path.join(train, "captions.jsonl"), "weight": 1.0}
+    write_atomic(configs["cells"], yaml.safe_dump({"sources": [cells]}))
     # The SFT also sees part 1's one-shape questions and descriptions, with the oracle's traces: on grid scenes alone
     # it forgot them (easy-VQA: shape 0 %, descriptions 46.5 %, after the 2026-12-02 run), and the default model is
     # this SFT'd backbone.
@@ -306,10 +317,10 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
 
 
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
-                 part1_files: dict[str, str], grid_lora: bool = False) -> str:  # fmt: skip
+                 part1_files: dict[str, str], grid_lora: bool = False, grid_cells: bool = False) -> str:  # fmt: skip
     """Part 2: train every variant with the same embedder budget, publish the unified one as the default model (its
     assets), evaluate each variant (the unified one as published) and write the comparison into the assets.
-    `grid_lora`: see `RecipeArgs`.
+    `grid_lora`, `grid_cells`: see `RecipeArgs`.
 
     Returns:
         The published unified model folder.
@@ -318,6 +329,13 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
     configs = write_variant_data(data, sizes, int(common[common.index("--seed") + 1]), answers)
     scene_tasks = os.path.join(data, "scene-tasks")
     oracle_train, oracle_test = (os.path.join(scene_tasks, split, "oracle-traces") for split in ("train", "test"))
+    if grid_cells:
+        aligned = training_stage("training.train_vision", os.path.join(root, "vision-cells"), [
+            "--model_path", aligned, "--data_config", configs["cells"], "--objective", "cells",
+            "--per_device_batch_size", str(sizes.cells_batch), "--max_steps", str(sizes.cells_steps),
+            "--learning_rate", str(sizes.cells_lr), "--weight_decay", "0.01", "--lr_scheduler", "cosine",
+            "--warmup_steps", str(sizes.cells_steps // 20), "--save_steps", "500", *common,
+        ])  # fmt: skip
     grid = training_stage("training.train_vision", os.path.join(root, "vision-grid"), [
         "--model_path", aligned, "--data_config", configs["grid"], "--objective", "next_token",
         "--per_device_batch_size", str(sizes.answer_batch), "--chunk_size", str(sizes.answer_batch),
@@ -372,7 +390,8 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                 starting_points=(init,))  # fmt: skip
     # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16) and
     # the model rebuilt from them, which is what gets evaluated.
-    stages = {**{name: os.path.join(root, name) for name in ("vision-grid", "reasoner")},
+    trained = (*(["vision-cells"] if grid_cells else []), "vision-grid", "reasoner")
+    stages = {**{name: os.path.join(root, name) for name in trained},
               "head": os.path.join(variants, "unified")}  # fmt: skip
     extract_assets(models["unified"], assets_dir, extra_files={**part1_files, **stage_files(stages, root)})
     models["unified"] = build_model(assets_dir, variant_model(root, "unified"))
