@@ -58,6 +58,15 @@ class VisionSettings(LoraSettings):
                              "language model, so adapters on it would not train")
 
 
+def _image_rows(processor, examples: list[Example], objective: str) -> list[dict]:
+    """The queries' images as processor items; a video query is refused (these objectives have one target per image)."""
+    for example in examples:
+        if "video" in example.inputs["query"]:
+            raise ValueError(f"{example.where}: the {objective} objective aligns images with their captions; this "
+                             "row's query is a video (train video rows with --objective next_token)")  # fmt: skip
+    return [parse_side(processor, example, "query") for example in examples]
+
+
 def _answer(example: Example) -> str:
     text = example.inputs["positive"].get("text")
     if not text or "image" in example.inputs["positive"]:
@@ -87,15 +96,6 @@ class CaptionCollator:
         items = _image_rows(self.processor, examples, "regression")
         captions = self.processor.tokenizer([_answer(example) for example in examples], add_special_tokens=False)
         return BatchFeature({**self.processor.build_image_inputs(items), "caption_ids": captions["input_ids"]})
-
-
-def _image_rows(processor, examples: list[Example], objective: str) -> list[dict]:
-    """The queries' images as processor items; a video query is refused (these objectives have one target per image)."""
-    for example in examples:
-        if "video" in example.inputs["query"]:
-            raise ValueError(f"{example.where}: the {objective} objective aligns images with their captions; this "
-                             "row's query is a video (train video rows with --objective next_token)")  # fmt: skip
-    return [parse_side(processor, example, "query") for example in examples]
 
 
 def cell_labels(caption: str) -> list[tuple[int, int]]:
