@@ -133,6 +133,18 @@ def test_cells_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, model_fo
     assert _changed(saved_weights(straight), saved_weights(resumed)) == set()
 
 
+def test_the_cells_objective_is_refused_under_fsdp(tmp_path, monkeypatch, model_folder, grid_captions):
+    """FSDP's export gathers the model's own weights; the classifiers live outside it, so the run stops first."""
+    from accelerate.utils import DistributedType
+
+    import training.train_vision as train_vision
+
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    monkeypatch.setattr(train_vision, "start_run", lambda settings: fsdp)
+    with pytest.raises(ValueError, match="the cells objective trains classifiers outside the model, which FSDP"):
+        main(_arguments(model_folder("unified"), grid_captions, str(tmp_path / "run"), "cells", 1))
+
+
 def test_cell_labels_follow_the_raster_order_with_empty_cells_as_class_zero():
     labels = cell_labels("red circle at top right, gray triangle at bottom left")
     assert labels == [(0, 0), (CELL_COLOURS.index("red"), CELL_SHAPES.index("circle")),
