@@ -1,8 +1,10 @@
-"""Vision alignment: only the vision tower trains, on both objectives, on a tiny random-weight Qwen2-VL TTE model."""
+"""Vision alignment: what each objective trains (the tower alone, or with LoRA on the LM), on a tiny random-weight
+Qwen2-VL TTE model."""
 
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,8 +12,6 @@ import yaml
 
 from tests.training.helpers import TWO_PROCESSES, read_metrics, run_module, run_until_paused_then_kill, saved_weights
 from training.data import PairDataset, load_sources
-from types import SimpleNamespace
-
 from training.scene_tasks import write_train_sources
 from training.scenes import write_alignment_source
 from training.train_vision import (CELL_COLOURS, CELL_SHAPES, AnswerCollator, CellCollator, CellReadout,
