@@ -186,25 +186,39 @@ class _StopAfterGridStage(Exception):
     pass
 
 
-@pytest.mark.parametrize("grid_lora", [False, True])
-def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path, monkeypatch, grid_lora):
-    """The recipe's `--grid_lora` reaches the grid stage's `train_vision` command (whose `--lora` is tested in
-    test_train_vision.py), and without it the grid stage trains the tower alone, as the committed model was made."""
+@pytest.fixture
+def run_until_the_grid_stage(tmp_path, monkeypatch):
+    """Runs `tte_mini.main` with extra flags on stand-in data and part-1 stages, recording each training stage's
+    (module, folder, arguments) and stopping at the grid stage; returns the recorded commands."""
     from training.recipes import tte_mini
 
-    commands = []
+    def run(flags: list[str]) -> list[tuple[str, str, list[str]]]:
+        commands = []
 
-    def record_and_stop(module, folder, arguments, starting_points=()):
-        commands.append((module, os.path.basename(folder), arguments))
-        raise _StopAfterGridStage
+        def record_until_the_grid_stage(module, folder, arguments, starting_points=()):
+            commands.append((module, os.path.basename(folder), arguments))
+            if os.path.basename(folder) == "vision-grid":
+                raise _StopAfterGridStage
+            return os.path.join(folder, "model")
 
-    monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
-    monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
-    monkeypatch.setattr(tte_mini, "write_variant_data", lambda *arguments: {"grid": "grid.yaml"})
-    monkeypatch.setattr(tte_mini, "training_stage", record_and_stop)
-    with pytest.raises(_StopAfterGridStage):
-        tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants", *(["--grid_lora"] if grid_lora else [])])
-    ((module, folder, arguments),) = commands
+        monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
+        monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
+        monkeypatch.setattr(tte_mini, "write_variant_data",
+                            lambda *arguments: {"grid": "grid.yaml", "cells": "cells.yaml"})  # fmt: skip
+        monkeypatch.setattr(tte_mini, "training_stage", record_until_the_grid_stage)
+        with pytest.raises(_StopAfterGridStage):
+            tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants", *flags])
+        return commands
+
+    return run
+
+
+@pytest.mark.parametrize("grid_lora", [False, True])
+def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path, run_until_the_grid_stage, grid_lora):
+    """The recipe's `--grid_lora` reaches the grid stage's `train_vision` command (whose `--lora` is tested in
+    test_train_vision.py), and without it the grid stage trains the tower alone, as the committed model was made."""
+    commands = run_until_the_grid_stage(["--grid_lora"] if grid_lora else [])
+    module, folder, arguments = commands[-1]
     assert (module, folder) == ("training.train_vision", "vision-grid")
     assert arguments[arguments.index("--objective") + 1] == "next_token"
     assert ("--lora" in arguments) == grid_lora
@@ -212,26 +226,11 @@ def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path,
 
 
 @pytest.mark.parametrize("grid_cells", [False, True])
-def test_grid_cells_trains_the_tower_on_the_cells_objective_before_the_grid_stage(tmp_path, monkeypatch, grid_cells):
+def test_grid_cells_trains_the_tower_on_the_cells_objective_before_the_grid_stage(tmp_path, run_until_the_grid_stage,
+                                                                                  grid_cells):
     """`--grid_cells` adds a `vision-cells` stage (`train_vision --objective cells` on the grid captions, tested in
     test_train_vision.py) between the aligned model and the grid stage, which then starts from its model."""
-    from training.recipes import tte_mini
-
-    commands = []
-
-    def record_until_the_grid_stage(module, folder, arguments, starting_points=()):
-        commands.append((module, os.path.basename(folder), arguments))
-        if os.path.basename(folder) == "vision-grid":
-            raise _StopAfterGridStage
-        return os.path.join(folder, "model")
-
-    monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
-    monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
-    monkeypatch.setattr(tte_mini, "write_variant_data", lambda *arguments: {"grid": "grid.yaml", "cells": "cells.yaml"})
-    monkeypatch.setattr(tte_mini, "training_stage", record_until_the_grid_stage)
-    with pytest.raises(_StopAfterGridStage):
-        tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants",
-                       *(["--grid_cells"] if grid_cells else [])])
+    commands = run_until_the_grid_stage(["--grid_cells"] if grid_cells else [])
     folders = [folder for _, folder, _ in commands]
     assert folders == (["vision-cells", "vision-grid"] if grid_cells else ["vision-grid"])
     grid_arguments = commands[-1][2]
