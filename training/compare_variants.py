@@ -240,7 +240,8 @@ def markdown(comparison: dict) -> str:
             lines.append(f"| {name} | {reading['queries']} | {reading['scene_exact']:.1f} | "
                          f"{reading['cell_occupancy']:.1f} | {reading['colour']:.1f} | {reading['shape']:.1f} |")
     baseline = comparison["baselines"]["minilm"]
-    lines += ["", f"- Scores: hit@1 (%); overall is the {comparison['overall']}.",
+    lines += ["", f"- Scores: hit@1 (%); overall is the {comparison['overall']}. Seed {comparison['seed']} (the recipe's "
+              f"`--seed`: data, split and training order).",
               f"- The teacher is an **oracle**, {comparison['teacher']}: its traces are written from the scene graph, "
               "so its row is an upper bound, not a model's result.",
               f"- Latency: {comparison['latency']}. Parameters: those held in memory (a student holds a reasoner and "
@@ -337,6 +338,8 @@ def compare(args: CompareArgs) -> dict:
         "latency": f"median of {args.latency_rounds} x {len(plain)} queries at batch 1, variants alternating, "
                    f"{torch.get_num_threads()} CPU threads; the oracle teacher's traces are given, not generated",
         "seed": recipe["seed"], "sizes": recipe["sizes"],
+        # the grid-stage switches of the recipe (absent from runs made before they existed: both off)
+        "grid_stage": {name: recipe.get(name, False) for name in ("grid_cells", "grid_lora")},
     }  # fmt: skip
     os.makedirs(args.output, exist_ok=True)
     write_atomic(os.path.join(args.output, "comparison.json"), json.dumps(comparison, indent=2) + "\n")

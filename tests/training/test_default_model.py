@@ -13,8 +13,9 @@ from tests.conftest import run_without_repo
 from tests.training.helpers import REPO_ROOT
 from training.assets import read_manifest, state_digest
 from training.eval_easy_vqa import DESCRIBE, image_labels, names_scene
-from training.scene_tasks import grid_scene
+from training.scene_tasks import COMBOS, HELD_OUT, caption, grid_scene, parse_caption
 from training.scenes import render
+from training.trace_quality import read_cells
 
 
 ASSETS = os.path.join(REPO_ROOT, "assets", "tte-mini")
@@ -40,7 +41,34 @@ def test_traces_name_colour_and_shape_of_held_out_easy_vqa_images(tte_mini):
     _, traces = model.embed([{"image": paths[i], "instruction": DESCRIBE} for i in image_ids], think="always",
                             return_reasoning=True)  # fmt: skip
     named = [names_scene(trace, *labels[i]) for i, trace in zip(image_ids, traces)]
-    assert sum(named) >= 18, list(zip(image_ids, traces))
+    # Chance is about 1 in 24 (8 colours x 3 shapes). The part-2 default of 2026-12-04 names 24 of 43 easy-VQA
+    # descriptions (assets/tte-mini/easy_vqa.json): its tower was trained on 2x2 grids after part 1, and reads one large
+    # shape less well than part 1's tower did (38 of 43 on the same seed; README, part 2).
+    assert sum(named) >= 8, list(zip(image_ids, traces))
+
+
+def test_traces_read_held_out_grid_scenes_cell_by_cell(tte_mini, tmp_path):
+    """What part 2's grid stages taught the default model: its trace's "The image shows ..." sentence names the colour
+    and shape in each cell of 2x2 scenes that hold a colour-shape combination never seen in training. The default before
+    2026-12-04 (its tower trained on grid captions alone) read 29 % of colours and 54 % of shapes on its test split,
+    about 1 object in 6; this one reads 94 % and 84 % (assets/tte-mini/results/reading-unified.json), about 3 in 4.
+    The bound, 40 % of the objects, lies between the two."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tte_mini, trust_remote_code=True).eval()
+    rng = random.Random(7)
+    scenes = [grid_scene(rng, rng.randint(2, 3), COMBOS, must_hold=[rng.choice(HELD_OUT)]) for _ in range(8)]
+    queries = []
+    for i, scene in enumerate(scenes):
+        path = tmp_path / f"scene{i}.png"
+        render(scene).save(path)
+        queries.append({"image": str(path), "text": "Answer the question about the image.\nhow many shapes are there?"})
+    _, traces = model.encode_query(queries, task="vqa", return_reasoning=True)
+    truths = [parse_caption(caption(scene)) for scene in scenes]
+    objects = sum(len(truth) for truth in truths)
+    read_right = sum(read_cells(trace).get(cell) == shape for truth, trace in zip(truths, traces)
+                     for cell, shape in truth.items())  # fmt: skip
+    assert read_right >= 0.4 * objects, list(zip(truths, traces))
 
 
 def test_sentence_transformers_gives_the_automodel_vectors(tte_mini):

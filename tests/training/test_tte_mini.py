@@ -52,13 +52,13 @@ def built(smoke_run, tmp_path_factory) -> str:
     return build_model(os.path.join(smoke_run, "assets"), str(tmp_path_factory.mktemp("models") / "tte-mini"))
 
 
-STAGES = ["head", "reasoner", "vision-answers", "vision-grid", "vision-regression"]
+STAGES = ["head", "reasoner", "vision-answers", "vision-cells", "vision-grid", "vision-regression"]
 VARIANTS = ["no-thinking", "student", "teacher", "unified", "zero-shot"]
 
 
 def test_smoke_recipe_keeps_only_the_settings_of_finished_stages_checkpoints(part1_run, smoke_run):
     folders = [os.path.join(part1_run, name) for name in ("vision-regression", "vision-answers")]
-    folders += [os.path.join(smoke_run, name) for name in ("vision-grid", "reasoner")]
+    folders += [os.path.join(smoke_run, name) for name in ("vision-cells", "vision-grid", "reasoner")]
     folders += [os.path.join(smoke_run, "variants", name) for name in VARIANTS]
     for folder in folders:
         assert os.path.isfile(os.path.join(folder, "model", "config.json")), folder
@@ -153,7 +153,8 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
             assert reading["model_hash"] == model_hash(variant_model(smoke_run, name))
         else:
             assert "scene_reading" not in entry
-    assert comparison["seed"] == 0
+    assert comparison["seed"] == 0 and "Seed 0 (the recipe's `--seed`" in markdown(comparison)
+    assert comparison["grid_stage"] == {"grid_cells": True, "grid_lora": True}  # the recipe's defaults
     assert markdown(comparison) == open(os.path.join(assets, "results", "comparison.md")).read()
 
 
@@ -215,9 +216,9 @@ def run_until_the_grid_stage(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("grid_lora", [False, True])
 def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path, run_until_the_grid_stage, grid_lora):
-    """The recipe's `--grid_lora` reaches the grid stage's `train_vision` command (whose `--lora` is tested in
-    test_train_vision.py), and without it the grid stage trains the tower alone, as the committed model was made."""
-    commands = run_until_the_grid_stage(["--grid_lora"] if grid_lora else [])
+    """The recipe's `grid_lora` (on by default) reaches the grid stage's `train_vision` command (whose `--lora` is
+    tested in test_train_vision.py), and with `--no_grid_lora` the grid stage trains the tower alone."""
+    commands = run_until_the_grid_stage([] if grid_lora else ["--no_grid_lora"])
     module, folder, arguments = commands[-1]
     assert (module, folder) == ("training.train_vision", "vision-grid")
     assert arguments[arguments.index("--objective") + 1] == "next_token"
@@ -228,9 +229,10 @@ def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path,
 @pytest.mark.parametrize("grid_cells", [False, True])
 def test_grid_cells_trains_the_tower_on_the_cells_objective_before_the_grid_stage(tmp_path, run_until_the_grid_stage,
                                                                                   grid_cells):
-    """`--grid_cells` adds a `vision-cells` stage (`train_vision --objective cells` on the grid captions, tested in
-    test_train_vision.py) between the aligned model and the grid stage, which then starts from its model."""
-    commands = run_until_the_grid_stage(["--grid_cells"] if grid_cells else [])
+    """`grid_cells` (on by default) adds a `vision-cells` stage (`train_vision --objective cells` on the grid captions,
+    tested in test_train_vision.py) between the aligned model and the grid stage, which then starts from its model;
+    `--no_grid_cells` leaves it out."""
+    commands = run_until_the_grid_stage([] if grid_cells else ["--no_grid_cells"])
     folders = [folder for _, folder, _ in commands]
     assert folders == (["vision-cells", "vision-grid"] if grid_cells else ["vision-grid"])
     grid_arguments = commands[-1][2]

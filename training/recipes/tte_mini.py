@@ -22,8 +22,9 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
    classification queries, held-out colour-shape combinations in every test scene, and the **oracle teacher's**
    traces (written from the scene graph, not by a model);
 9. `vision-grid/`: `training.train_vision --objective next_token` on grid captions and cell questions (plus part 1's
-   one-shape data), so the 4 visual tokens describe the 4 cells (with the experimental `--grid_cells`, after
-   `vision-cells/`: `training.train_vision --objective cells` on the grid captions);
+   one-shape data) with LoRA on the language model, so the 4 visual tokens describe the 4 cells and the language
+   model reads them; it starts from `vision-cells/`: `training.train_vision --objective cells` on the grid captions
+   (`--no_grid_cells` / `--no_grid_lora` leave either out);
 10. `reasoner/`: `training.train_reasoner` (LoRA) on the oracle's traces: the student reasoner and TTE_u stage 1;
 11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models (the
     zero-shot reasoner is the aligned backbone before any reasoner SFT), each removed once its stage 13 finished;
@@ -69,12 +70,12 @@ class RecipeArgs:
     part1_assets: str | None = field(default=None, metadata={"help": "Start from part 1's trained parts (e.g. "
                                      "assets/tte-mini) instead of training part 1: the aligned model is built from "
                                      "them, and their settings, run summaries and evaluation are carried over."})  # fmt: skip
-    grid_lora: bool = field(default=False, metadata={"help": "Experimental, not yet the default: the grid stage also "
-                            "trains LoRA adapters (merged) on the language model, so that it learns to read the grid's "
-                            "4 visual tokens, not only the tower to write them."})  # fmt: skip
-    grid_cells: bool = field(default=False, metadata={"help": "Experimental, not yet the default: before the grid "
-                             "stage, the tower alone learns each cell token's colour and shape (`train_vision "
-                             "--objective cells`), so that its tokens carry held-out combinations."})  # fmt: skip
+    grid_lora: bool = field(default=True, metadata={"help": "The grid stage also trains LoRA adapters (merged) on the "
+                            "language model, so that it learns to read the grid's 4 visual tokens, not only the tower "
+                            "to write them (`--no_grid_lora`: the tower alone, as before 2026-12-04)."})  # fmt: skip
+    grid_cells: bool = field(default=True, metadata={"help": "Before the grid stage, the tower alone learns each cell "
+                             "token's colour and shape (`train_vision --objective cells`), so that its tokens carry "
+                             "held-out combinations (`--no_grid_cells`: no such stage, as before 2026-12-04)."})  # fmt: skip
 
 
 @dataclass
