@@ -95,7 +95,7 @@ class Sizes:
     test_rows: int = 50  # per test task (350 test queries over the 7 scene tasks)
     control_images: int = 20  # easy-VQA control task
     grid_steps: int = 1000  # 500 left the grid captions at loss 0.83, and the student's traces followed them
-    # --grid_cells: 1,500 x 64 images (32 epochs of the 3,000 grid captions) took 3.5 min on the 2-core CPU
+    # the cells stage: 1,500 x 64 images (32 epochs of the 3,000 grid captions) took 3.5-4 min on the 2-core CPU
     cells_steps: int = 1500
     cells_batch: int = 64
     cells_lr: float = 1e-3
