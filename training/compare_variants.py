@@ -46,6 +46,10 @@ from tte_eval.user_tasks import load_user_tasks
 
 VARIANTS = ("no-thinking", "zero-shot", "student", "teacher", "unified")
 THINKING_VARIANTS = VARIANTS[1:]  # evaluated at their published policy and at think=never
+EMBEDDER_STARTS = {  # the recipe's `--embedder_start`
+    "sft": "the SFT'd backbone (the unified head's trunk)",
+    "grid": "the grid model before the reasoner SFT (the unified head: the SFT'd backbone)",
+}
 CONTROL_TASK = "easy-vqa-control"
 # Table columns: each a family of scene tasks (MMEB's families), then the relational / count group and the control.
 FAMILY_TASKS = {
@@ -242,6 +246,8 @@ def markdown(comparison: dict) -> str:
     baseline = comparison["baselines"]["minilm"]
     lines += ["", f"- Scores: hit@1 (%); overall is the {comparison['overall']}. Seed {comparison['seed']} (the recipe's "
               f"`--seed`: data, split and training order).",
+              f"- Every embedder trained its last {comparison['sizes']['head_layers']} layers with the same data, "
+              f"steps and seed, starting from {EMBEDDER_STARTS[comparison['embedder_start']]}.",
               f"- The teacher is an **oracle**, {comparison['teacher']}: its traces are written from the scene graph, "
               "so its row is an upper bound, not a model's result.",
               f"- Latency: {comparison['latency']}. Parameters: those held in memory (a student holds a reasoner and "
@@ -340,6 +346,8 @@ def compare(args: CompareArgs) -> dict:
         "seed": recipe["seed"], "sizes": recipe["sizes"],
         # the grid-stage switches of the recipe (absent from runs made before they existed: both off)
         "grid_stage": {name: recipe.get(name, False) for name in ("grid_cells", "grid_lora")},
+        # where the non-unified embedders started (absent from runs made before the switch existed: the grid model)
+        "embedder_start": recipe.get("embedder_start", "grid"),
     }  # fmt: skip
     os.makedirs(args.output, exist_ok=True)
     write_atomic(os.path.join(args.output, "comparison.json"), json.dumps(comparison, indent=2) + "\n")

@@ -155,6 +155,7 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
             assert "scene_reading" not in entry
     assert comparison["seed"] == 0 and "Seed 0 (the recipe's `--seed`" in markdown(comparison)
     assert comparison["grid_stage"] == {"grid_cells": True, "grid_lora": True}  # the recipe's defaults
+    assert comparison["embedder_start"] == "sft" and "starting from the SFT'd backbone" in markdown(comparison)
     assert markdown(comparison) == open(os.path.join(assets, "results", "comparison.md")).read()
 
 
@@ -183,66 +184,100 @@ def test_build_refuses_corrupt_or_foreign_inputs(smoke_run, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-class _StopAfterGridStage(Exception):
+class _StopAtStage(Exception):
     pass
 
 
 @pytest.fixture
-def run_until_the_grid_stage(tmp_path, monkeypatch):
+def run_recipe_until(tmp_path, monkeypatch):
     """Runs `tte_mini.main` with extra flags on stand-in data and part-1 stages, recording each training stage's
-    (module, folder, arguments) and stopping at the grid stage; returns the recorded commands."""
+    (module, folder, arguments) and each variant's `training.init_model` arguments (folder: the variant's name), and
+    stopping at the stage or variant `stop_at`; returns the recorded commands."""
     from training.recipes import tte_mini
 
-    def run(flags: list[str]) -> list[tuple[str, str, list[str]]]:
+    def run(flags: list[str], stop_at: str) -> list[tuple[str, str, list[str]]]:
         commands = []
 
-        def record_until_the_grid_stage(module, folder, arguments, starting_points=()):
-            commands.append((module, os.path.basename(folder), arguments))
-            if os.path.basename(folder) == "vision-grid":
-                raise _StopAfterGridStage
+        def record(module: str, name: str, arguments: list[str]) -> None:
+            commands.append((module, name, arguments))
+            if name == stop_at:
+                raise _StopAtStage
+
+        def record_training_stage(module, folder, arguments, starting_points=()):
+            record(module, os.path.basename(folder), arguments)
             return os.path.join(folder, "model")
 
+        def record_variant_init(folder, arguments):
+            record("training.init_model", os.path.basename(os.path.dirname(folder)), arguments)
+            return folder
+
+        configs = {name: f"{name}.yaml" for name in ("grid", "cells", "sft", "embed")}
         monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
         monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
-        monkeypatch.setattr(tte_mini, "write_variant_data",
-                            lambda *arguments: {"grid": "grid.yaml", "cells": "cells.yaml"})  # fmt: skip
-        monkeypatch.setattr(tte_mini, "training_stage", record_until_the_grid_stage)
-        with pytest.raises(_StopAfterGridStage):
+        monkeypatch.setattr(tte_mini, "write_variant_data", lambda *arguments: configs)
+        monkeypatch.setattr(tte_mini, "training_stage", record_training_stage)
+        monkeypatch.setattr(tte_mini, "init_variant", record_variant_init)
+        monkeypatch.setattr(tte_mini, "generate_traces", lambda model, data_config, folder, sizes: folder)
+        with pytest.raises(_StopAtStage):
             tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants", *flags])
         return commands
 
     return run
 
 
+def argument(arguments: list[str], flag: str) -> str:
+    return arguments[arguments.index(flag) + 1]
+
+
+@pytest.mark.parametrize("embedder_start", ["sft", "grid"])
+def test_every_embedder_starts_from_the_sft_backbone_unless_told_the_grid_model(tmp_path, run_recipe_until,
+                                                                                 embedder_start):
+    """By default every variant's embedder starts from the SFT'd backbone (the reasoner stage's model), the weights
+    TTE_u's head starts from, so that the variants differ only in their traces; `--embedder_start grid` starts the
+    non-unified ones from the grid model. The zero-shot reasoner stays the grid model (before any reasoner SFT), the
+    student's is the SFT'd backbone, and the recipe records the start."""
+    commands = run_recipe_until([] if embedder_start == "sft" else ["--embedder_start", "grid"], stop_at="unified")
+    inits = {name: arguments for module, name, arguments in commands if module == "training.init_model"}
+    sft, grid = (os.path.join(str(tmp_path), name, "model") for name in ("reasoner", "vision-grid"))
+    start = {"sft": sft, "grid": grid}[embedder_start]
+    assert sorted(inits) == VARIANTS
+    assert {name: argument(arguments, "--backbone") for name, arguments in inits.items()} == {
+        **dict.fromkeys(VARIANTS, start), "unified": sft}
+    assert argument(inits["zero-shot"], "--reasoner") == grid
+    assert argument(inits["student"], "--reasoner") == sft
+    assert argument(inits["unified"], "--variant") == "unified"
+    assert json.load(open(tmp_path / "recipe.json"))["embedder_start"] == embedder_start
+
+
 @pytest.mark.parametrize("grid_lora", [False, True])
-def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path, run_until_the_grid_stage, grid_lora):
+def test_grid_lora_adds_language_model_adapters_to_the_grid_stage_only(tmp_path, run_recipe_until, grid_lora):
     """The recipe's `grid_lora` (on by default) reaches the grid stage's `train_vision` command (whose `--lora` is
     tested in test_train_vision.py), and with `--no_grid_lora` the grid stage trains the tower alone."""
-    commands = run_until_the_grid_stage([] if grid_lora else ["--no_grid_lora"])
+    commands = run_recipe_until([] if grid_lora else ["--no_grid_lora"], stop_at="vision-grid")
     module, folder, arguments = commands[-1]
     assert (module, folder) == ("training.train_vision", "vision-grid")
-    assert arguments[arguments.index("--objective") + 1] == "next_token"
+    assert argument(arguments, "--objective") == "next_token"
     assert ("--lora" in arguments) == grid_lora
     assert json.load(open(tmp_path / "recipe.json"))["grid_lora"] == grid_lora
 
 
 @pytest.mark.parametrize("grid_cells", [False, True])
-def test_grid_cells_trains_the_tower_on_the_cells_objective_before_the_grid_stage(tmp_path, run_until_the_grid_stage,
+def test_grid_cells_trains_the_tower_on_the_cells_objective_before_the_grid_stage(tmp_path, run_recipe_until,
                                                                                   grid_cells):
     """`grid_cells` (on by default) adds a `vision-cells` stage (`train_vision --objective cells` on the grid captions,
     tested in test_train_vision.py) between the aligned model and the grid stage, which then starts from its model;
     `--no_grid_cells` leaves it out."""
-    commands = run_until_the_grid_stage([] if grid_cells else ["--no_grid_cells"])
+    commands = run_recipe_until([] if grid_cells else ["--no_grid_cells"], stop_at="vision-grid")
     folders = [folder for _, folder, _ in commands]
     assert folders == (["vision-cells", "vision-grid"] if grid_cells else ["vision-grid"])
     grid_arguments = commands[-1][2]
     if grid_cells:
         cells_arguments = commands[0][2]
-        assert cells_arguments[cells_arguments.index("--objective") + 1] == "cells"
-        assert cells_arguments[cells_arguments.index("--data_config") + 1] == "cells.yaml"
-        assert cells_arguments[cells_arguments.index("--model_path") + 1] == "aligned"
+        assert argument(cells_arguments, "--objective") == "cells"
+        assert argument(cells_arguments, "--data_config") == "cells.yaml"
+        assert argument(cells_arguments, "--model_path") == "aligned"
     expected_start = os.path.join(str(tmp_path), "vision-cells", "model") if grid_cells else "aligned"
-    assert grid_arguments[grid_arguments.index("--model_path") + 1] == expected_start
+    assert argument(grid_arguments, "--model_path") == expected_start
     assert json.load(open(tmp_path / "recipe.json"))["grid_cells"] == grid_cells
 
 

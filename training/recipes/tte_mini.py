@@ -26,8 +26,9 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
    model reads them; it starts from `vision-cells/`: `training.train_vision --objective cells` on the grid captions
    (`--no_grid_cells` / `--no_grid_lora` leave either out);
 10. `reasoner/`: `training.train_reasoner` (LoRA) on the oracle's traces: the student reasoner and TTE_u stage 1;
-11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models (the
-    zero-shot reasoner is the aligned backbone before any reasoner SFT), each removed once its stage 13 finished;
+11. `variants/<name>/init`: `training.init_model` builds no thinking, zero-shot, student and teacher models, each
+    embedder from the SFT'd backbone as TTE_u's head is (`--embedder_start grid`: from the grid model), the zero-shot
+    reasoner the aligned backbone before any reasoner SFT; each is removed once its stage 13 finished;
 12. `traces/<name>`: `training.generate_traces` of the zero-shot and student reasoners on the embedder's data;
 13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
     `training.train_head` (N layers) on the frozen SFT'd backbone for unified;
@@ -45,6 +46,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import yaml
 from transformers import HfArgumentParser
@@ -76,6 +78,12 @@ class RecipeArgs:
     grid_cells: bool = field(default=True, metadata={"help": "Before the grid stage, the tower alone learns each cell "
                              "token's colour and shape (`train_vision --objective cells`), so that its tokens carry "
                              "held-out combinations (`--no_grid_cells`: no such stage, as before 2026-12-04)."})  # fmt: skip
+    embedder_start: Literal["sft", "grid"] = field(default="sft", metadata={"help": "Where the no-thinking, "
+                                                   "zero-shot, student and teacher embedders start: `sft`, the SFT'd "
+                                                   "backbone, as the unified head does, so that the variants differ "
+                                                   "only in their traces; `grid`, the grid model before the reasoner "
+                                                   "SFT, as before 2026-12-04 (the paper starts TTE_s's embedder from "
+                                                   "the base model)."})  # fmt: skip
 
 
 @dataclass
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> str:
     assets_dir = args.assets_dir or os.path.join(root, "assets")
     if args.variants:
         return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files, args.grid_lora,
-                            args.grid_cells)  # fmt: skip
+                            args.grid_cells, args.embedder_start)  # fmt: skip
     extract_assets(aligned, assets_dir, extra_files=part1_files)
     print(f"trained parts of {aligned} stored in {assets_dir}")
     return aligned
@@ -318,10 +326,10 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
 
 
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
-                 part1_files: dict[str, str], grid_lora: bool = False, grid_cells: bool = False) -> str:  # fmt: skip
+                 part1_files: dict[str, str], grid_lora: bool, grid_cells: bool, embedder_start: str) -> str:
     """Part 2: train every variant with the same embedder budget, publish the unified one as the default model (its
     assets), evaluate each variant (the unified one as published) and write the comparison into the assets.
-    `grid_lora`, `grid_cells`: see `RecipeArgs`.
+    `grid_lora`, `grid_cells`, `embedder_start`: see `RecipeArgs`.
 
     Returns:
         The published unified model folder.
@@ -354,13 +362,17 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
         "--save_steps", "100", *common,
     ])  # fmt: skip
     variants = os.path.join(root, "variants")
+    # By default every embedder starts from the SFT'd backbone, which TTE_u's head cannot avoid: the variants then
+    # differ only in their traces. (From the grid model, seed 1's student gained +0.5 from traces that gained the
+    # unified head +8.8: the gap was the start, benchmarks/results/tte-mini-embedder-init-2026-12-04/.)
+    start = {"sft": reasoner, "grid": grid}[embedder_start]
     starts = {  # `training.init_model`'s arguments for each variant's untrained model
-        "no-thinking": ["--backbone", grid, "--variant", "teacher", "--think", "never"],
-        "zero-shot": ["--backbone", grid, "--variant", "student", "--reasoner", grid,
+        "no-thinking": ["--backbone", start, "--variant", "teacher", "--think", "never"],
+        "zero-shot": ["--backbone", start, "--variant", "student", "--reasoner", grid,
                       "--max_new_tokens", str(sizes.max_new_tokens)],
-        "student": ["--backbone", grid, "--variant", "student", "--reasoner", reasoner,
+        "student": ["--backbone", start, "--variant", "student", "--reasoner", reasoner,
                     "--max_new_tokens", str(sizes.max_new_tokens)],
-        "teacher": ["--backbone", grid, "--variant", "teacher"],
+        "teacher": ["--backbone", start, "--variant", "teacher"],
         # TTE_u: the SFT'd backbone, its head a copy of its top N layers (trained on top of the frozen backbone)
         "unified": ["--backbone", reasoner, "--variant", "unified", "--head_num_layers", str(sizes.head_layers),
                     "--max_new_tokens", str(sizes.max_new_tokens)],
