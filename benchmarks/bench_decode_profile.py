@@ -3,8 +3,9 @@ weights' precision change.
 
 At batch 1 every generated token reads all the weights once, so decoding is mostly the linear layers' matrix-vector
 products. This prints the share of CPU time (torch.profiler) in the linear layers, in attention and in the rest, and
-one trace timed with eager and sdpa attention and with fp32 and bf16 weights, side by side in one run. It bounds what
-a faster attention kernel could save, and shows why the unified model's latency stays close to the student's: both
+one trace timed with eager and sdpa attention and with fp32 and bf16 weights, side by side in one run
+(`suite.best_times`: the calls alternate, each keeps its best time). It bounds what a faster attention kernel could
+save, and shows why the unified model's latency stays close to the student's: both
 generate the same trace, and the unified model saves only the student embedder's second pass. Usage:
 
     python benchmarks/bench_decode_profile.py --model models/tte-mini --image scene.png \
@@ -12,9 +13,10 @@ generate the same trace, and the unified model saves only the student embedder's
 """
 
 import argparse
-import time
+import copy
 
 import torch
+from suite import best_times  # benchmarks/suite.py: alternating calls, each one's best time
 from torch.profiler import ProfilerActivity, profile
 
 from tte.modeling_tte import TTEModel
@@ -25,22 +27,14 @@ ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_sc
                  "aten::_efficient_attention_forward", "aten::_flash_attention_forward", "aten::softmax")  # fmt: skip
 
 
-SETTINGS = {"eager, fp32": ("eager", torch.float32), "sdpa, fp32": ("sdpa", torch.float32),
-            "sdpa, bf16": ("sdpa", torch.bfloat16)}  # fmt: skip
+def trace_call(model: TTEModel, item, attention: str, traces: dict, name: str):
+    """A call that generates the query's trace with this attention implementation and keeps its ids in `traces`."""
 
+    def call():
+        model.set_attn_implementation(attention)
+        traces[name] = model.generate_traces([item], where=["query"])[1][0]
 
-def use(model: TTEModel, setting: str) -> None:
-    implementation, dtype = SETTINGS[setting]
-    model.set_attn_implementation(implementation)
-    model.to(dtype)
-
-
-def trace_seconds(model: TTEModel, item, setting: str) -> tuple[float, list[int]]:
-    """Seconds to generate the query's trace with this setting's attention and weights, and the trace's ids."""
-    use(model, setting)
-    started = time.perf_counter()
-    _, trace_ids, _ = model.generate_traces([item], where=["query"])
-    return time.perf_counter() - started, trace_ids[0]
+    return call
 
 
 def time_shares(model: TTEModel, item) -> dict[str, float]:
@@ -69,24 +63,23 @@ def main():
     model = TTEModel.from_pretrained(args.model).eval()
     item = model.processor.parse_input({"image": args.image, "text": args.text, "instruction": args.instruction,
                                         "task": args.task}, 0)  # fmt: skip
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # converted once, outside the timed calls
+    traces = {}
+    settings = {"eager, fp32": (model, "eager"), "sdpa, fp32": (model, "sdpa"), "sdpa, bf16": (bf16, "sdpa")}
+    calls = {name: trace_call(weights, item, attention, traces, name)
+             for name, (weights, attention) in settings.items()}  # fmt: skip
     with torch.no_grad():
-        _, reference = trace_seconds(model, item, "sdpa, fp32")  # warm-up
-        seconds, traces = {setting: [] for setting in SETTINGS}, {}
-        for _ in range(args.rounds):
-            for setting in SETTINGS:
-                elapsed, traces[setting] = trace_seconds(model, item, setting)
-                seconds[setting].append(elapsed)
-        use(model, "sdpa, fp32")
-        shares = time_shares(model, item)
+        seconds = best_times(calls, args.rounds, sync=lambda: None)
+        shares = time_shares(model, item)  # sdpa, fp32: the last setting `model` ran with
+    reference = traces["sdpa, fp32"]
     print(f"{args.model}: one trace of {len(reference)} tokens at batch 1, {args.threads} CPU threads")
-    for setting, values in seconds.items():
-        best = min(values)
-        same = "the same trace" if traces[setting] == reference else "a DIFFERENT trace from fp32's"
-        print(f"  {setting}: {1000 * best:.0f} ms ({1000 * best / len(traces[setting]):.1f} ms per token, best of "
-              f"{len(values)}; {same})")  # fmt: skip
-    fastest = min(seconds["sdpa, fp32"])
-    print(f"  eager / sdpa (fp32): {min(seconds['eager, fp32']) / fastest:.2f}x; "
-          f"bf16 / fp32 (sdpa): {min(seconds['sdpa, bf16']) / fastest:.2f}x")  # fmt: skip
+    for name, best in seconds.items():
+        same = "the same trace" if traces[name] == reference else "a DIFFERENT trace from fp32's"
+        print(f"  {name}: {1000 * best:.0f} ms ({1000 * best / len(traces[name]):.1f} ms per token, best of "
+              f"{args.rounds}; {same})")  # fmt: skip
+    fastest = seconds["sdpa, fp32"]
+    print(f"  eager / sdpa (fp32): {seconds['eager, fp32'] / fastest:.2f}x; "
+          f"bf16 / fp32 (sdpa): {seconds['sdpa, bf16'] / fastest:.2f}x")  # fmt: skip
     print("  self CPU time (sdpa, fp32): " + ", ".join(f"{name} {100 * share:.0f} %" for name, share in shares.items()))
 
 
