@@ -5,7 +5,7 @@ For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) i
 and reports the score per task family and overall, and the share of test queries that thought; for each variant that
 thinks, also the same model's score without thinking (`eval/<name>-think-never/results.json`, `tte-eval --think
 never`: what its traces buy), and for one published at `think="auto"` (the gated unified model) its score thinking
-about every query (`eval/<name>-think-always/`: what its gate gives up). It measures on the same sample of test
+about every query (`eval/<name>-think-queries/`: what its gate gives up; documents never think). It measures on the same sample of test
 queries, in one process and alternating between variants, the reasoning tokens per query, the embedding latency per
 query (batch 1; a mean over the queries, since a gated model's queries are fast or slow) and the parameters held in
 memory. The teacher is the **oracle describer**: its
@@ -235,19 +235,20 @@ def markdown(comparison: dict) -> str:
         costs = f"{entry['think_tokens_per_query']:.1f} | {entry['latency_ms_per_query']:.0f} | {entry['parameters'] / 1e6:.1f}"
         lines.append(f"| {row_label(name, entry)} | " + " | ".join(cells) + f" | {costs} |")
     lines += ["", "The same models without thinking (`tte-eval --think never`: each query embedded with the empty "
-              "trace), and the gated model thinking about every query (`--think always`):", "",
+              "trace), and the gated model thinking about every query (`--think queries`):", "",
               "| variant | overall, thinking | overall, think=never | what thinking adds | test queries thinking (%) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name, entry in comparison["variants"].items():
         if "without_thinking" in entry:
             never = entry["without_thinking"]["scores"]["overall"]
             policies = [(row_label(name, entry), entry)]
-            if "always_thinking" in entry:
-                policies.append((f"{name}, think=always", entry["always_thinking"]))
+            if "queries_thinking" in entry:
+                policies.append((f"{name}, think=queries", entry["queries_thinking"]))
             for label, policy in policies:
                 thinking = policy["scores"]["overall"]
-                lines.append(f"| {label} | {thinking:.1f} | {never:.1f} | {thinking - never:+.1f} | "
-                             f"{100 * policy['think_rate']:.0f} |")  # fmt: skip
+                # the oracle's traces are given, not made by the model (its think rate counts only those it made)
+                rate = "given" if name == "teacher" else f"{100 * policy['think_rate']:.0f}"
+                lines.append(f"| {label} | {thinking:.1f} | {never:.1f} | {thinking - never:+.1f} | {rate} |")
     readers = {name: entry["scene_reading"] for name, entry in comparison["variants"].items()
                if "scene_reading" in entry}  # fmt: skip
     if readers:
@@ -348,10 +349,10 @@ def compare(args: CompareArgs) -> dict:
             variants[name]["without_thinking"] = {"scores": summarise(scores), "task_scores": scores,
                                                   "settings": settings}  # fmt: skip
         if variants[name]["settings"]["model_settings"]["think"] == "auto":  # what the gate gives up
-            always = results_file(args.run_dir, name, "always")
-            scores, settings = task_scores(always)
-            variants[name]["always_thinking"] = {"scores": summarise(scores), "task_scores": scores,
-                                                 "settings": settings, "think_rate": query_think_rate(always)}  # fmt: skip
+            every_query = results_file(args.run_dir, name, "queries")
+            scores, settings = task_scores(every_query)
+            variants[name]["queries_thinking"] = {"scores": summarise(scores), "task_scores": scores,
+                                                  "settings": settings, "think_rate": query_think_rate(every_query)}  # fmt: skip
         if os.path.isfile(reading_file(args.run_dir, name)):
             with open(reading_file(args.run_dir, name)) as handle:
                 variants[name]["scene_reading"] = json.load(handle)

@@ -41,9 +41,11 @@ def part1_run(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def smoke_run(part1_run, tmp_path_factory) -> str:
-    """A `--smoke --variants` run of part 2 from part 1's assets, to the published unified model and its assets."""
+    """A `--smoke --variants --gate` run of part 2 from part 1's assets, to the published unified model (gated: the
+    chain with every stage) and its assets."""
     root = tmp_path_factory.mktemp("tte-mini-smoke")
-    run_recipe("--output_dir", str(root / "run"), "--variants", "--part1_assets", os.path.join(part1_run, "assets"))
+    run_recipe("--output_dir", str(root / "run"), "--variants", "--gate", "--part1_assets",
+               os.path.join(part1_run, "assets"))  # fmt: skip
     return str(root / "run")
 
 
@@ -102,7 +104,7 @@ def test_smoke_recipe_stores_only_what_training_changed(smoke_run):
                 *(f"results/{name}-think-never.json" for name in THINKING_VARIANTS),
                 *(f"results/reading-{name}.json" for name in READERS),
                 *(f"settings/{name}.json" for name in STAGES), "runs/gate.json",
-                "results/unified-think-always.json"}  # fmt: skip
+                "results/unified-think-queries.json"}  # fmt: skip
     assert set(manifest["files"]) == expected
     results = json.load(open(os.path.join(assets, "easy_vqa.json")))
     assert set(results["metrics"]) == {"colour", "shape", "yes_no", "description"} and results["images"] == 2
@@ -150,12 +152,12 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
         report = json.load(open(os.path.join(assets, "results", f"{name}.json")))
         assert entry["think_rate"] == report["cost"]["query"]["think_rate"]
         if name == "unified":  # the gated model, also evaluated thinking about every query
-            scores, settings = task_scores(os.path.join(assets, "results", "unified-think-always.json"))
-            assert entry["always_thinking"]["scores"] == summarise(scores)
+            scores, settings = task_scores(os.path.join(assets, "results", "unified-think-queries.json"))
+            assert entry["queries_thinking"]["scores"] == summarise(scores)
             assert settings["model_hash"] == model_hash(variant_model(smoke_run, name))
-            assert settings["model_settings"]["think"] == "always" and entry["always_thinking"]["think_rate"] == 1.0
+            assert settings["model_settings"]["think"] == "queries" and entry["queries_thinking"]["think_rate"] == 1.0
         else:
-            assert "always_thinking" not in entry
+            assert "queries_thinking" not in entry
         if name in THINKING_VARIANTS:  # the same model, evaluated without thinking
             scores, settings = task_scores(os.path.join(assets, "results", f"{name}-think-never.json"))
             assert entry["without_thinking"]["scores"] == summarise(scores)
@@ -276,13 +278,13 @@ def test_every_embedder_starts_from_the_sft_backbone_unless_told_the_grid_model(
 
 
 @pytest.mark.parametrize("gate", [True, False])
-def test_the_published_unified_model_is_gated_unless_told_not_to(tmp_path, run_recipe_until, gate):
-    """By default the unified head trains with trace dropout (so that it embeds a query without its trace too), the
+def test_the_published_unified_model_is_gated_only_when_told_to(tmp_path, run_recipe_until, gate):
+    """With `--gate` the unified head trains with trace dropout (so that it embeds a query without its trace too), the
     gate stage fits `think="auto"` on the head's model and the embedder's data, and the gated model is what gets
-    published; `--no_gate` publishes the head's model, trained without trace dropout."""
+    published; by default the head's model is published, trained without trace dropout."""
     from training.recipes.tte_mini import SMOKE
 
-    commands = run_recipe_until([] if gate else ["--no_gate"], stop_at="assets")
+    commands = run_recipe_until(["--gate"] if gate else [], stop_at="assets")
     (head,) = [arguments for module, folder, arguments in commands if module == "training.train_head"]
     head_model = os.path.join(str(tmp_path), "variants", "unified", "model")
     gates = [arguments for module, _, arguments in commands if module == "training.train_gate"]
