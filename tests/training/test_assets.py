@@ -50,7 +50,8 @@ def test_an_added_gate_is_stored_whole_and_rebuilt_and_other_new_weights_are_ref
     """`training.train_gate` adds a module the base lacks: its weights are stored whole and rebuilt; a new weight of
     any other module, or a base weight the trained model lacks, is an error that names it."""
     base = {"backbone.visual.proj.weight": torch.zeros(4, 4)}
-    gate = {"gate.score.weight": torch.randn(1, 4), "gate.score.bias": torch.randn(1), "gate.norm.weight": torch.ones(4)}
+    gate = {"gate.score.weight": torch.randn(1, 4), "gate.score.bias": torch.randn(1),
+            "gate.norm.weight": torch.ones(4)}
     trained = {**base, **gate}
 
     stored = weight_differences(trained, base)

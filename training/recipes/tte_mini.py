@@ -92,8 +92,9 @@ class RecipeArgs:
                                                    "the base model)."})  # fmt: skip
     gate: bool = field(default=False, metadata={"help": "The unified head trains with trace dropout and the published "
                        "model thinks at think='auto' (`training.train_gate`): only about the queries whose trace its "
-                       "gate expects to help. Off by default: on seed 1 it cut the unified model's latency to 0.78x "
-                       "the student's but cost 2.0 points (benchmarks/results/tte-mini-gate-2026-12-04-seed1/)."})  # fmt: skip
+                       "gate expects to help. Off by default: on seed 1 it cut the unified model's latency to 0.76x "
+                       "the student's but cost 2.0 points "
+                       "(benchmarks/results/tte-mini-gate-2026-12-04-seed1/)."})  # fmt: skip
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Sizes:
     # the queries the gate sends without a trace into the same space (seed 1's head without it scored 0 of 512
     # training queries right without their trace: training.train_gate could only learn to always think).
     head_trace_dropout: float = 0.5
-    gate_queries: int = 512  # training queries labelled (trace helps or not) to fit the gate; a quarter set its threshold
+    gate_queries: int = 512  # training queries labelled (trace helps or not): 3/4 fit the gate, 1/4 set its threshold
     max_new_tokens: int = 64  # the oracle's traces are at most 60 SmolLM2 tokens
     latency_queries: int = 16  # the first 2 queries of each of the 8 test tasks: a gated model's mix of both kinds
     reading_queries: int = 20  # per scene task: the image queries whose traces `training.trace_quality` reads
@@ -343,7 +344,7 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
                  part1_files: dict[str, str], grid_lora: bool, grid_cells: bool, embedder_start: str,
                  gate: bool) -> str:  # fmt: skip
-    """Part 2: train every variant with the same embedder budget, publish the unified one (with its gate) as the
+    """Part 2: train every variant with the same embedder budget, publish the unified one (gated, with `gate`) as the
     default model (its assets), evaluate each variant (the unified one as published) and write the comparison into
     the assets. `grid_lora`, `grid_cells`, `embedder_start`, `gate`: see `RecipeArgs`.
 
@@ -412,8 +413,9 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
         sides = ["--traces", traces[name], "--trace_sides", "query"] if traces[name] else ["--trace_sides", ""]
         if name == "unified":  # the head: the same N layers, trained on the frozen backbone
             dropout = ["--trace_dropout", str(sizes.head_trace_dropout)] if gate else []
-            models[name] = training_stage("training.train_head", folder, ["--model_path", init, *sides, *dropout,
-                                                                          *budget], starting_points=(init,))  # fmt: skip
+            models[name] = training_stage("training.train_head", folder,
+                                          ["--model_path", init, *sides, *dropout, *budget],
+                                          starting_points=(init,))  # fmt: skip
         else:
             models[name] = training_stage("training.train_embedder", folder, [
                 "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget],
