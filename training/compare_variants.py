@@ -112,6 +112,13 @@ def query_think_rate(results_file: str) -> float:
         return json.load(handle)["cost"]["query"]["think_rate"]
 
 
+def policy_results(results_file: str) -> dict:
+    """One evaluation of a variant under one thinking policy: its summary, task scores, settings and think rate."""
+    scores, settings = task_scores(results_file)
+    return {"scores": summarise(scores), "task_scores": scores, "settings": settings,
+            "think_rate": query_think_rate(results_file)}  # fmt: skip
+
+
 def summarise(scores: dict[str, float]) -> dict[str, float]:
     """Overall (mean over the scene tasks), per family, relational / count, and the easy-VQA control."""
     missing = [task for task in SCENE_TASKS if task not in scores]
@@ -339,20 +346,12 @@ def compare(args: CompareArgs) -> dict:
     oracle_store = os.path.join(tasks_dir, "oracle-traces")
     variants = {}
     for name in VARIANTS:
-        scores, settings = task_scores(results_file(args.run_dir, name))
-        settings["training_seed"] = training_settings(args.run_dir, name)["seed"]
-        variants[name] = {"scores": summarise(scores), "task_scores": scores, "settings": settings,
-                          "think_rate": query_think_rate(results_file(args.run_dir, name))}  # fmt: skip
+        variants[name] = policy_results(results_file(args.run_dir, name))
+        variants[name]["settings"]["training_seed"] = training_settings(args.run_dir, name)["seed"]
         if name in THINKING_VARIANTS:  # the same model, every query embedded with the empty trace
-            scores, settings = task_scores(results_file(args.run_dir, name, "never"))
-            variants[name]["without_thinking"] = {"scores": summarise(scores), "task_scores": scores,
-                                                  "settings": settings}  # fmt: skip
+            variants[name]["without_thinking"] = policy_results(results_file(args.run_dir, name, "never"))
         if variants[name]["settings"]["model_settings"]["think"] == "auto":  # what the gate gives up
-            every_query = results_file(args.run_dir, name, "queries")
-            scores, settings = task_scores(every_query)
-            variants[name]["queries_thinking"] = {"scores": summarise(scores), "task_scores": scores,
-                                                  "settings": settings,
-                                                  "think_rate": query_think_rate(every_query)}  # fmt: skip
+            variants[name]["queries_thinking"] = policy_results(results_file(args.run_dir, name, "queries"))
         if os.path.isfile(reading_file(args.run_dir, name)):
             with open(reading_file(args.run_dir, name)) as handle:
                 variants[name]["scene_reading"] = json.load(handle)

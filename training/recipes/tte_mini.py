@@ -422,9 +422,9 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                 starting_points=(init,))  # fmt: skip
     gate_files = {}
     if gate:
-        models["unified"] = train_gate(models["unified"], configs["embed"], os.path.join(variants, "unified-gate"),
-                                       sizes, common)  # fmt: skip
-        gate_files = {"runs/gate.json": os.path.join(variants, "unified-gate", "summary.json")}
+        gate_folder = os.path.join(variants, "unified-gate")
+        models["unified"] = train_gate(models["unified"], configs["embed"], gate_folder, sizes, common)
+        gate_files = {"runs/gate.json": os.path.join(gate_folder, "summary.json")}
     # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16, the
     # gate) and the model rebuilt from them, which is what gets evaluated.
     trained = (*(["vision-cells"] if grid_cells else []), "vision-grid", "reasoner")
