@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.tiny_models import build_backbone_config, build_processor  # noqa: E402
+from training.tiny_models import build_backbone_config, build_processor  # noqa: E402
 from tte.modeling_tte import TTEModel, build_generator  # noqa: E402
 
 

@@ -14,8 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.conftest import make_image  # noqa: E402
-from tests.tiny_models import build_tte  # noqa: E402
+from training.tiny_models import build_tte, make_image  # noqa: E402
 
 
 def inputs_for(name: str) -> list:

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tests.tiny_models import build_tte  # noqa: E402
-from tests.training.helpers import write_pair_data, write_trace_store  # noqa: E402
+from training.tiny_models import build_tte  # noqa: E402
+from training.synthetic_pairs import write_pair_data, write_trace_store  # noqa: E402
 
 
 def run(arguments: list[str], fsdp: bool, work: str) -> None:

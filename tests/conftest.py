@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-weight TTE models (see tests/tiny_models.py) and small images."""
+"""Shared fixtures: tiny random-weight TTE models (see training/tiny_models.py) and small images."""
 
 import functools
 import os
@@ -9,17 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from tests.tiny_models import build_tte  # noqa: E402
+from training.tiny_models import build_tte, make_image  # noqa: E402
 
 
 MATRYOSHKA_DIMS = [8, 16]
@@ -50,11 +48,6 @@ def tte_mini(tmp_path_factory) -> str:
     from training.assets import build_model
 
     return build_model(os.path.join(REPO_ROOT, "assets", "tte-mini"), str(tmp_path_factory.mktemp("models") / "tte-mini"))
-
-
-def make_image(seed: int = 0, size: tuple[int, int] = (50, 40)) -> Image.Image:
-    pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 @pytest.fixture

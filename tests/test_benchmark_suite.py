@@ -9,7 +9,7 @@ import os
 import runpy
 import sys
 
-from tests.tiny_models import build_tte
+from training.tiny_models import build_tte
 
 
 SUITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "suite.py")

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.tiny_models import build_backbone_config, build_tokenizer
+from training.tiny_models import build_backbone_config, build_tokenizer
 from tte.configuration_tte import TTEConfig
 
 

@@ -115,7 +115,7 @@ def test_encode_refuses_special_tokens_naming_the_item():
 
 
 def test_max_seq_length_is_the_context_window_and_longer_inputs_are_refused():
-    from tests.tiny_models import build_tte
+    from training.tiny_models import build_tte
 
     model = build_tte("qwen2_vl", "unified", max_position_embeddings=120)
     st = SentenceTransformer(modules=[TTESentenceTransformer(model)])

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from transformers import AutoModel
 
-from tests.tiny_models import build_backbone_config, build_tokenizer
+from training.tiny_models import build_backbone_config, build_tokenizer
 from training.export import ALLOWED_FILES, FIGURE, ExportArgs, check_export_folder, main, render_card
 from tte.configuration_tte import TTEConfig
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import loopback_http, make_image, run_concurrently, run_without_repo
-from tests.tiny_models import build_tte
+from training.tiny_models import build_tte
 from tte.modeling_tte import decoder_of, pool_embeddings
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import make_image, run_concurrently, tiny_export_model
-from tests.tiny_models import BACKBONES
+from training.tiny_models import BACKBONES
 from tte.modeling_tte import PrefixCache, PrefixStates
 from tte.processing_tte import TTEInput
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import loopback_http, make_image, run_concurrently
-from tests.tiny_models import build_processor
+from training.tiny_models import build_processor
 from tte.processing_tte import EMBEDDING_TOKEN, PROMPT_SETS, TASK_FAMILIES, TTEProcessor, URLFetchLimits, load_image
 
 

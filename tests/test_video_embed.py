@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import make_image
-from tests.tiny_models import build_processor
+from training.tiny_models import build_processor
 from tests.test_video import frame_of, write_video
 from tte.processing_tte import PROMPT_SETS
 from tte.trace_cache_tte import trace_key

@@ -1,13 +1,13 @@
 """Fixtures of the training tests: tiny random-weight TTE model folders and synthetic pair data (see helpers.py).
 
-Every model here has random weights (tests/tiny_models.py).
+Every model here has random weights (training/tiny_models.py).
 """
 
 import pytest
 import torch
 
-from tests.tiny_models import build_tte
-from tests.training.helpers import write_pair_data, write_trace_store
+from training.tiny_models import build_tte
+from training.synthetic_pairs import write_pair_data, write_trace_store
 
 
 @pytest.fixture(scope="session")

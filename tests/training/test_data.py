@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.tiny_models import build_processor
-from tests.training.helpers import write_pair_data
+from training.tiny_models import build_processor
+from training.synthetic_pairs import write_pair_data
 from training.data import (
     BlockBatchSampler,
     PairCollator,

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoModel, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
 from tests.conftest import make_image
-from tests.tiny_models import CHAT_TEMPLATE, build_backbone, build_tokenizer
+from training.tiny_models import CHAT_TEMPLATE, build_backbone, build_tokenizer
 from training.init_model import main
 from tte.processing_tte import EMBEDDING_TOKEN
 

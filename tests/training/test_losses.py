@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from PIL import Image
 
 import training.losses
-from tests.tiny_models import build_tte
+from training.tiny_models import build_tte
 from training.losses import GradCache, info_nce, positive_columns
 
 

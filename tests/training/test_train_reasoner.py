@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import AutoModel
 
-from tests.tiny_models import build_tte
+from training.tiny_models import build_tte
 from tests.training.helpers import read_metrics, saved_weights, train_arguments
 from training.data import PairDataset, SFTCollator, load_sources
 from training.losses import next_token_step

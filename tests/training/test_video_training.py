@@ -11,8 +11,9 @@ import yaml
 from PIL import Image, ImageDraw
 
 from tests.test_video import write_video
-from tests.tiny_models import build_processor
-from tests.training.helpers import COLOURS, read_metrics, train_arguments, write_trace_store
+from training.tiny_models import build_processor
+from tests.training.helpers import read_metrics, train_arguments
+from training.synthetic_pairs import COLOURS, write_trace_store
 from training.data import PairDataset, load_sources
 from training.generate_traces import main as generate_traces
 from training.traces import TraceStore

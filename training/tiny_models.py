@@ -1,11 +1,14 @@
-"""Tiny random-weight backbones and locally trained tokenizers for tests (no Hub access needed).
+"""Tiny random-weight backbones and locally trained tokenizers, for the tests and the benchmark scripts (no Hub access
+needed).
 
 Nothing here is a trained model: every weight is random. The default tokenizer is a word-level tokenizer trained on a
 small local corpus, so decoding generated ids and encoding the text again gives the same ids; `bpe=True` gives a
 byte-level BPE tokenizer (as SmolLM2's and Qwen's), for which it often does not.
 """
 
+import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -156,3 +159,9 @@ def build_tte(name: str = "qwen2_vl", variant: str = "unified", num_layers: int 
         config_kwargs["head_num_layers"] = head_num_layers
     return TTEModel.from_backbone(backbone, processor, variant=variant, reasoner=reasoner,
                                   max_new_tokens=max_new_tokens, **config_kwargs)  # fmt: skip
+
+
+def make_image(seed: int = 0, size: tuple[int, int] = (50, 40)) -> Image.Image:
+    """A random-noise RGB image, the same for the same seed."""
+    pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
