@@ -1,6 +1,6 @@
 """Import boundaries the project keeps: nothing outside `tests/` imports `tests` (the benchmarks and training code
-must run from an install without the suite), and the Hub's code files (what `training.export` copies) import only each other, relatively, and
-public libraries (Hub custom code runs where only the Hub folder exists)."""
+must run from an install without the suite), and the Hub's code files (what `training.export` copies) import only
+each other, relatively, and public libraries (Hub custom code runs where only the Hub folder exists)."""
 
 import ast
 import os

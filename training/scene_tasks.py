@@ -26,12 +26,14 @@ manifest names it as such (`ORACLE_REASONER`).
     python -m training.scene_tasks --output_dir data/scene-tasks     # train rows, test tasks and oracle traces
 """
 
+import hashlib
 import json
 import os
 import random
 import re
 from dataclasses import dataclass, field
 
+from PIL import Image
 from transformers import HfArgumentParser
 
 from training.checkpoint import write_atomic
@@ -39,7 +41,8 @@ from training.easy_vqa_data import write_easy_vqa_control
 from training.scenes import ANSWER_LEAD, CAPTION_QUESTION, COLOURS, NUMBER_WORDS, SHAPES, Scene, SceneObject, render
 from training.traces import TraceStore, make_manifest
 from tte.processing_tte import THINK_END, THINK_START
-from tte_eval.user_tasks import write_task
+from tte_eval.rows import read_records
+from tte_eval.user_tasks import ROWS_STEM, write_task
 
 
 GRID = 64  # image side in pixels; each cell is GRID // 2
@@ -338,10 +341,31 @@ def write_one_shape_sft(scenes_dir: str, num_images: int, store_dir: str) -> lis
     return sources
 
 
-def write_test_tasks(folder: str, rows_per_task: int, seed: int, control_images: int = 0) -> list[str]:
+def row_fingerprint(kind: str, text: str, image: Image.Image) -> str:
+    """What makes two scene-task rows the same query: the kind, the query text and the scene's pixels (the query
+    image; for t2i, whose query is text, the positive image)."""
+    return hashlib.sha256(b"\0".join([kind.encode(), text.encode(), image.convert("RGB").tobytes()])).hexdigest()
+
+
+def split_fingerprints(folder: str) -> set[str]:
+    """The `row_fingerprint` of every row of the scene tasks written in `folder` (by `write_test_tasks`)."""
+    found = set()
+    for kind in KINDS:
+        task_dir = os.path.join(folder, f"scene-{kind}")
+        for row in read_records(task_dir, ROWS_STEM):
+            with Image.open(os.path.join(task_dir, row["qry_img_path"] or row["tgt_img_path"][0])) as image:
+                found.add(row_fingerprint(kind, row["qry_text"], image))
+    return found
+
+
+def write_test_tasks(folder: str, rows_per_task: int, seed: int, control_images: int = 0,
+                     exclude: frozenset[str] = frozenset()) -> list[str]:  # fmt: skip
     """One `tte_eval` user task per kind (`folder/scene-<kind>/`), each scene holding a held-out combination, the
     easy-VQA control task on `control_images` test images (`write_easy_vqa_control`, none when 0), and the oracle's
-    traces of every query in `folder/oracle-traces/` (id `"<task name>/<row index>"`)."""
+    traces of every query in `folder/oracle-traces/` (id `"<task name>/<row index>"`).
+
+    `exclude`: `row_fingerprint`s of another split's rows (`split_fingerprints`), drawn again here, so that a
+    development split drawn like the test split shares none of its queries."""
     rng = random.Random(seed)
     traces, written = [], []
     for kind, (family, instruction, metric) in KINDS.items():
@@ -354,9 +378,12 @@ def write_test_tasks(folder: str, rows_per_task: int, seed: int, control_images:
             query = ask(kind, scene, rng)
             if query is None:
                 continue
+            image = render(scene)
+            if exclude and row_fingerprint(kind, query.text, image) in exclude:
+                continue
             index = len(rows)
             path = f"images/{index:04d}.png"
-            render(scene).save(os.path.join(task_dir, path))
+            image.save(os.path.join(task_dir, path))
             row = {"qry_inst": instruction, "qry_text": query.text, "qry_img_path": path, "tgt_inst": "",
                    "positives": [0]}  # fmt: skip
             if kind == "t2i":
@@ -412,7 +439,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 __all__ = ["CELLS", "HELD_OUT", "KINDS", "ORACLE_REASONER", "RELATIONAL_KINDS", "Query", "ask", "caption",
-           "grid_scene", "oracle_store", "write_scene_tasks", "write_test_tasks", "write_train_sources"]  # fmt: skip
+           "grid_scene", "oracle_store", "row_fingerprint", "split_fingerprints", "write_scene_tasks",
+           "write_test_tasks", "write_train_sources"]  # fmt: skip
 
 
 if __name__ == "__main__":

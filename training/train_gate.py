@@ -1,8 +1,14 @@
 """Fit the `think="auto"` gate of a trained TTE model: think only where the trace helps.
 
-Each training query is labelled by whether its own trace (the model's reasoner, greedy) improves its positive's
-margin under the trained embedder. The margin is the query's cosine with its positive minus its highest cosine with
-another target of the sample (a target with the positive's content is not a negative). The gate (`TTEGate`, a
+Each query is labelled by whether its own trace (the model's reasoner, greedy) improves its positive's margin under
+the trained embedder. The queries come from one of two places:
+- training pairs (`--data_config`): the margin is the query's cosine with its positive minus its highest cosine with
+  another target of the sample (a target with the positive's content is not a negative);
+- `tte-eval` user tasks (`--tasks_dir`), such as a development split drawn like the test split but apart from it:
+  the margin is the query's cosine with its best positive candidate minus its highest cosine with another candidate
+  of its row's pool, so a held-out query is right exactly when the harness would score it right (hit@1). Queries the
+  embedder never trained on show where the trace helps after training, which training pairs do not: there the trace
+  helps almost every query, because the embedder learnt it on them. The gate (`TTEGate`, a
 logistic probe on a state the model computes anyway) is fitted on part of the queries. Its threshold is chosen on the
 held-out rest: for the best accuracy (a held-out query is right when its positive beats every other target), or for
 a think rate (`--think_rate`). The model is exported with the gate and `config.gate_threshold`; `summary.json` gives
@@ -13,6 +19,7 @@ same space as one embedded with it.
 
     python -m training.train_gate --model_path runs/unified/model --data_config data.yaml --output_dir runs/gate \
         --max_queries 512 [--think_rate 0.5] [--default_think auto]
+    python -m training.train_gate --model_path runs/unified/model --tasks_dir data/scene-tasks/dev ...
 """
 
 import json
@@ -27,19 +34,29 @@ import torch.nn.functional as F
 from training.checkpoint import export_model, write_atomic
 from training.data import PairDataset, content_id, load_sources
 from training.loop import make_accelerator, parse_settings, setup_logging
+from tte_eval.user_tasks import load_user_tasks
 from tte.configuration_tte import THINK_POLICIES
 from tte.modeling_tte import TTEGate, TTEModel
 
 
 logger = logging.getLogger("training")
+ACCURACY = {  # what "right" means in the summary, per source of the queries
+    "pairs": "a query is right when its positive beats every other target of the sample (targets of the positive's "
+             "content excepted)",
+    "tasks": "a query is right when its best positive candidate beats every other candidate of its row's pool (hit@1)",
+}  # fmt: skip
 
 
 @dataclass
 class GateSettings:
     model_path: str = field(metadata={"help": "A trained TTE model folder with its own reasoner (unified, student)."})
-    data_config: str = field(metadata={"help": "YAML/JSON data config of training pairs (see training/data.py)."})
     output_dir: str = field(metadata={"help": "Run folder: model/ (with the gate) and summary.json."})
-    max_queries: int = field(default=512, metadata={"help": "Training queries sampled for labels and fitting."})
+    data_config: str | None = field(default=None, metadata={"help": "YAML/JSON data config of training pairs (see "
+                                    "training/data.py); or --tasks_dir."})  # fmt: skip
+    tasks_dir: str | None = field(default=None, metadata={"help": "A tte-eval user tasks folder whose queries label "
+                                  "the gate against their rows' candidates (e.g. a development split); or "
+                                  "--data_config."})  # fmt: skip
+    max_queries: int = field(default=512, metadata={"help": "Queries sampled for labels and fitting."})
     held_out: float = field(default=0.25, metadata={"help": "Share of the sampled queries that choose the threshold."})
     think_rate: float | None = field(default=None, metadata={"help": "Choose the threshold for this share of held-out "
                                      "queries thinking, not for the best held-out accuracy."})  # fmt: skip
@@ -53,6 +70,8 @@ class GateSettings:
     seed: int = field(default=0, metadata={"help": "Seed of the sample, the split and the gate's initialisation."})
 
     def __post_init__(self):
+        if (self.data_config is None) == (self.tasks_dir is None):
+            raise ValueError("give exactly one of --data_config (training pairs) and --tasks_dir (tte-eval user tasks)")
         if self.max_queries < 4:
             raise ValueError(f"--max_queries must be >= 4, got {self.max_queries}")
         if not 0.0 < self.held_out < 1.0:
@@ -116,29 +135,61 @@ def policy_report(logits, threshold, right_with, right_without) -> dict:
     }
 
 
+def pair_margins(settings: GateSettings, embed) -> tuple[list[dict], torch.Tensor, torch.Tensor, list]:
+    """Sampled training pairs' queries, their margins with and without their traces (see `margins`), and the traces'
+    token ids."""
+    dataset = PairDataset(load_sources(settings.data_config))
+    chosen = random.Random(settings.seed).sample(range(len(dataset)), min(settings.max_queries, len(dataset)))
+    examples = [dataset[index] for index in chosen]
+    queries = [example.inputs["query"] for example in examples]
+    positives = [example.inputs["positive"] for example in examples]
+    logger.info("embedding %d queries with and without their traces", len(queries))
+    targets = embed(positives, side="document", think=False)
+    target_ids = [content_id(positive, "") for positive in positives]
+    with_trace, trace_ids = embed(queries, side="query", think=True, return_reasoning="ids")
+    margin_with = margins(with_trace, targets, target_ids)
+    margin_without = margins(embed(queries, side="query", think=False), targets, target_ids)
+    return queries, margin_with, margin_without, trace_ids
+
+
+def task_margins(settings: GateSettings, embed) -> tuple[list[dict], torch.Tensor, torch.Tensor, list]:
+    """Sampled user-task queries, their margins with and without their traces (best positive candidate minus best
+    other candidate of the row's pool, `TaskData.pool`: a positive margin is a hit@1), and the traces' token ids."""
+    rows = [(task.data, row) for task in load_user_tasks(settings.tasks_dir) for row in task.data.rows]
+    chosen = [rows[i] for i in random.Random(settings.seed).sample(range(len(rows)), min(settings.max_queries,
+                                                                                          len(rows)))]  # fmt: skip
+    queries = [row.query.model_input() for _, row in chosen]
+    logger.info("embedding %d queries with and without their traces", len(queries))
+    candidates = {}  # (task, candidate id) -> its input, each embedded once
+    for task, row in chosen:
+        pool = {candidate.cand_id: candidate for candidate in (*task.candidates, *row.candidates)}
+        candidates.update({(task.spec.name, cand_id): pool[cand_id].item.model_input() for cand_id in task.pool(row)})
+    keys = list(candidates)
+    vectors = dict(zip(keys, embed([candidates[key] for key in keys], side="document", think=False)))
+    with_trace, trace_ids = embed(queries, side="query", think=True, return_reasoning="ids")
+    margin_with, margin_without = [], []
+    for query_with, query_without, (task, row) in zip(with_trace, embed(queries, side="query", think=False), chosen):
+        pool = task.pool(row)
+        scores = torch.stack([vectors[(task.spec.name, cand_id)] for cand_id in pool])
+        positive = torch.tensor([cand_id in row.labels for cand_id in pool], device=scores.device)
+        for query, out in ((query_with, margin_with), (query_without, margin_without)):
+            similarity = scores @ query
+            out.append(similarity[positive].max() - similarity[~positive].max())
+    return queries, torch.stack(margin_with), torch.stack(margin_without), trace_ids
+
+
 def main(argv: list[str] | None = None) -> str:
     settings = parse_settings(GateSettings, argv)
     accelerator = make_accelerator()
     setup_logging(accelerator)
     model = TTEModel.from_pretrained(settings.model_path).to(accelerator.device).eval()
-    dataset = PairDataset(load_sources(settings.data_config))
-    rng = random.Random(settings.seed)
-    chosen = rng.sample(range(len(dataset)), min(settings.max_queries, len(dataset)))
-    examples = [dataset[index] for index in chosen]
-    queries = [example.inputs["query"] for example in examples]
-    positives = [example.inputs["positive"] for example in examples]
     embed = lambda inputs, **kwargs: model.embed(inputs, batch_size=settings.batch_size, convert_to_tensor=True,
                                                  max_new_tokens=settings.max_new_tokens, **kwargs)  # fmt: skip
-    logger.info("embedding %d queries with and without their traces", len(queries))
-    with_trace, trace_ids = embed(queries, side="query", think=True, return_reasoning="ids")
-    without_trace = embed(queries, side="query", think=False)
-    targets = embed(positives, side="document", think=False)
-    target_ids = [content_id(positive, "") for positive in positives]
-    margin_with = margins(with_trace, targets, target_ids)
-    margin_without = margins(without_trace, targets, target_ids)
+    labelled = task_margins if settings.tasks_dir is not None else pair_margins
+    queries, margin_with, margin_without, trace_ids = labelled(settings, embed)
     labels = margin_with > margin_without
     features = model.gate_features(queries, batch_size=settings.batch_size)
-    split = int(round(len(examples) * (1 - settings.held_out)))
+    split = int(round(len(queries) * (1 - settings.held_out)))
     gate = fit_gate(model, features[:split], labels[:split], settings)
     with torch.no_grad():
         logits = gate(features)
@@ -151,15 +202,14 @@ def main(argv: list[str] | None = None) -> str:
     folder = export_model(accelerator, model, settings.output_dir)
     summary = {
         "settings": asdict(settings),
-        "queries": {"fit": split, "held_out": len(examples) - split},
+        "queries": {"fit": split, "held_out": len(queries) - split},
         "label_think_helps": {"fit": labels[:split].float().mean().item(),
                               "held_out": labels[split:].float().mean().item()},
         "trace_tokens_per_query": sum(map(len, trace_ids)) / len(trace_ids),
         "threshold": threshold,
         "held_out": policy_report(logits[split:], threshold, right_with[split:], right_without[split:]),
         "fit": policy_report(logits[:split], threshold, right_with[:split], right_without[:split]),
-        "accuracy": "a query is right when its positive beats every other target of the sample (targets of the "
-                    "positive's content excepted)",
+        "accuracy": ACCURACY["tasks" if settings.tasks_dir is not None else "pairs"],
     }  # fmt: skip
     write_atomic(os.path.join(settings.output_dir, "summary.json"), json.dumps(summary, indent=2))
     logger.info("gate: threshold %.4f, held-out %s", threshold, summary["held_out"])

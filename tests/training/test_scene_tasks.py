@@ -20,6 +20,7 @@ from training.scene_tasks import (
     distractors,
     grid_scene,
     parse_caption,
+    split_fingerprints,
     write_one_shape_sft,
     write_test_tasks,
     write_train_sources,
@@ -181,6 +182,18 @@ def test_writing_the_data_again_after_a_crash_adds_no_duplicate_trace(tmp_path):
     test_traces = TraceStore(str(tmp_path / "test" / "oracle-traces")).read()
     write_test_tasks(str(tmp_path / "test"), 2, seed=1)
     assert TraceStore(str(tmp_path / "test" / "oracle-traces")).read() == test_traces
+
+
+def test_a_split_drawn_with_exclude_shares_no_query_with_the_excluded_split(tmp_path):
+    test = str(tmp_path / "test")
+    write_test_tasks(test, rows_per_task=3, seed=4)
+    excluded = split_fingerprints(test)
+    write_test_tasks(str(tmp_path / "same"), rows_per_task=3, seed=4)  # the same seed draws the same queries
+    assert split_fingerprints(str(tmp_path / "same")) == excluded and len(excluded) > len(KINDS)
+    write_test_tasks(str(tmp_path / "dev"), rows_per_task=3, seed=4, exclude=frozenset(excluded))
+    dev = split_fingerprints(str(tmp_path / "dev"))
+    assert len(dev) > len(KINDS) and not dev & excluded
+    assert [len(task.data.rows) for task in load_user_tasks(str(tmp_path / "dev"))] == [3] * len(KINDS)
 
 
 def test_test_tasks_hold_out_combinations_and_rank_the_right_answer_first(tmp_path):

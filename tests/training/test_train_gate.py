@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.train_gate import choose_threshold, main, margins
+from tests.eval.test_user_tasks import GLOBAL_SPEC, LOCAL_SPEC, _row
+from training.train_gate import GateSettings, choose_threshold, main, margins, task_margins
 from tte.modeling_tte import TTEModel
+from tte_eval import write_task
 
 
 def test_margins_leave_targets_of_the_positives_content_out_of_the_negatives():
@@ -17,6 +19,41 @@ def test_margins_leave_targets_of_the_positives_content_out_of_the_negatives():
     # query 0's positive and target 2 have one content: target 2 is not a negative of query 0 (nor 0 of 2)
     result = margins(queries, targets, target_ids=[7, 8, 7])
     assert torch.allclose(result, torch.tensor([0.8 - 0.0, 1.0 - 0.6, 0.96 - 0.8]))
+
+
+CANDIDATES = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": [0.0, 0.0, 1.0]}
+QUERIES = {  # text -> (vector with its trace, vector without)
+    "q0": ([0.9, 0.1, 0.0], [0.2, 0.5, 0.0]),  # local pool (a, b, c), positive a: margins 0.8 and -0.3
+    "q1": ([0.0, 0.3, 0.6], [0.0, 0.6, 0.3]),  # local pool (b, c), positive c: 0.3 and -0.3
+    "q2": ([0.5, 0.4, 0.0], [0.0, 0.7, 0.2]),  # global pool (b, a, c), positive b: -0.1 and 0.5
+    "q3": ([0.1, 0.2, 0.3], [0.6, 0.0, 0.1]),  # global pool, positive c: 0.1 and -0.5
+}
+
+
+def fake_embed(inputs, side, think, return_reasoning=None):
+    """Hand-set vectors: a candidate's by its text, a query's with or without its trace; a one-token trace."""
+    vectors = torch.tensor([CANDIDATES[item["text"]] if side == "document" else QUERIES[item["text"]][not think]
+                            for item in inputs])  # fmt: skip
+    return (vectors, [[1] for _ in inputs]) if return_reasoning else vectors
+
+
+def test_task_margins_score_each_query_against_its_rows_pool(tmp_path):
+    write_task(str(tmp_path / "local"), LOCAL_SPEC, [_row("q0", ["a", "b", "c"], [0]), _row("q1", ["b", "c"], [1])])
+    write_task(str(tmp_path / "global"), GLOBAL_SPEC, [_row("q2", ["b", "a"], [0]), _row("q3", ["c"], [0])])
+    settings = GateSettings(model_path="unused", output_dir=str(tmp_path / "out"), tasks_dir=str(tmp_path),
+                            max_queries=4)  # fmt: skip
+    queries, margin_with, margin_without, trace_ids = task_margins(settings, fake_embed)
+    expected = {"q0": (0.8, -0.3), "q1": (0.3, -0.3), "q2": (-0.1, 0.5), "q3": (0.1, -0.5)}
+    assert sorted(query["text"] for query in queries) == sorted(expected) and trace_ids == [[1]] * 4
+    for query, with_trace, without in zip(queries, margin_with.tolist(), margin_without.tolist()):
+        assert np.allclose([with_trace, without], expected[query["text"]]), query
+
+
+def test_the_gate_takes_its_queries_from_exactly_one_place(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of --data_config"):
+        GateSettings(model_path="unused", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="exactly one of --data_config"):
+        GateSettings(model_path="unused", output_dir=str(tmp_path), data_config="data.yaml", tasks_dir=str(tmp_path))
 
 
 def test_the_threshold_maximises_held_out_accuracy_and_thinks_least_among_equals():
@@ -60,3 +97,14 @@ def test_train_gate_think_rate_sets_the_share_of_held_out_queries_that_think(tmp
     with pytest.raises(ValueError, match="--default_think 'sometimes' is not one of"):
         main(["--model_path", model_folder("student"), "--data_config", pair_data, "--output_dir", str(tmp_path),
               "--default_think", "sometimes"])
+
+
+def test_train_gate_fits_on_the_queries_of_user_tasks(tmp_path, model_folder):
+    from training.scene_tasks import write_test_tasks
+
+    write_test_tasks(str(tmp_path / "dev"), rows_per_task=2, seed=3)
+    main(["--model_path", model_folder("unified"), "--tasks_dir", str(tmp_path / "dev"), "--output_dir",
+          str(tmp_path / "gate"), "--max_queries", "12", "--steps", "20", "--max_new_tokens", "4"])  # fmt: skip
+    summary = json.loads((tmp_path / "gate" / "summary.json").read_text())
+    assert summary["queries"] == {"fit": 9, "held_out": 3} and "hit@1" in summary["accuracy"]
+    assert summary["held_out"]["auto"] >= max(summary["held_out"]["never"], summary["held_out"]["always"])

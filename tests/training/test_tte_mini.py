@@ -211,7 +211,7 @@ class _StopAtStage(Exception):
 def run_recipe_until(tmp_path, monkeypatch):
     """Runs `tte_mini.main` with extra flags on stand-in data and part-1 stages, recording each training stage's
     (module, folder, arguments), each variant's `training.init_model` arguments (folder: the variant's name), the gate
-    stage's (model, data config) and the model whose assets are extracted (folder `assets`), and stopping at the stage
+    stage's (model, tasks folder) and the model whose assets are extracted (folder `assets`), and stopping at the stage
     or variant `stop_at`; returns the recorded commands."""
     from training.recipes import tte_mini
 
@@ -231,8 +231,8 @@ def run_recipe_until(tmp_path, monkeypatch):
             record("training.init_model", os.path.basename(os.path.dirname(folder)), arguments)
             return folder
 
-        def record_gate(model, data_config, folder, sizes, common):
-            record("training.train_gate", os.path.basename(folder), [model, data_config])
+        def record_gate(model, tasks_dir, folder, sizes, common):
+            record("training.train_gate", os.path.basename(folder), [model, tasks_dir])
             return os.path.join(folder, "model")
 
         configs = {name: f"{name}.yaml" for name in ("grid", "cells", "sft", "embed")}
@@ -243,6 +243,8 @@ def run_recipe_until(tmp_path, monkeypatch):
         monkeypatch.setattr(tte_mini, "init_variant", record_variant_init)
         monkeypatch.setattr(tte_mini, "generate_traces", lambda model, data_config, folder, sizes: folder)
         monkeypatch.setattr(tte_mini, "train_gate", record_gate)
+        monkeypatch.setattr(tte_mini, "write_dev_tasks", lambda scene_tasks, sizes, seed: os.path.join(scene_tasks,
+                                                                                                     "dev"))  # fmt: skip
         monkeypatch.setattr(tte_mini, "stage_files", lambda stages, root: {})
         monkeypatch.setattr(tte_mini, "extract_assets", lambda model, *arguments, **keywords: record(
             "training.assets", "assets", [model]))  # fmt: skip
@@ -280,8 +282,8 @@ def test_every_embedder_starts_from_the_sft_backbone_unless_told_the_grid_model(
 @pytest.mark.parametrize("gate", [True, False])
 def test_the_published_unified_model_is_gated_only_when_told_to(tmp_path, run_recipe_until, gate):
     """With `--gate` the unified head trains with trace dropout (so that it embeds a query without its trace too), the
-    gate stage fits `think="auto"` on the head's model and the embedder's data, and the gated model is what gets
-    published; by default the head's model is published, trained without trace dropout."""
+    gate stage fits `think="auto"` on the head's model and the development split of the scene tasks, and the gated
+    model is what gets published; by default the head's model is published, trained without trace dropout."""
     from training.recipes.tte_mini import SMOKE
 
     commands = run_recipe_until(["--gate"] if gate else [], stop_at="assets")
@@ -291,7 +293,7 @@ def test_the_published_unified_model_is_gated_only_when_told_to(tmp_path, run_re
     published = commands[-1][2][0]
     if gate:
         assert float(argument(head, "--trace_dropout")) == SMOKE.head_trace_dropout > 0
-        assert gates == [[head_model, "embed.yaml"]]
+        assert gates == [[head_model, os.path.join(str(tmp_path), "data", "scene-tasks", "dev")]]
         assert published == os.path.join(str(tmp_path), "variants", "unified-gate", "model")
     else:
         assert "--trace_dropout" not in head and gates == [] and published == head_model
