@@ -59,6 +59,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     models = {name: AutoModel.from_pretrained(variant_model(args.run_dir, name), trust_remote_code=True).eval()
               for name in ("student", "unified")}  # fmt: skip
+    models["unified"].config.think = "queries"  # a gated model too: every query thinks, as the student's does
     tasks_dir = os.path.join(args.run_dir, "data", "scene-tasks", "test")
     oracle, _ = read_query_traces(os.path.join(tasks_dir, "oracle-traces"))
     queries, _ = latency_sample(tasks_dir, args.queries, oracle)  # spread over the tasks, as the comparison picks them

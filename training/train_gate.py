@@ -8,11 +8,13 @@ the trained embedder. The queries come from one of two places:
   the margin is the query's cosine with its best positive candidate minus its highest cosine with another candidate
   of its row's pool, so a held-out query is right exactly when the harness would score it right (hit@1). Queries the
   embedder never trained on show where the trace helps after training, which training pairs do not: there the trace
-  helps almost every query, because the embedder learnt it on them. The gate (`TTEGate`, a
-logistic probe on a state the model computes anyway) is fitted on part of the queries. Its threshold is chosen on the
-held-out rest: for the best accuracy (a held-out query is right when its positive beats every other target), or for
-a think rate (`--think_rate`). The model is exported with the gate and `config.gate_threshold`; `summary.json` gives
-the held-out accuracy and think rate of never / always / auto.
+  helps almost every query, because the embedder learnt it on them.
+
+The gate (`TTEGate`, a logistic probe on a state the model computes anyway) is fitted on part of the queries. Its
+threshold is chosen on the held-out rest: for the best accuracy (a held-out query is right when its margin is
+positive); or for the least thinking within `--accuracy_tolerance` of that accuracy; or for a think
+rate (`--think_rate`). The model is exported with the gate and `config.gate_threshold`; `summary.json` gives the
+held-out accuracy, think rate and share of trace tokens of never / always / auto.
 
 Train the embedder or head with `--trace_dropout` first, so that a query embedded without its trace lands in the
 same space as one embedded with it.
@@ -60,6 +62,9 @@ class GateSettings:
     held_out: float = field(default=0.25, metadata={"help": "Share of the sampled queries that choose the threshold."})
     think_rate: float | None = field(default=None, metadata={"help": "Choose the threshold for this share of held-out "
                                      "queries thinking, not for the best held-out accuracy."})  # fmt: skip
+    accuracy_tolerance: float = field(default=0.0, metadata={"help": "Choose, among the thresholds whose held-out "
+                                      "accuracy is within this much (a fraction) of the best, the one that thinks least "
+                                      "(0: the best accuracy)."})  # fmt: skip
     steps: int = field(default=500, metadata={"help": "Full-batch optimizer steps of the logistic fit."})
     learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate of the fit."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the fit."})
@@ -78,6 +83,8 @@ class GateSettings:
             raise ValueError(f"--held_out must be in (0, 1), got {self.held_out}")
         if self.think_rate is not None and not 0.0 <= self.think_rate <= 1.0:
             raise ValueError(f"--think_rate must be in [0, 1], got {self.think_rate}")
+        if not 0.0 <= self.accuracy_tolerance < 1.0:
+            raise ValueError(f"--accuracy_tolerance must be in [0, 1), got {self.accuracy_tolerance}")
         if self.default_think is not None and self.default_think not in THINK_POLICIES:
             raise ValueError(f"--default_think {self.default_think!r} is not one of {THINK_POLICIES}")
 
@@ -107,30 +114,30 @@ def fit_gate(model: TTEModel, features: torch.Tensor, labels: torch.Tensor, sett
 
 
 def choose_threshold(logits: torch.Tensor, right_with: torch.Tensor, right_without: torch.Tensor,
-                     think_rate: float | None) -> float:  # fmt: skip
-    """The held-out threshold: for `think_rate`, the logit quantile that lets that share think; else the best held-out
-    accuracy, and among equals the one that thinks least."""
+                     think_rate: float | None, tolerance: float = 0.0) -> float:  # fmt: skip
+    """The held-out threshold: for `think_rate`, the logit quantile that lets that share think; else the one that
+    thinks least among those whose held-out accuracy is within `tolerance` of the best (the thinking queries of a
+    higher threshold are a subset of a lower one's, so it also generates the fewest trace tokens)."""
     ordered = logits.sort().values
     if think_rate is not None:
         thinking = round(think_rate * len(ordered))
         return float(ordered[len(ordered) - thinking] - 1e-6) if thinking else float(ordered[-1] + 1.0)
     # Candidates: below every logit (all think), between neighbours, above every logit (none thinks).
     candidates = torch.cat([ordered[:1] - 1.0, (ordered[1:] + ordered[:-1]) / 2, ordered[-1:] + 1.0])
-    best, best_threshold = -1.0, float(candidates[-1])
-    for threshold in candidates.flip(0).tolist():  # from "none thinks" down: ties keep the fewer thinking
-        accuracy = torch.where(logits > threshold, right_with, right_without).float().mean().item()
-        if accuracy > best:
-            best, best_threshold = accuracy, threshold
-    return best_threshold
+    accuracies = [torch.where(logits > threshold, right_with, right_without).float().mean().item()
+                  for threshold in candidates.tolist()]  # fmt: skip
+    floor = max(accuracies) - tolerance - 1e-9
+    return max(threshold for threshold, accuracy in zip(candidates.tolist(), accuracies) if accuracy >= floor)
 
 
-def policy_report(logits, threshold, right_with, right_without) -> dict:
+def policy_report(logits, threshold, right_with, right_without, tokens) -> dict:
     thinks = logits > threshold
     return {
         "never": right_without.float().mean().item(),
         "always": right_with.float().mean().item(),
         "auto": torch.where(thinks, right_with, right_without).float().mean().item(),
         "auto_think_rate": thinks.float().mean().item(),
+        "auto_trace_tokens_share": (tokens[thinks].sum() / tokens.sum().clamp(min=1)).item(),
         "best_per_query": (right_with | right_without).float().mean().item(),
     }
 
@@ -194,7 +201,9 @@ def main(argv: list[str] | None = None) -> str:
     with torch.no_grad():
         logits = gate(features)
     right_with, right_without = margin_with > 0, margin_without > 0
-    threshold = choose_threshold(logits[split:], right_with[split:], right_without[split:], settings.think_rate)
+    tokens = torch.tensor([len(ids) for ids in trace_ids], device=logits.device)
+    threshold = choose_threshold(logits[split:], right_with[split:], right_without[split:], settings.think_rate,
+                                 settings.accuracy_tolerance)  # fmt: skip
     model.gate = gate.to(model.dtype)
     model.config.gate_threshold = threshold
     if settings.default_think is not None:
@@ -207,8 +216,8 @@ def main(argv: list[str] | None = None) -> str:
                               "held_out": labels[split:].float().mean().item()},
         "trace_tokens_per_query": sum(map(len, trace_ids)) / len(trace_ids),
         "threshold": threshold,
-        "held_out": policy_report(logits[split:], threshold, right_with[split:], right_without[split:]),
-        "fit": policy_report(logits[:split], threshold, right_with[:split], right_without[:split]),
+        "held_out": policy_report(logits[split:], threshold, right_with[split:], right_without[split:], tokens[split:]),
+        "fit": policy_report(logits[:split], threshold, right_with[:split], right_without[:split], tokens[:split]),
         "accuracy": ACCURACY["tasks" if settings.tasks_dir is not None else "pairs"],
     }  # fmt: skip
     write_atomic(os.path.join(settings.output_dir, "summary.json"), json.dumps(summary, indent=2))

