@@ -100,9 +100,9 @@ class RecipeArgs:
                                                    "the base model)."})  # fmt: skip
     gate: bool = field(default=False, metadata={"help": "The unified head trains with trace dropout and the published "
                        "model thinks at think='auto' (`training.train_gate`): only about the queries whose trace its "
-                       "gate expects to help. Off by default: on seed 1 it cut the unified model's latency to 0.76x "
-                       "the student's but cost 2.0 points "
-                       "(benchmarks/results/tte-mini-gate-2026-12-04-seed1/)."})  # fmt: skip
+                       "gate expects to help, fitted on a development split of the scene tasks. Off by default: on "
+                       "seed 1 the gate cost 2.0 points against the student at 0.85x its latency (0.76x when fitted "
+                       "on training queries; benchmarks/results/tte-mini-gate-dev-2026-12-05-seed1/)."})  # fmt: skip
 
 
 @dataclass
