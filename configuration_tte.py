@@ -18,7 +18,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 VARIANTS = ("teacher", "student", "unified")
-THINK_POLICIES = ("always", "never", "queries", "auto")
+THINK_POLICIES = ("always", "never", "queries", "auto", "tasks")
 GENERATION_CACHES = ("dynamic", "static")
 
 
@@ -34,8 +34,11 @@ class TTEConfig(PretrainedConfig):
             defaults to L-N (the paper's design: the head replaces the top N layers).
         prompt_set_version: version of the ECR prompt set in `processing_tte.PROMPT_SETS`.
         max_new_tokens: bound on the generated trace length.
-        think: default thinking policy: `"always"`, `"never"`, `"queries"` (queries think, documents don't) or
-            `"auto"` (the gate decides per query whether it thinks; documents don't; needs `gate_threshold`).
+        think: default thinking policy: `"always"`, `"never"`, `"queries"` (queries think, documents don't),
+            `"auto"` (the gate decides per query whether it thinks; documents don't; needs `gate_threshold`) or
+            `"tasks"` (the queries of the task families in `think_tasks` think; other queries and documents don't).
+        think_tasks: the ECR task families whose queries think under `think="tasks"` (`training.think_tasks`
+            chooses them on a development split). None for a model without such a choice.
         gate_threshold: the `think="auto"` gate's threshold: a query thinks when the gate's logit is above it. None
             for a model without a gate (`training.train_gate` adds one).
         normalize: L2-normalise embeddings.
@@ -65,8 +68,9 @@ class TTEConfig(PretrainedConfig):
     head_source_layer: int | None = None
     prompt_set_version: str = "ecr-v1"
     max_new_tokens: int = 128
-    think: Literal["always", "never", "queries", "auto"] = "queries"
+    think: Literal["always", "never", "queries", "auto", "tasks"] = "queries"
     gate_threshold: float | None = None
+    think_tasks: list[str] | None = None
     normalize: bool = True
     use_prefix_cache: bool = True
     generation_cache: Literal["dynamic", "static"] = "dynamic"
@@ -83,6 +87,11 @@ class TTEConfig(PretrainedConfig):
             raise ValueError(f"think={self.think!r} is not one of {THINK_POLICIES}")
         if self.think == "auto" and self.gate_threshold is None:
             raise ValueError("think='auto' needs a gate (gate_threshold is None): add one with training.train_gate")
+        if self.think_tasks is not None:
+            self.think_tasks = self._checked_think_tasks(self.think_tasks)
+        if self.think == "tasks" and self.think_tasks is None:
+            raise ValueError("think='tasks' needs think_tasks (the task families that think): choose them with "
+                             "training.think_tasks")
         if self.variant == "student" and self.reasoner_config is None:
             raise ValueError("variant='student' needs a reasoner_config (the reasoner's backbone config)")
         if self.variant != "student" and self.reasoner_config is not None:
@@ -103,6 +112,16 @@ class TTEConfig(PretrainedConfig):
         self.matryoshka_dims = sorted(set(self.matryoshka_dims or []) | {self.embedding_dim})
         if self.matryoshka_dims[0] < 1 or self.matryoshka_dims[-1] > self.embedding_dim:
             raise ValueError(f"matryoshka_dims must lie in [1, {self.embedding_dim}], got {self.matryoshka_dims}")
+
+    @staticmethod
+    def _checked_think_tasks(think_tasks) -> list[str]:
+        """A sorted list of distinct family names (whether the prompt set has them is the model's check, where the
+        processor is known)."""
+        if not isinstance(think_tasks, (list, tuple)) or not all(isinstance(family, str) for family in think_tasks):
+            raise TypeError(f"think_tasks must be a list of task family names, got {think_tasks!r}")
+        if len(set(think_tasks)) != len(think_tasks):
+            raise ValueError(f"think_tasks names a family twice: {think_tasks!r}")
+        return sorted(think_tasks)
 
     def _validate_head(self, num_backbone_layers: int) -> None:
         if not 1 <= self.head_num_layers <= num_backbone_layers:

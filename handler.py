@@ -13,7 +13,7 @@ Request (the feature-extraction schema, extended with images and TTE parameters)
       "prompt_name": "query" | "document",   the side; queries think under the default policy (default "query")
       "normalize": true,                     embeddings are L2-normalised; false is refused for such a model
       "truncate": false,                     inputs are never cut; true is refused
-      "parameters": {"think": true | false | "always" | "never" | "queries", "instruction": "...",
+      "parameters": {"think": true | false | "always" | "never" | "queries" | "auto" | "tasks", "instruction": "...",
                      "task": "retrieval", "reasoning": [precomputed trace or null, one per item],
                      "truncate_dim": 256, "return_reasoning": false, "return_stats": false}
     }

@@ -934,7 +934,21 @@ class TTEModel(TTEPreTrainedModel):
             raise ValueError("think='auto' needs a gate, and this model has none: add one with training.train_gate")
         if policy == "always" or (policy == "queries" and side == "query"):
             return "yes"
+        if policy == "tasks":
+            return "yes" if side == "query" and item.task in self._think_tasks() else "no"
         return "gate" if policy == "auto" and side == "query" else "no"
+
+    def _think_tasks(self) -> list[str]:
+        """`config.think_tasks`, each a family of this model's prompt set (a name it lacks could never think)."""
+        if self.config.think_tasks is None:
+            raise ValueError("think='tasks' needs config.think_tasks (the task families that think), and this model "
+                             "has none: choose them with training.think_tasks, or set model.config.think_tasks")
+        unknown = sorted(set(self.config.think_tasks) - set(self.processor.task_families))
+        if unknown:
+            raise ValueError(f"config.think_tasks names {unknown}, which prompt set "
+                             f"{self.processor.prompt_set_version!r} lacks (its families: "
+                             f"{self.processor.task_families})")  # fmt: skip
+        return self.config.think_tasks
 
     def _start_call(
         self, inputs, instruction, task, side: str, think, reasoning, streamer, trace_cache, max_new_tokens,
@@ -1238,7 +1252,8 @@ class TTEModel(TTEPreTrainedModel):
             task: ECR prompt family (the processor's `task_families`); default `"retrieval"`, and for a video the
                 prompt set's `"video"` family where it has one (ecr-v2).
             side: `"query"` or `"document"`; decides thinking under the `"queries"` policy.
-            think: `True`/`False` or `"always"`/`"never"`/`"queries"`; default `config.think`.
+            think: `True`/`False` or `"always"`/`"never"`/`"queries"`/`"auto"`/`"tasks"` (see `TTEConfig.think`);
+                default `config.think`.
             reasoning: precomputed traces, one per input (`None` entries are generated if they think); a dict input
                 may carry its own as `"reasoning"`. A trace is a text, tokenised on its own, or its token ids as
                 `return_reasoning="ids"` gave them, fed as they are.

@@ -1,5 +1,6 @@
 """Latency of the thinking policies of one model, side by side in one run: never, queries (every query thinks) and
-auto (the gate decides), on queries of a tte-eval tasks folder.
+the adaptive policies the model has: auto (its gate decides) and tasks (the queries of its `think_tasks` families
+think), on queries of a tte-eval tasks folder.
 
 Every repeat times each policy once, alternating, and each policy keeps its best time, so machine noise hits all
 alike. The think rate and generated tokens come from `embed(return_stats=True)`.
@@ -29,7 +30,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModel
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A TTE model folder with a think='auto' gate.")
+    parser.add_argument("--model", required=True, help="A TTE model folder with a think='auto' gate or think_tasks.")
     parser.add_argument("--tasks-dir", required=True, help="A tte-eval user tasks folder; its queries are timed.")
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -37,10 +38,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", help="Also write the rows as JSON here.")
     args = parser.parse_args(argv)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
-    if model.config.gate_threshold is None:
-        parser.error(f"--model {args.model!r} has no gate; fit one with training.train_gate")
+    adaptive = [policy for policy, setting in (("auto", model.config.gate_threshold), ("tasks", model.config.think_tasks))
+                if setting is not None]  # fmt: skip
+    if not adaptive:
+        parser.error(f"--model {args.model!r} has neither a gate nor think_tasks; fit a gate with training.train_gate "
+                     "or choose the families with training.think_tasks")
     queries = task_queries(args.tasks_dir, args.queries)
-    policies = ("never", "queries", "auto")
+    policies = ("never", "queries", *adaptive)
     best, stats = dict.fromkeys(policies, float("inf")), {}
     with torch.no_grad():
         for round_index in range(1 + args.repeats):  # round 0 warms up and is not timed

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random-weight TTE models (see training/tiny_models.py) and small images."""
 
+import copy
 import functools
 import os
 import subprocess
@@ -79,7 +80,7 @@ def gated_export_folder(tmp_path_factory) -> str:
     from training.export import main as export_main
     from tte.modeling_tte import TTEGate
 
-    model = tiny_export_model()
+    model = copy.deepcopy(tiny_export_model())  # a copy: the shared model stays without a gate for export_folder
     model.config.gate_threshold = 0.0
     torch.manual_seed(0)
     model.gate = TTEGate(model.config)

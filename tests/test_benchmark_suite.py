@@ -9,6 +9,8 @@ import os
 import runpy
 import sys
 
+import pytest
+
 from training.tiny_models import build_tte
 
 
@@ -65,6 +67,26 @@ def test_policy_benchmark_times_never_queries_and_auto_side_by_side(gated_export
     assert "| auto |" in capsys.readouterr().out
 
 
+def test_policy_benchmark_times_the_task_family_policy_too(export_folder, tmp_path, capsys, monkeypatch):
+    from tte.modeling_tte import TTEModel
+
+    model = TTEModel.from_pretrained(export_folder)
+    model.config.think_tasks = ["retrieval"]  # the user tasks' queries name no family: retrieval, so they think
+    model.save_pretrained(tmp_path / "model")
+    output = tmp_path / "policies.json"
+    run_benchmark("bench_policies.py", ["--model", str(tmp_path / "model"), "--tasks-dir", user_tasks(tmp_path),
+                                        "--queries", "4", "--repeats", "1", "--output", str(output)], monkeypatch)
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["never", "queries", "tasks"] and rows["tasks"]["think_rate"] == 1
+    assert "| tasks |" in capsys.readouterr().out
+
+
+def test_policy_benchmark_refuses_a_model_without_an_adaptive_policy(export_folder, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        run_benchmark("bench_policies.py", ["--model", export_folder, "--tasks-dir", user_tasks(tmp_path)], monkeypatch)
+    assert "has neither a gate nor think_tasks" in capsys.readouterr().err
+
+
 def test_compaction_benchmark_compares_the_compacting_decode_with_generate(export_folder, tmp_path, capsys,
                                                                            monkeypatch):  # fmt: skip
     output = tmp_path / "compaction.json"
@@ -75,3 +97,36 @@ def test_compaction_benchmark_compares_the_compacting_decode_with_generate(expor
     assert row["same_tokens"] is True and row["queries"] == 4
     assert row["ratio"] == row["compacting_seconds"] / row["generate_seconds"] > 0
     assert "compacting decode" in capsys.readouterr().out
+
+
+def test_the_student_cost_stand_in_writes_the_unified_models_traces_with_a_full_embedder(tiny_tte):
+    """`bench_unified_vs_student.py --model`: the stand-in's reasoner is the unified backbone (TTE-mini's student
+    reasoner), so it generates the same traces, and its embedder runs every backbone layer, as a student's does."""
+    bench = runpy.run_path(os.path.join(os.path.dirname(SUITE), "bench_unified_vs_student.py"))
+    unified = tiny_tte("qwen2_vl", "unified")
+    student = bench["student_cost_stand_in"](unified)
+    assert student.config.variant == "student" and student.config.think == "queries"
+    queries = ["a red square left of a blue circle", {"text": "how many shapes ?", "task": "vqa"}]
+    assert student.embed(queries, return_reasoning="ids")[1] == unified.embed(queries, return_reasoning="ids")[1]
+    layers = unified.config.backbone_config.get_text_config().num_hidden_layers
+    assert len(student.backbone.language_model.layers) == layers > unified.config.head_num_layers
+    with pytest.raises(ValueError, match="must be a unified model"):
+        bench["student_cost_stand_in"](student)
+
+
+def test_the_unified_vs_student_benchmark_times_a_published_model_against_the_stand_in(export_folder, tmp_path,
+                                                                                       monkeypatch, capsys):  # fmt: skip
+    from training.scene_tasks import write_test_tasks
+
+    write_test_tasks(str(tmp_path / "test"), rows_per_task=1, seed=3)
+    output = tmp_path / "rows.json"
+    run_benchmark("bench_unified_vs_student.py", ["--model", export_folder, "--tasks_dir", str(tmp_path / "test"),
+                                                  "--extra_tokens", "0", "--queries", "2", "--rounds", "1",
+                                                  "--output", str(output)], monkeypatch)  # fmt: skip
+    # (the tiny tokenizer cannot spell the benchmark's passage: lengthening is tested on TTE-mini's smoke run)
+    (row,) = json.loads(output.read_text())
+    assert row["student"] == "cost stand-in" and row["ratio"] == row["unified_ms"] / row["student_ms"]
+    assert row["think_tokens"]["student"] == row["think_tokens"]["unified"] > 0  # the same traces
+    assert "the student: cost stand-in" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_benchmark("bench_unified_vs_student.py", ["--model", export_folder], monkeypatch)

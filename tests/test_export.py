@@ -176,3 +176,21 @@ def test_export_never_publishes_the_url_opt_in(export_folder, tmp_path):
     main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "out"), "--repo_id", "o/x",
           "--weights", "random"])  # fmt: skip
     assert "allow_urls" not in json.loads((tmp_path / "out" / "processor_config.json").read_text())
+
+
+@pytest.mark.parametrize("think", ["auto", "tasks"])
+def test_the_tte_mini_card_says_how_its_adaptive_policy_thinks(tmp_path, think):
+    backbone = build_backbone_config("qwen2_vl", build_tokenizer()).to_dict()
+    config = TTEConfig(backbone_config=backbone, head_num_layers=2, think=think,
+                       gate_threshold=0.5 if think == "auto" else None,
+                       think_tasks=["vqa", "grounding"] if think == "tasks" else None)  # fmt: skip
+    (tmp_path / "comparison.md").write_text("| variant | overall |\n|---|---|\n| unified | 40.0 |\n")
+    args = ExportArgs(checkpoint="unused", output_dir="unused", repo_id="o/x", weights="random",
+                      card_template="tte-mini", comparison=str(tmp_path / "comparison.md"))  # fmt: skip
+    card = " ".join(render_card(args, config, text_only=False).split())
+    assert "thinking about every query in the second table" in card
+    if think == "tasks":
+        assert 'by default (`think="tasks"`) only queries of the grounding, vqa families write a trace' in card
+        assert "gate" not in card.split("It knows nothing")[0]
+    else:
+        assert 'by default (`think="auto"`) the model thinks only about those queries' in card

@@ -51,7 +51,7 @@ HALF_PRECISION_PREFIXES = ("head.",)
 ADDED_PREFIXES = ("gate.",)  # modules the base lacks: `training.train_gate` adds the think="auto" gate (1,729 weights)
 # Inference settings a stage sets on the config, which the manifest records where they differ from the base's:
 # `training.train_gate` sets the policy and the gate's threshold, a variant's `init_model` the trace bound.
-CONFIG_FIELDS = ("think", "gate_threshold", "max_new_tokens")
+CONFIG_FIELDS = ("think", "gate_threshold", "think_tasks", "max_new_tokens")
 # The base new assets apply to: the recipe's init stage runs `init_model` with exactly these settings, and the
 # manifest records them (assets are built again with their manifest's settings).
 INIT_SETTINGS = ["--variant", "unified", "--head_num_layers", "4", "--max_pixels", str(build_backbone.IMAGE_PIXELS),

@@ -4,8 +4,9 @@ measured here side by side in one run.
 For each variant (`no-thinking`, `zero-shot`, `student`, `teacher`, `unified`) it reads `eval/<name>/results.json`
 and reports the score per task family and overall, and the share of test queries that thought; for each variant that
 thinks, also the same model's score without thinking (`eval/<name>-think-never/results.json`, `tte-eval --think
-never`: what its traces buy), and for one published at `think="auto"` (the gated unified model) its score thinking
-about every query (`eval/<name>-think-queries/`: what its gate gives up; documents never think). It measures on the
+never`: what its traces buy), and for one published at an adaptive policy (`think="auto"`, the gated unified model,
+or `think="tasks"`) its score thinking about every query (`eval/<name>-think-queries/`: what the policy gives up;
+documents never think). It measures on the
 same sample of test queries, in one process and alternating between variants, the reasoning tokens per query, the
 embedding latency per query (batch 1; a mean over the queries, since a gated model's queries are fast or slow) and
 the parameters held in memory. The teacher is the **oracle describer**: its traces come from the scene graph, cost
@@ -48,6 +49,7 @@ from tte_eval.user_tasks import load_user_tasks
 
 VARIANTS = ("no-thinking", "zero-shot", "student", "teacher", "unified")
 THINKING_VARIANTS = VARIANTS[1:]  # evaluated at their published policy and at think=never
+ADAPTIVE_POLICIES = ("auto", "tasks")  # policies under which only some queries think: also evaluated at "queries"
 EMBEDDER_STARTS = {  # the recipe's `--embedder_start`
     "sft": "the SFT'd backbone (the unified head's trunk)",
     "grid": "the grid model before the reasoner SFT (the unified head: the SFT'd backbone)",
@@ -241,7 +243,7 @@ def markdown(comparison: dict) -> str:
         costs = f"{entry['think_tokens_per_query']:.1f} | {entry['latency_ms_per_query']:.0f} | {entry['parameters'] / 1e6:.1f}"
         lines.append(f"| {row_label(name, entry)} | " + " | ".join(cells) + f" | {costs} |")
     lines += ["", "The same models without thinking (`tte-eval --think never`: each query embedded with the empty "
-              "trace), and the gated model thinking about every query (`--think queries`):", "",
+              "trace), and a model at an adaptive policy thinking about every query (`--think queries`):", "",
               "| variant | overall, thinking | overall, think=never | what thinking adds | test queries thinking (%) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name, entry in comparison["variants"].items():
@@ -280,11 +282,11 @@ def markdown(comparison: dict) -> str:
 
 
 def row_label(name: str, entry: dict) -> str:
-    """The table's name for a variant: the teacher is the oracle, a gated model says so."""
+    """The table's name for a variant: the teacher is the oracle, a model at an adaptive policy says which."""
     if name == "teacher":
         return f"{name} (oracle teacher)"
     think = entry["settings"]["model_settings"]["think"]
-    return f"{name}, think={think}" if think == "auto" else name
+    return f"{name}, think={think}" if think in ADAPTIVE_POLICIES else name
 
 
 def plot_points(comparison: dict) -> list[dict]:
@@ -350,7 +352,7 @@ def compare(args: CompareArgs) -> dict:
         variants[name]["settings"]["training_seed"] = training_settings(args.run_dir, name)["seed"]
         if name in THINKING_VARIANTS:  # the same model, every query embedded with the empty trace
             variants[name]["without_thinking"] = policy_results(results_file(args.run_dir, name, "never"))
-        if variants[name]["settings"]["model_settings"]["think"] == "auto":  # what the gate gives up
+        if variants[name]["settings"]["model_settings"]["think"] in ADAPTIVE_POLICIES:  # what the policy gives up
             variants[name]["queries_thinking"] = policy_results(results_file(args.run_dir, name, "queries"))
         if os.path.isfile(reading_file(args.run_dir, name)):
             with open(reading_file(args.run_dir, name)) as handle:

@@ -89,6 +89,18 @@ class GateSettings:
             raise ValueError(f"--default_think {self.default_think!r} is not one of {THINK_POLICIES}")
 
 
+@dataclass
+class Margins:
+    """Sampled queries, their margins with and without their own traces, the traces' token ids, and (for user tasks)
+    each query's task name."""
+
+    queries: list[dict]
+    with_trace: torch.Tensor
+    without_trace: torch.Tensor
+    trace_ids: list
+    tasks: list[str] | None = None
+
+
 def margins(queries: torch.Tensor, targets: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
     """Per query i: cos(query i, target i) minus its highest cosine with a target of other content."""
     scores = queries @ targets.T
@@ -142,7 +154,7 @@ def policy_report(logits, threshold, right_with, right_without, tokens) -> dict:
     }
 
 
-def pair_margins(settings: GateSettings, embed) -> tuple[list[dict], torch.Tensor, torch.Tensor, list]:
+def pair_margins(settings: GateSettings, embed) -> Margins:
     """Sampled training pairs' queries, their margins with and without their traces (see `margins`), and the traces'
     token ids."""
     dataset = PairDataset(load_sources(settings.data_config))
@@ -156,11 +168,11 @@ def pair_margins(settings: GateSettings, embed) -> tuple[list[dict], torch.Tenso
     with_trace, trace_ids = embed(queries, side="query", think=True, return_reasoning="ids")
     margin_with = margins(with_trace, targets, target_ids)
     margin_without = margins(embed(queries, side="query", think=False), targets, target_ids)
-    return queries, margin_with, margin_without, trace_ids
+    return Margins(queries, margin_with, margin_without, trace_ids)
 
 
-def task_margins(settings: GateSettings, embed) -> tuple[list[dict], torch.Tensor, torch.Tensor, list]:
-    """Sampled user-task queries, their margins with and without their traces (best positive candidate minus best
+def task_margins(settings, embed) -> Margins:
+    """Sampled user-task queries (`settings.tasks_dir`, `max_queries`, `seed`), their margins with and without their traces (best positive candidate minus best
     other candidate of the row's pool, `TaskData.pool`: a positive margin is a hit@1), and the traces' token ids."""
     rows = [(task.data, row) for task in load_user_tasks(settings.tasks_dir) for row in task.data.rows]
     chosen = [rows[i] for i in random.Random(settings.seed).sample(range(len(rows)), min(settings.max_queries,
@@ -182,7 +194,8 @@ def task_margins(settings: GateSettings, embed) -> tuple[list[dict], torch.Tenso
         for query, out in ((query_with, margin_with), (query_without, margin_without)):
             similarity = scores @ query
             out.append(similarity[positive].max() - similarity[~positive].max())
-    return queries, torch.stack(margin_with), torch.stack(margin_without), trace_ids
+    return Margins(queries, torch.stack(margin_with), torch.stack(margin_without), trace_ids,
+                   [task.spec.name for task, _ in chosen])
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -193,7 +206,9 @@ def main(argv: list[str] | None = None) -> str:
     embed = lambda inputs, **kwargs: model.embed(inputs, batch_size=settings.batch_size, convert_to_tensor=True,
                                                  max_new_tokens=settings.max_new_tokens, **kwargs)  # fmt: skip
     labelled = task_margins if settings.tasks_dir is not None else pair_margins
-    queries, margin_with, margin_without, trace_ids = labelled(settings, embed)
+    labelled = labelled(settings, embed)
+    queries, margin_with, margin_without, trace_ids = (labelled.queries, labelled.with_trace, labelled.without_trace,
+                                                       labelled.trace_ids)  # fmt: skip
     labels = margin_with > margin_without
     features = model.gate_features(queries, batch_size=settings.batch_size)
     split = int(round(len(queries) * (1 - settings.held_out)))
@@ -208,7 +223,6 @@ def main(argv: list[str] | None = None) -> str:
     model.config.gate_threshold = threshold
     if settings.default_think is not None:
         model.config.think = settings.default_think
-    folder = export_model(accelerator, model, settings.output_dir)
     summary = {
         "settings": asdict(settings),
         "queries": {"fit": split, "held_out": len(queries) - split},
@@ -220,7 +234,10 @@ def main(argv: list[str] | None = None) -> str:
         "fit": policy_report(logits[:split], threshold, right_with[:split], right_without[:split], tokens[:split]),
         "accuracy": ACCURACY["tasks" if settings.tasks_dir is not None else "pairs"],
     }  # fmt: skip
+    # The summary first: a finished export (what a resumed recipe checks) then always has its summary.
+    os.makedirs(settings.output_dir, exist_ok=True)
     write_atomic(os.path.join(settings.output_dir, "summary.json"), json.dumps(summary, indent=2))
+    folder = export_model(accelerator, model, settings.output_dir)
     logger.info("gate: threshold %.4f, held-out %s", threshold, summary["held_out"])
     return folder
 

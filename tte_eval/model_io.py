@@ -89,6 +89,8 @@ def model_settings(model) -> dict:
         "prompt_set_version": config.prompt_set_version,
         "max_pixels": model.processor.max_pixels,
     }
+    if config.think_tasks is not None:  # the families whose queries think under "tasks"
+        settings["think_tasks"] = config.think_tasks
     if not model.processor.text_only:  # how a video's frames are sized (their count is the harness's --num-frames)
         sampling = model.processor.video_sampling
         settings.update(max_frame_pixels=sampling.max_frame_pixels, max_video_pixels=sampling.max_video_pixels)

@@ -52,6 +52,18 @@ def test_cli_evaluate_think_policy_trace_cache_and_cost(tte_folder, data_dir, tm
     assert again["cost"]["query"]["generated"] == 0 and again["cost"]["query"]["cache_hits"] == 3
     assert again["metrics"]["image"]["OK-VQA"]["num_pred"] == always["metrics"]["image"]["OK-VQA"]["num_pred"] == 3
 
+def test_cli_evaluate_records_the_families_that_think_under_think_tasks(tte_folder, data_dir, tmp_path):
+    model = load_tte_model(tte_folder)
+    model.config.think, model.config.think_tasks = "tasks", ["retrieval"]
+    model.save_pretrained(tmp_path / "model")
+    main(["evaluate", "--model", str(tmp_path / "model"), "--data", data_dir, "--tasks", "OK-VQA", "--output",
+          str(tmp_path / "out")])  # fmt: skip
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["metadata"]["model_settings"]["think"] == "tasks"
+    assert report["metadata"]["model_settings"]["think_tasks"] == ["retrieval"]
+    # MMEB rows name no ECR family, so their queries reason with the default one (retrieval), which thinks here
+    assert report["cost"]["query"]["think_rate"] == 1.0 and report["cost"]["document"]["think_rate"] == 0.0
+
 def test_cli_evaluate_tiny_tte_runs_every_video_family(tte_folder, data_dir, tmp_path):
     output = tmp_path / "out"
     main(["evaluate", "--model", tte_folder, "--data", data_dir, "--tasks", *VIDEO_TASKS, "--output", str(output),

@@ -74,5 +74,7 @@ def test_config_changes_records_the_gate_settings_and_refuses_any_other_change()
     assert config_changes(gated, base) == {"think": "auto", "gate_threshold": -0.25}
     assert config_changes(base, base) == {}
     assert config_changes({**base, "max_new_tokens": 8}, base) == {"max_new_tokens": 8}
+    by_task = {**base, "think": "tasks", "think_tasks": ["grounding", "vqa"]}
+    assert config_changes(by_task, base) == {"think": "tasks", "think_tasks": ["grounding", "vqa"]}
     with pytest.raises(ValueError, match=r"\['head_num_layers'\]"):
         config_changes({**gated, "head_num_layers": 2}, base)

@@ -47,10 +47,11 @@ def _entry(overall: float, think: str, think_rate: float) -> dict:
     return {"scores": {"overall": overall}, "settings": {"model_settings": {"think": think}}, "think_rate": think_rate}
 
 
-def test_a_gated_variant_is_labelled_and_shows_its_every_query_thinking_score_and_think_rates():
-    """The gated model's row says think=auto, the second table adds its think=queries score, and each row gives the
-    share of test queries that thought."""
-    gated = {**_entry(40.0, "auto", 0.25), "think_tokens_per_query": 9.0, "latency_ms_per_query": 800.0,
+@pytest.mark.parametrize("policy", ["auto", "tasks"])
+def test_an_adaptive_variant_is_labelled_and_shows_its_every_query_thinking_score_and_think_rates(policy):
+    """A model at an adaptive policy (the gate's, or per task family) says so in its row, the second table adds its
+    think=queries score, and each row gives the share of test queries that thought."""
+    gated = {**_entry(40.0, policy, 0.25), "think_tokens_per_query": 9.0, "latency_ms_per_query": 800.0,
              "parameters": 151e6, "without_thinking": _entry(30.0, "never", 0.0),
              "queries_thinking": _entry(42.5, "queries", 1.0)}  # fmt: skip
     student = {**_entry(41.0, "queries", 1.0), "think_tokens_per_query": 36.0, "latency_ms_per_query": 2900.0,
@@ -61,9 +62,9 @@ def test_a_gated_variant_is_labelled_and_shows_its_every_query_thinking_score_an
                   "sizes": {"head_layers": 4}, "embedder_start": "sft", "teacher": "oracle", "latency": "mean",
                   "baselines": {"minilm": {"model": "m", "input": "text", "scores": {}}}}  # fmt: skip
     lines = markdown(comparison).splitlines()
-    assert any(line.startswith("| unified, think=auto | 40.0 |") and "| 9.0 | 800 | 151.0 |" in line
+    assert any(line.startswith(f"| unified, think={policy} | 40.0 |") and "| 9.0 | 800 | 151.0 |" in line
                for line in lines)  # fmt: skip
-    assert "| unified, think=auto | 40.0 | 30.0 | +10.0 | 25 |" in lines
+    assert f"| unified, think={policy} | 40.0 | 30.0 | +10.0 | 25 |" in lines
     assert "| unified, think=queries | 42.5 | 30.0 | +12.5 | 100 |" in lines
     assert "| student | 41.0 | 25.0 | +16.0 | 100 |" in lines
     # the oracle's traces are given: the model made none, which a think rate of 0 would misstate

@@ -42,11 +42,13 @@ def test_task_margins_score_each_query_against_its_rows_pool(tmp_path):
     write_task(str(tmp_path / "global"), GLOBAL_SPEC, [_row("q2", ["b", "a"], [0]), _row("q3", ["c"], [0])])
     settings = GateSettings(model_path="unused", output_dir=str(tmp_path / "out"), tasks_dir=str(tmp_path),
                             max_queries=4)  # fmt: skip
-    queries, margin_with, margin_without, trace_ids = task_margins(settings, fake_embed)
+    labelled = task_margins(settings, fake_embed)
     expected = {"q0": (0.8, -0.3), "q1": (0.3, -0.3), "q2": (-0.1, 0.5), "q3": (0.1, -0.5)}
-    assert sorted(query["text"] for query in queries) == sorted(expected) and trace_ids == [[1]] * 4
-    for query, with_trace, without in zip(queries, margin_with.tolist(), margin_without.tolist()):
+    assert sorted(query["text"] for query in labelled.queries) == sorted(expected) and labelled.trace_ids == [[1]] * 4
+    for query, with_trace, without, task in zip(labelled.queries, labelled.with_trace.tolist(),
+                                                labelled.without_trace.tolist(), labelled.tasks):  # fmt: skip
         assert np.allclose([with_trace, without], expected[query["text"]]), query
+        assert task == (LOCAL_SPEC["name"] if query["text"] in ("q0", "q1") else GLOBAL_SPEC["name"])
 
 
 def test_the_gate_takes_its_queries_from_exactly_one_place(tmp_path):

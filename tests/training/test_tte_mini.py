@@ -225,7 +225,7 @@ class _StopAtStage(Exception):
 def run_recipe_until(tmp_path, monkeypatch):
     """Runs `tte_mini.main` with extra flags on stand-in data and part-1 stages, recording each training stage's
     (module, folder, arguments), each variant's `training.init_model` arguments (folder: the variant's name), the gate
-    stage's (model, tasks folder) and the model whose assets are extracted (folder `assets`), and stopping at the stage
+    or task-family stage's (model, tasks folder) and the model whose assets are extracted (folder `assets`), and stopping at the stage
     or variant `stop_at`; returns the recorded commands."""
     from training.recipes import tte_mini
 
@@ -245,9 +245,12 @@ def run_recipe_until(tmp_path, monkeypatch):
             record("training.init_model", os.path.basename(os.path.dirname(folder)), arguments)
             return folder
 
-        def record_gate(model, tasks_dir, folder, sizes, common):
-            record("training.train_gate", os.path.basename(folder), [model, tasks_dir])
-            return os.path.join(folder, "model")
+        def record_policy(module):
+            def fit(model, tasks_dir, folder, sizes, common):
+                record(module, os.path.basename(folder), [model, tasks_dir])
+                return os.path.join(folder, "model")
+
+            return fit
 
         configs = {name: f"{name}.yaml" for name in ("grid", "cells", "sft", "embed")}
         monkeypatch.setattr(tte_mini, "write_data", lambda folder, sizes, seed: ("answers.yaml", "captions.yaml"))
@@ -256,7 +259,8 @@ def run_recipe_until(tmp_path, monkeypatch):
         monkeypatch.setattr(tte_mini, "training_stage", record_training_stage)
         monkeypatch.setattr(tte_mini, "init_variant", record_variant_init)
         monkeypatch.setattr(tte_mini, "generate_traces", lambda model, data_config, folder, sizes: folder)
-        monkeypatch.setattr(tte_mini, "train_gate", record_gate)
+        monkeypatch.setattr(tte_mini, "train_gate", record_policy("training.train_gate"))
+        monkeypatch.setattr(tte_mini, "choose_think_tasks", record_policy("training.think_tasks"))
         monkeypatch.setattr(tte_mini, "write_dev_tasks", lambda scene_tasks, sizes, seed: os.path.join(scene_tasks,
                                                                                                      "dev"))  # fmt: skip
         monkeypatch.setattr(tte_mini, "stage_files", lambda stages, root: {})
@@ -293,25 +297,37 @@ def test_every_embedder_starts_from_the_sft_backbone_unless_told_the_grid_model(
     assert json.load(open(tmp_path / "recipe.json"))["embedder_start"] == embedder_start
 
 
-@pytest.mark.parametrize("gate", [True, False])
-def test_the_published_unified_model_is_gated_only_when_told_to(tmp_path, run_recipe_until, gate):
-    """With `--gate` the unified head trains with trace dropout (so that it embeds a query without its trace too), the
-    gate stage fits `think="auto"` on the head's model and the development split of the scene tasks, and the gated
-    model is what gets published; by default the head's model is published, trained without trace dropout."""
+@pytest.mark.parametrize("policy", [None, "gate", "think_tasks"])
+def test_the_published_unified_model_thinks_adaptively_only_when_told_to(tmp_path, run_recipe_until, policy):
+    """With `--gate` (or `--think_tasks`) the unified head trains with trace dropout (so that it embeds a query without
+    its trace too), the gate stage fits `think="auto"` (the task-family stage chooses `think="tasks"`) on the head's
+    model and the development split of the scene tasks, and that model is what gets published; by default the head's
+    model is published, trained without trace dropout."""
     from training.recipes.tte_mini import SMOKE
 
-    commands = run_recipe_until(["--gate"] if gate else [], stop_at="assets")
+    commands = run_recipe_until([f"--{policy}"] if policy else [], stop_at="assets")
     (head,) = [arguments for module, folder, arguments in commands if module == "training.train_head"]
     head_model = os.path.join(str(tmp_path), "variants", "unified", "model")
-    gates = [arguments for module, _, arguments in commands if module == "training.train_gate"]
+    fits = [(module, arguments) for module, _, arguments in commands
+            if module in ("training.train_gate", "training.think_tasks")]  # fmt: skip
     published = commands[-1][2][0]
-    if gate:
+    if policy:
+        module, folder = {"gate": ("training.train_gate", "unified-gate"),
+                          "think_tasks": ("training.think_tasks", "unified-think-tasks")}[policy]  # fmt: skip
         assert float(argument(head, "--trace_dropout")) == SMOKE.head_trace_dropout > 0
-        assert gates == [[head_model, os.path.join(str(tmp_path), "data", "scene-tasks", "dev")]]
-        assert published == os.path.join(str(tmp_path), "variants", "unified-gate", "model")
+        assert fits == [(module, [head_model, os.path.join(str(tmp_path), "data", "scene-tasks", "dev")])]
+        assert published == os.path.join(str(tmp_path), "variants", folder, "model")
     else:
-        assert "--trace_dropout" not in head and gates == [] and published == head_model
-    assert json.load(open(tmp_path / "recipe.json"))["gate"] == gate
+        assert "--trace_dropout" not in head and fits == [] and published == head_model
+    recorded = json.load(open(tmp_path / "recipe.json"))
+    assert (recorded["gate"], recorded["think_tasks"]) == (policy == "gate", policy == "think_tasks")
+
+
+def test_the_gate_and_the_task_families_are_exclusive(tmp_path):
+    from training.recipes.tte_mini import main
+
+    with pytest.raises(ValueError, match="--gate and --think_tasks are two thinking policies"):
+        main(["--output_dir", str(tmp_path), "--smoke", "--variants", "--gate", "--think_tasks"])
 
 
 @pytest.mark.parametrize("grid_lora", [False, True])
@@ -357,3 +373,29 @@ def test_the_cells_data_config_holds_every_training_scenes_caption(tmp_path):
         example = captions[index]
         assert "image" in example.inputs["query"] and parse_caption(example.inputs["positive"]["text"])
 
+
+
+@pytest.mark.parametrize("stage", ["train_gate", "choose_think_tasks"])
+def test_the_adaptive_policy_stages_pass_settings_their_modules_accept(tmp_path, monkeypatch, stage):
+    """The recipe's wrappers around `training.train_gate` and `training.think_tasks`: the arguments parse into the
+    module's settings with the recipe's tolerance and trace bound, and a finished stage is not run again."""
+    from training.loop import parse_settings
+    from training.recipes import tte_mini
+    from training.think_tasks import ThinkTasksSettings
+    from training.train_gate import GateSettings
+
+    calls = []
+    monkeypatch.setattr(tte_mini, "run_stage", lambda module, arguments: calls.append((module, arguments)))
+    folder = str(tmp_path / "policy")
+    common = ["--seed", "3", "--mixed_precision", "no"]
+    assert getattr(tte_mini, stage)("model", "dev", folder, tte_mini.SMOKE, common) == os.path.join(folder, "model")
+    ((module, arguments),) = calls
+    settings_class = {"training.train_gate": GateSettings, "training.think_tasks": ThinkTasksSettings}[module]
+    settings = parse_settings(settings_class, arguments)
+    assert (settings.model_path, settings.tasks_dir, settings.output_dir) == ("model", "dev", folder)
+    assert settings.accuracy_tolerance == tte_mini.SMOKE.accuracy_tolerance > 0
+    assert settings.max_new_tokens == tte_mini.SMOKE.max_new_tokens
+    os.makedirs(os.path.join(folder, "model"))
+    open(os.path.join(folder, "model", "config.json"), "w").close()
+    getattr(tte_mini, stage)("model", "dev", folder, tte_mini.SMOKE, common)
+    assert len(calls) == 1

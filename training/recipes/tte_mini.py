@@ -31,15 +31,17 @@ With `--variants` (part 2, the paper's comparison), after stage 5:
     reasoner the aligned backbone before any reasoner SFT; each is removed once its stage 13 finished;
 12. `traces/<name>`: `training.generate_traces` of the zero-shot and student reasoners on the embedder's data;
 13. `variants/<name>/`: the same embedder recipe for every variant (`training.train_embedder --top_layers N`), and
-    `training.train_head` (N layers) on the frozen SFT'd backbone for unified (with `--gate`, with `--trace_dropout`
-    so that it also embeds a query without its trace);
-14. with `--gate`, `scene-tasks/dev/`: a development split drawn like the test split (held-out combinations) and
-    sharing none of its queries, and `variants/unified-gate/`: `training.train_gate` on it, the unified model's
-    `think="auto"` gate, made its default policy: it thinks only about the queries whose trace it expects to help
-    (by default there is no gate and no trace dropout, and every query thinks);
+    `training.train_head` (N layers) on the frozen SFT'd backbone for unified (with `--gate` or `--think_tasks`, with
+    `--trace_dropout` so that it also embeds a query without its trace);
+14. with `--gate` or `--think_tasks`, `scene-tasks/dev/`: a development split drawn like the test split (held-out
+    combinations) and sharing none of its queries, and on it either `variants/unified-gate/`: `training.train_gate`,
+    the unified model's `think="auto"` gate, made its default policy (it thinks only about the queries whose trace it
+    expects to help), or `variants/unified-think-tasks/`: `training.think_tasks`, the task families whose queries
+    think, made its default policy (`think="tasks"`); by default neither runs, there is no trace dropout, and every
+    query thinks;
 15. `eval/<name>/`: `tte-eval` on the held-out test tasks (and `eval/<name>-think-never/`, each variant that thinks
-    evaluated with `--think never`; with `--gate`, `eval/unified-think-queries/`: the gated model thinking about every
-    query, as the other variants do),
+    evaluated with `--think never`; with `--gate` or `--think_tasks`, `eval/unified-think-queries/`: the published
+    model thinking about every query, as the other variants do),
     `eval/reading-<name>.json`: `training.trace_quality`, how each reasoner reads the test scenes, then
     `training.compare_variants` writes the comparison.
 
@@ -103,6 +105,21 @@ class RecipeArgs:
                        "gate expects to help, fitted on a development split of the scene tasks. Off by default: on "
                        "seed 1 the gate cost 2.0 points against the student at 0.85x its latency (0.76x when fitted "
                        "on training queries; benchmarks/results/tte-mini-gate-dev-2026-12-05-seed1/)."})  # fmt: skip
+    think_tasks: bool = field(default=False, metadata={"help": "The unified head trains with trace dropout and the "
+                              "published model thinks at think='tasks' (`training.think_tasks`): only the queries of "
+                              "the task families where a development split of the scene tasks says the trace pays. "
+                              "Off by default; not with --gate. On seed 1's gated head, chosen the same way, it scored "
+                              "the student's 41.4 at 0.70x its latency "
+                              "(benchmarks/results/tte-mini-gate-dev-2026-12-05-seed1/)."})  # fmt: skip
+
+    def __post_init__(self):
+        if self.gate and self.think_tasks:
+            raise ValueError("--gate and --think_tasks are two thinking policies for the published model; choose one")
+
+    @property
+    def thinking(self) -> str | None:
+        """The published unified model's adaptive thinking policy, if any: `"auto"` (the gate) or `"tasks"`."""
+        return "auto" if self.gate else "tasks" if self.think_tasks else None
 
 
 @dataclass
@@ -137,18 +154,19 @@ class Sizes:
     embed_batch: int = 16
     embed_lr: float = 3e-4
     head_layers: int = 4  # of 30; the unified head and every other embedder train this many top layers
-    # With the gate: the share of the head's training queries embedded with the empty trace, so that the head embeds
-    # the queries the gate sends without a trace into the same space (seed 1's head without it scored 0 of 512
-    # training queries right without their trace: training.train_gate could only learn to always think).
+    # With the gate or the task families: the share of the head's training queries embedded with the empty trace, so
+    # that the head embeds the queries sent without a trace into the same space (seed 1's head without it scored 0 of
+    # 512 training queries right without their trace: training.train_gate could only learn to always think).
     head_trace_dropout: float = 0.5
     # The gate learns where the trace helps from a development split drawn like the test split: on the embedder's own
     # training queries the trace helps almost everywhere (seed 1: 79 %), on held-out combinations far less often.
     gate_queries: int = 512  # development queries labelled (trace helps or not): 3/4 fit the gate, 1/4 its threshold
-    gate_dev_rows: int = 75  # per scene task of the development split (7 x 75 >= gate_queries)
-    # The gate's threshold: the least thinking whose held-out accuracy is within this of the best, the issue's own
-    # tolerance (the unified model within 2 points of the student). At 0 (the best accuracy alone) seed 1's gate,
-    # fitted on the development split, thought about 95 % of the queries, on 128 held-out queries, a noisy choice.
-    gate_accuracy_tolerance: float = 0.02
+    dev_rows: int = 75  # per scene task of the development split (7 x 75 >= gate_queries)
+    # The gate's threshold, and the task families that think: the least thinking whose development accuracy is within
+    # this of the best (the gate) or of every query thinking (the families), the issue's own tolerance (the unified
+    # model within 2 points of the student). At 0 (the best accuracy alone) seed 1's gate, fitted on the development
+    # split, thought about 95 % of the queries, on 128 held-out queries, a noisy choice.
+    accuracy_tolerance: float = 0.02
     max_new_tokens: int = 64  # the oracle's traces are at most 60 SmolLM2 tokens
     latency_queries: int = 16  # the first 2 queries of each of the 8 test tasks: a gated model's mix of both kinds
     reading_queries: int = 20  # per scene task: the image queries whose traces `training.trace_quality` reads
@@ -158,7 +176,7 @@ class Sizes:
 SMOKE = Sizes(images=16, regression_steps=3, regression_batch=8, answer_steps=2, answer_batch=4, eval_images=2,
               scene_images=30, test_rows=2, control_images=1, grid_steps=2, cells_steps=2, cells_batch=4, sft_steps=2,
               sft_batch=2, one_shape_sft_images=4, embed_rows=70, embed_steps=2, embed_batch=2, gate_queries=8,
-              gate_dev_rows=2, max_new_tokens=8, latency_queries=2, reading_queries=1, qa_images=2)  # fmt: skip
+              dev_rows=2, max_new_tokens=8, latency_queries=2, reading_queries=1, qa_images=2)  # fmt: skip
 
 
 READERS = ("zero-shot", "student", "unified")  # the variants whose own reasoner writes the traces
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> str:
     assets_dir = args.assets_dir or os.path.join(root, "assets")
     if args.variants:
         return run_variants(root, sizes, common, aligned, answers, assets_dir, part1_files, args.grid_lora,
-                            args.grid_cells, args.embedder_start, args.gate)  # fmt: skip
+                            args.grid_cells, args.embedder_start, args.thinking)  # fmt: skip
     extract_assets(aligned, assets_dir, extra_files=part1_files)
     print(f"trained parts of {aligned} stored in {assets_dir}")
     return aligned
@@ -358,10 +376,11 @@ def evaluate_variant(model: str, tasks_dir: str, results: str, name: str, traces
 
 def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answers: str, assets_dir: str,
                  part1_files: dict[str, str], grid_lora: bool, grid_cells: bool, embedder_start: str,
-                 gate: bool) -> str:  # fmt: skip
-    """Part 2: train every variant with the same embedder budget, publish the unified one (gated, with `gate`) as the
-    default model (its assets), evaluate each variant (the unified one as published) and write the comparison into
-    the assets. `grid_lora`, `grid_cells`, `embedder_start`, `gate`: see `RecipeArgs`.
+                 thinking: str | None) -> str:  # fmt: skip
+    """Part 2: train every variant with the same embedder budget, publish the unified one (at the adaptive policy
+    `thinking`, `RecipeArgs.thinking`, if any) as the default model (its assets), evaluate each variant (the unified
+    one as published) and write the comparison into the assets. `grid_lora`, `grid_cells`, `embedder_start`: see
+    `RecipeArgs`.
 
     Returns:
         The published unified model folder.
@@ -427,7 +446,7 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                 generate_traces(init, configs["embed"], traces[name], sizes)
         sides = ["--traces", traces[name], "--trace_sides", "query"] if traces[name] else ["--trace_sides", ""]
         if name == "unified":  # the head: the same N layers, trained on the frozen backbone
-            dropout = ["--trace_dropout", str(sizes.head_trace_dropout)] if gate else []
+            dropout = ["--trace_dropout", str(sizes.head_trace_dropout)] if thinking else []
             models[name] = training_stage("training.train_head", folder,
                                           ["--model_path", init, *sides, *dropout, *budget],
                                           starting_points=(init,))  # fmt: skip
@@ -435,19 +454,21 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
             models[name] = training_stage("training.train_embedder", folder, [
                 "--model_path", init, "--top_layers", str(sizes.head_layers), *sides, *budget],
                 starting_points=(init,))  # fmt: skip
-    gate_files = {}
-    if gate:
-        gate_folder = os.path.join(variants, "unified-gate")
+    policy_files = {}
+    if thinking is not None:
+        name = {"auto": "gate", "tasks": "think-tasks"}[thinking]
+        policy_folder = os.path.join(variants, f"unified-{name}")
         dev = write_dev_tasks(scene_tasks, sizes, int(common[common.index("--seed") + 1]))
-        models["unified"] = train_gate(models["unified"], dev, gate_folder, sizes, common)
-        gate_files = {"runs/gate.json": os.path.join(gate_folder, "summary.json")}
+        fit = {"auto": train_gate, "tasks": choose_think_tasks}[thinking]
+        models["unified"] = fit(models["unified"], dev, policy_folder, sizes, common)
+        policy_files = {f"runs/{name}.json": os.path.join(policy_folder, "summary.json")}
     # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16, the
     # gate) and the model rebuilt from them, which is what gets evaluated.
     trained = (*(["vision-cells"] if grid_cells else []), "vision-grid", "reasoner")
     stages = {**{name: os.path.join(root, name) for name in trained},
               "head": os.path.join(variants, "unified")}  # fmt: skip
     extract_assets(models["unified"], assets_dir,
-                   extra_files={**part1_files, **stage_files(stages, root), **gate_files})  # fmt: skip
+                   extra_files={**part1_files, **stage_files(stages, root), **policy_files})  # fmt: skip
     models["unified"] = build_model(assets_dir, variant_model(root, "unified"))
     qa = os.path.join(root, "eval", "easy_vqa-unified.json")
     if not os.path.isfile(qa):
@@ -460,7 +481,7 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
     for name in THINKING_VARIANTS:  # the same models without thinking: what each one's traces buy
         results[f"{name}-think-never"] = evaluate_variant(models[name], tasks_dir, results_file(root, name, "never"),
                                                           name, think="never")  # fmt: skip
-    if gate:  # what the gate gives up: the same model thinking about every query
+    if thinking is not None:  # what the policy gives up: the same model thinking about every query
         # (`queries`, not `always`: under `always` the documents think too, which no variant here does)
         results["unified-think-queries"] = evaluate_variant(models["unified"], tasks_dir,
                                                             results_file(root, "unified", "queries"), "unified",
@@ -484,25 +505,35 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
 
 
 def write_dev_tasks(scene_tasks: str, sizes: Sizes, seed: int) -> str:
-    """`scene_tasks/dev/` once: `sizes.gate_dev_rows` rows per scene task, drawn as the test split's (held-out
+    """`scene_tasks/dev/` once: `sizes.dev_rows` rows per scene task, drawn as the test split's (held-out
     combinations; seed + 2, where the test split has seed + 1) without any of its queries."""
     dev = os.path.join(scene_tasks, "dev")
     if not os.path.isdir(os.path.join(dev, "oracle-traces")):  # written last
         test = split_fingerprints(os.path.join(scene_tasks, "test"))
-        write_test_tasks(dev, sizes.gate_dev_rows, seed + 2, exclude=frozenset(test))
+        write_test_tasks(dev, sizes.dev_rows, seed + 2, exclude=frozenset(test))
     return dev
 
 
 def train_gate(model: str, tasks_dir: str, folder: str, sizes: Sizes, common: list[str]) -> str:
     """`training.train_gate` on `model` and the queries of `tasks_dir` into `folder` once (its threshold: the least
-    thinking within `sizes.gate_accuracy_tolerance` of the best held-out accuracy), made the model's default policy;
+    thinking within `sizes.accuracy_tolerance` of the best held-out accuracy), made the model's default policy;
     returns the gated model's folder."""
     if not stage_finished(folder):
         seed = common[common.index("--seed") + 1]
         run_stage("training.train_gate", ["--model_path", model, "--tasks_dir", tasks_dir, "--output_dir", folder,
-                                          "--accuracy_tolerance", str(sizes.gate_accuracy_tolerance),
+                                          "--accuracy_tolerance", str(sizes.accuracy_tolerance),
                                           "--max_queries", str(sizes.gate_queries), "--default_think", "auto",
                                           "--max_new_tokens", str(sizes.max_new_tokens), "--seed", seed])  # fmt: skip
+    return os.path.join(folder, "model")
+
+
+def choose_think_tasks(model: str, tasks_dir: str, folder: str, sizes: Sizes, common: list[str]) -> str:
+    """`training.think_tasks` on `model` and every query of `tasks_dir` into `folder` once (the fewest trace tokens
+    within `sizes.accuracy_tolerance` of every query thinking), made the model's default policy; returns its folder."""
+    if not stage_finished(folder):
+        run_stage("training.think_tasks", ["--model_path", model, "--tasks_dir", tasks_dir, "--output_dir", folder,
+                                           "--accuracy_tolerance", str(sizes.accuracy_tolerance),
+                                           "--max_new_tokens", str(sizes.max_new_tokens)])  # fmt: skip
     return os.path.join(folder, "model")
 
 
