@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--instruction", help="task instruction applied to every input")
         sub.add_argument("--task", help="ECR prompt family, e.g. retrieval, vqa, classification")
         sub.add_argument("--think", choices=THINK_POLICIES,
-                         help="thinking policy (default: the model's); auto needs a model with a gate")
+                         help="thinking policy (default: the model's); auto needs a model with a gate, tasks one "
+                              "with think_tasks")
         sub.add_argument("--max-new-tokens", type=int, help="trace length bound")
         sub.add_argument("--num-frames", type=int, help="frames kept per video (default the model's)")
         sub.add_argument("--allow-urls", action="store_true", help="allow http(s) image URLs")

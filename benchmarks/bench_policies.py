@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", help="Also write the rows as JSON here.")
     args = parser.parse_args(argv)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
-    adaptive = [policy for policy, setting in (("auto", model.config.gate_threshold), ("tasks", model.config.think_tasks))
-                if setting is not None]  # fmt: skip
+    settings = (("auto", model.config.gate_threshold), ("tasks", getattr(model.config, "think_tasks", None)))
+    adaptive = [policy for policy, setting in settings if setting is not None]  # (code older than think_tasks: none)
     if not adaptive:
         parser.error(f"--model {args.model!r} has neither a gate nor think_tasks; fit a gate with training.train_gate "
                      "or choose the families with training.think_tasks")

@@ -89,7 +89,8 @@ def model_settings(model) -> dict:
         "prompt_set_version": config.prompt_set_version,
         "max_pixels": model.processor.max_pixels,
     }
-    if config.think_tasks is not None:  # the families whose queries think under "tasks"
+    # The families whose queries think under "tasks"; a folder whose code predates the setting has no such field.
+    if getattr(config, "think_tasks", None) is not None:
         settings["think_tasks"] = config.think_tasks
     if not model.processor.text_only:  # how a video's frames are sized (their count is the harness's --num-frames)
         sampling = model.processor.video_sampling

@@ -64,6 +64,19 @@ def test_cli_evaluate_records_the_families_that_think_under_think_tasks(tte_fold
     # MMEB rows name no ECR family, so their queries reason with the default one (retrieval), which thinks here
     assert report["cost"]["query"]["think_rate"] == 1.0 and report["cost"]["document"]["think_rate"] == 0.0
 
+def test_model_settings_read_a_model_whose_code_predates_think_tasks():
+    """A model folder keeps the code it was exported with: a config class without `think_tasks` still evaluates."""
+    from types import SimpleNamespace
+
+    from tte_eval.model_io import model_settings
+
+    config = SimpleNamespace(variant="unified", think="queries", max_new_tokens=8, prompt_set_version="ecr-v1")
+    model = SimpleNamespace(config=config, processor=SimpleNamespace(max_pixels=1024, text_only=True))
+    assert model_settings(model) == {"variant": "unified", "think": "queries", "max_new_tokens": 8,
+                                     "prompt_set_version": "ecr-v1", "max_pixels": 1024}  # fmt: skip
+    config.think_tasks = ["vqa"]
+    assert model_settings(model)["think_tasks"] == ["vqa"]
+
 def test_cli_evaluate_tiny_tte_runs_every_video_family(tte_folder, data_dir, tmp_path):
     output = tmp_path / "out"
     main(["evaluate", "--model", tte_folder, "--data", data_dir, "--tasks", *VIDEO_TASKS, "--output", str(output),

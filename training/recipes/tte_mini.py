@@ -456,12 +456,12 @@ def run_variants(root: str, sizes: Sizes, common: list[str], aligned: str, answe
                 starting_points=(init,))  # fmt: skip
     policy_files = {}
     if thinking is not None:
-        name = {"auto": "gate", "tasks": "think-tasks"}[thinking]
-        policy_folder = os.path.join(variants, f"unified-{name}")
+        stage = {"auto": "gate", "tasks": "think-tasks"}[thinking]
+        policy_folder = os.path.join(variants, f"unified-{stage}")
         dev = write_dev_tasks(scene_tasks, sizes, int(common[common.index("--seed") + 1]))
         fit = {"auto": train_gate, "tasks": choose_think_tasks}[thinking]
         models["unified"] = fit(models["unified"], dev, policy_folder, sizes, common)
-        policy_files = {f"runs/{name}.json": os.path.join(policy_folder, "summary.json")}
+        policy_files = {f"runs/{stage}.json": os.path.join(policy_folder, "summary.json")}
     # The default model is the unified one as published: its assets (merged LoRA as factors, the head in bf16, the
     # gate) and the model rebuilt from them, which is what gets evaluated.
     trained = (*(["vision-cells"] if grid_cells else []), "vision-grid", "reasoner")
