@@ -62,3 +62,32 @@ def test_the_policy_is_saved_with_the_model(tiny_tte, tmp_path):
     again = TTEModel.from_pretrained(tmp_path / "model")
     assert (again.config.think, again.config.think_tasks) == ("tasks", ["vqa"])
     assert np.abs(again.embed(QUERIES) - model.embed(QUERIES)).max() <= 1e-4
+
+
+def test_tasks_through_sentence_transformers_the_handler_and_the_cli(export_folder, tmp_path, capsys):
+    import json
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    import tte_cli
+    from tests.test_handler import load_handler
+    from tte.modeling_tte import TTEModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(export_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "think_tasks": ["vqa"]}))
+    texts = ["what colour is the square ?", "how many shapes ?"]
+    model = TTEModel.from_pretrained(folder).eval()
+    for family, thinks in (("vqa", True), ("retrieval", False)):
+        expected = model.embed(texts, task=family, think=thinks)
+        st_model = SentenceTransformer(str(folder), trust_remote_code=True)
+        assert np.abs(st_model.encode(texts, think="tasks", task_family=family) - expected).max() <= 1e-4
+        reply = load_handler(str(folder))({"inputs": texts, "parameters": {"think": "tasks", "task": family,
+                                                                           "return_stats": True}})  # fmt: skip
+        assert np.abs(np.asarray(reply["embeddings"]) - expected).max() <= 1e-4
+        assert reply["stats"]["without_trace"] == (0 if thinks else len(texts))
+        tte_cli.main(["embed", str(folder), *texts, "--think", "tasks", "--task", family, "--stats"])
+        printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert printed[-1]["stats"]["without_trace"] == (0 if thinks else len(texts))
