@@ -27,9 +27,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from training.checkpoint import export_model, write_atomic
-from training.loop import make_accelerator, parse_settings, setup_logging
-from training.train_gate import task_margins
-from tte.modeling_tte import TTEModel
+from training.loop import parse_settings
+from training.train_gate import labelling_model, task_margins
 
 
 logger = logging.getLogger("training")
@@ -111,11 +110,7 @@ def family_report(outcomes: Outcomes) -> dict:
 
 def main(argv: list[str] | None = None) -> str:
     settings = parse_settings(ThinkTasksSettings, argv)
-    accelerator = make_accelerator()
-    setup_logging(accelerator)
-    model = TTEModel.from_pretrained(settings.model_path).to(accelerator.device).eval()
-    embed = lambda inputs, **kwargs: model.embed(inputs, batch_size=settings.batch_size, convert_to_tensor=True,
-                                                 max_new_tokens=settings.max_new_tokens, **kwargs)  # fmt: skip
+    accelerator, model, embed = labelling_model(settings)
     labelled = task_margins(settings, embed)
     families = [item.task for item in model.processor.parse_inputs(labelled.queries)]
     outcomes = Outcomes(labelled.tasks, families, labelled.with_trace > 0, labelled.without_trace > 0,

@@ -198,13 +198,20 @@ def task_margins(settings, embed) -> Margins:
                    [task.spec.name for task, _ in chosen])
 
 
-def main(argv: list[str] | None = None) -> str:
-    settings = parse_settings(GateSettings, argv)
+def labelling_model(settings) -> tuple:
+    """The accelerator, the trained model (`settings.model_path`) on its device, and `embed` at the settings'
+    `batch_size` and `max_new_tokens`, returning tensors: what labels queries by their margins."""
     accelerator = make_accelerator()
     setup_logging(accelerator)
     model = TTEModel.from_pretrained(settings.model_path).to(accelerator.device).eval()
     embed = lambda inputs, **kwargs: model.embed(inputs, batch_size=settings.batch_size, convert_to_tensor=True,
                                                  max_new_tokens=settings.max_new_tokens, **kwargs)  # fmt: skip
+    return accelerator, model, embed
+
+
+def main(argv: list[str] | None = None) -> str:
+    settings = parse_settings(GateSettings, argv)
+    accelerator, model, embed = labelling_model(settings)
     labelled = task_margins if settings.tasks_dir is not None else pair_margins
     labelled = labelled(settings, embed)
     queries, margin_with, margin_without, trace_ids = (labelled.queries, labelled.with_trace, labelled.without_trace,
