@@ -35,10 +35,11 @@ QUEUE_SIZE = 16
 
 def load_model(name: str = MODEL):
     model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
-    # The choices the page offers are the model's own: its think policies (auto only with a gate) and its prompt
-    # families.
+    # The choices the page offers are the model's own: its think policies (auto only with a gate, tasks only with
+    # think_tasks; a model whose code predates that setting has none) and its prompt families.
+    needs = {"auto": model.config.gate_threshold, "tasks": getattr(model.config, "think_tasks", None)}
     policies = [policy for policy in sys.modules[type(model.config).__module__].THINK_POLICIES
-                if policy != "auto" or model.config.gate_threshold is not None]  # fmt: skip
+                if needs.get(policy, True) is not None]  # fmt: skip
     tasks = model.processor.task_families
     return model, policies, tasks
 

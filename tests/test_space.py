@@ -182,11 +182,20 @@ def test_space_in_a_real_browser_shows_the_trace_and_embeds_top_candidate(space_
     assert sorted(shown) == sorted(example["candidates"])
 
 
-def test_the_page_offers_auto_only_for_a_model_with_a_gate(app, tiny_tte_folder, gated_export_folder):
+def test_the_page_offers_auto_and_tasks_only_for_a_model_that_has_them(app, tiny_tte_folder, gated_export_folder,
+                                                                       tmp_path):  # fmt: skip
+    import json
+    import shutil
+
     _, policies, _ = app.load_model(tiny_tte_folder)
     assert list(policies) == ["always", "never", "queries"]
     _, policies, _ = app.load_model(gated_export_folder)
     assert list(policies) == ["always", "never", "queries", "auto"]
+    shutil.copytree(gated_export_folder, tmp_path / "both")
+    config = json.loads((tmp_path / "both" / "config.json").read_text())
+    (tmp_path / "both" / "config.json").write_text(json.dumps({**config, "think_tasks": ["vqa"]}))
+    _, policies, _ = app.load_model(str(tmp_path / "both"))
+    assert list(policies) == ["always", "never", "queries", "auto", "tasks"]
 
 
 def test_the_queue_runs_one_request_at_a_time_and_refuses_past_its_size(app, tiny_tte_folder):

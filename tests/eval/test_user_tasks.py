@@ -277,7 +277,7 @@ def test_main_evaluate_tasks_dir(tasks_dir, tmp_path, capsys, monkeypatch):
     ("flags", "message"),
     [([], "nothing to evaluate: give MMEB tasks"), (["--tasks", "OK-VQA"], r"MMEB tasks \['OK-VQA'\] need a data_dir"),
      (["--tasks-dir", ".", "--think", "sometimes"], r"--think 'sometimes' is not one of \('always', 'never', "
-                                                    r"'queries', 'auto'\)")],
+                                                    r"'queries', 'auto', 'tasks'\)")],
 )
 def test_main_evaluate_task_selection_errors(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
