@@ -212,10 +212,9 @@ def labelling_model(settings) -> tuple:
 def main(argv: list[str] | None = None) -> str:
     settings = parse_settings(GateSettings, argv)
     accelerator, model, embed = labelling_model(settings)
-    labelled = task_margins if settings.tasks_dir is not None else pair_margins
-    labelled = labelled(settings, embed)
-    queries, margin_with, margin_without, trace_ids = (labelled.queries, labelled.with_trace, labelled.without_trace,
-                                                       labelled.trace_ids)  # fmt: skip
+    labelled = (task_margins if settings.tasks_dir is not None else pair_margins)(settings, embed)
+    queries, trace_ids = labelled.queries, labelled.trace_ids
+    margin_with, margin_without = labelled.with_trace, labelled.without_trace
     labels = margin_with > margin_without
     features = model.gate_features(queries, batch_size=settings.batch_size)
     split = int(round(len(queries) * (1 - settings.held_out)))
